@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole study, end to end:
+#   clean outputs/ and plots/ -> weight-diff stats -> their plots -> forget/retain data
+#   -> activation stats -> their plots, then a list of every CSV and PNG produced.
+#
+#   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
+#   ./pipeline.sh --demo   the embedded miniature: builds (or reuses) the tiny demo model family
+#                          under demo/models and runs the same steps on it, offline, on a CPU
+#
+# Every setting of the steps can be overridden from the environment (see study.sh and each
+# run_*.sh); LOG_DIR (default outputs/logs) holds one log per step.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) DEMO=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "pipeline: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+command -v uv >/dev/null 2>&1 || {
+  echo "pipeline: uv is not installed; install it with 'pip install uv' (or see https://docs.astral.sh/uv/)" >&2
+  exit 1
+}
+
+if [ "$DEMO" = 1 ]; then
+  DEMO_DIR="${DEMO_DIR:-demo/models}"
+  export HF_HUB_OFFLINE=1
+  export MODEL_A="$DEMO_DIR/demo-unfiltered"
+  export MODEL_FILTERED="$DEMO_DIR/demo-e2e-strong-filter"
+  export MODEL_CBLAT="$DEMO_DIR/demo-unfiltered-cb-lat"
+  export DATASET_SOURCE="${DATASET_SOURCE:-synthetic}"
+  export DEVICE="${DEVICE:-cpu}" DTYPE="${DTYPE:-fp32}"
+  export MAX_LENGTH="${MAX_LENGTH:-128}" BATCH_SIZE="${BATCH_SIZE:-16}"
+fi
+source ./study.sh
+DATASET_SOURCE="${DATASET_SOURCE:-hub}"
+LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
+
+# Offline without --demo: say so in one sentence instead of five failing steps.
+if [ "$DEMO" = 0 ]; then
+  for model in $MODEL_A $COMPARE_WITH; do
+    [ -d "$model" ] && continue
+    if ! uv run --quiet --no-project --with huggingface_hub python - "$model" >/dev/null 2>&1 <<'PY'
+import sys
+from huggingface_hub import HfApi, try_to_load_from_cache
+repo = sys.argv[1]
+cached = try_to_load_from_cache(repo, "config.json")
+if not isinstance(cached, str):
+    HfApi().model_info(repo, timeout=10)   # raises when the hub cannot be reached
+PY
+    then
+      echo "pipeline: cannot reach the Hugging Face hub and '$model' is not in the local cache; run './pipeline.sh --demo' for the offline demo, or point MODEL_A/MODEL_FILTERED/MODEL_CBLAT at local directories." >&2
+      exit 1
+    fi
+  done
+fi
+
+step_no=0
+step() {  # step NAME COMMAND... : announce, run with a log, name the failing step and its log
+  local name="$1"; shift
+  step_no=$((step_no + 1))
+  local log="$LOG_DIR/$(printf '%02d' "$step_no")_${name// /_}.log"
+  echo "==> [$step_no] $name  (log: $log)"
+  if ! "$@" 2>&1 | tee "$log"; then
+    echo "pipeline: step '$name' failed; its log is $log" >&2
+    exit 1
+  fi
+}
+
+# Clean results of earlier runs, but never an unlearned model (outputs/<model>__<method>/unlearned_model).
+echo "==> cleaning $OUTPUTS_DIR/ and $PLOTS_DIR/ (unlearned models are kept)"
+for entry in "$OUTPUTS_DIR"/* "$PLOTS_DIR"/*; do
+  [ -e "$entry" ] || continue
+  [ -d "$entry/unlearned_model" ] && continue
+  rm -rf -- "$entry"
+done
+mkdir -p "$OUTPUTS_DIR" "$PLOTS_DIR" "$LOG_DIR"
+
+if [ "$DEMO" = 1 ]; then
+  step "build demo models" $UV_RUN demo/build_demo.py --outdir "$DEMO_DIR"
+fi
+step "weight-diff stats" ./run_params_local.sh
+step "weight-diff plots" ./plot_param_stats.sh
+step "datasets" $UV_RUN create_datasets.py --source "$DATASET_SOURCE" --outdir "$DATA_DIR" --seed "${SEED:-42}"
+step "activation stats" ./run_activations.sh
+step "activation plots" ./plot_activation_norms.sh
+
+echo "==> done. Files produced:"
+find "$OUTPUTS_DIR" "$PLOTS_DIR" -type f \( -name '*.csv' -o -name '*.png' \) | sort | sed 's/^/    /'

@@ -1,0 +1,111 @@
+"""End to end: ``./pipeline.sh --demo`` from a clean copy of the repository.
+
+This is the slowest test of the suite (it builds the demo model family from scratch). It checks
+that every documented CSV and PNG is produced and that the miniature shows the real study's
+signature: the data-filtered twin differs from the base in every layer, the CB-LAT twin only in
+the layers it trained, and its activations are identical below those layers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CMP_FILTERED = "demo-unfiltered_vs_demo-e2e-strong-filter"
+CMP_CBLAT = "demo-unfiltered_vs_demo-unfiltered-cb-lat"
+
+
+def clean_copy(dest: Path) -> Path:
+    """What a fresh ``git clone`` of the working tree holds: tracked + untracked, not ignored."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, names):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def pipeline_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "COMPARE_", "PYTEST"))}
+    env.update(HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    if shutil.which("uv") is None:
+        pytest.skip("uv is needed to run the pipeline")
+    repo = clean_copy(tmp_path_factory.mktemp("clone"))
+    proc = subprocess.run(["bash", "pipeline.sh", "--demo"], cwd=repo, env=pipeline_env(),
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + "\n" + proc.stderr[-4000:]
+    return repo, proc
+
+
+def test_every_documented_file_is_produced(demo_run):
+    repo, proc = demo_run
+    for cmp in (CMP_FILTERED, CMP_CBLAT):
+        for csv in ("param_stats/per_matrix.csv", "param_stats/per_layer.csv",
+                    "activation_stats/activation_stats.csv"):
+            path = repo / "outputs" / cmp / csv
+            assert path.is_file() and path.stat().st_size > 100, path
+            assert str(path.relative_to(repo)) in proc.stdout  # listed in the closing summary
+        for png in (f"param_plots/layer_locality_{cmp}.png", f"param_plots/stable_rank_{cmp}.png",
+                    "activation_plots/activation_norms_forget.png",
+                    "activation_plots/activation_norms_retain.png",
+                    "activation_plots/activation_diffs_forget_vs_retain.png"):
+            path = repo / "plots" / cmp / png
+            assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert (repo / "data" / "forget.txt").stat().st_size > 0
+
+
+def trained_layers(repo: Path) -> set[int]:
+    report = json.loads((repo / "demo" / "models" / "demo_report.json").read_text())
+    return {int(x) for x in str(report["cb_lat"]["layer_id"]).split(",")}
+
+
+def test_filtered_twin_differs_in_every_layer_cb_lat_only_where_trained(demo_run):
+    repo, _ = demo_run
+    filtered = pd.read_csv(repo / "outputs" / CMP_FILTERED / "param_stats" / "per_layer.csv")
+    assert (filtered["dW_fro_layer"] > 0).all()
+    assert set(filtered["group"]) >= {"attn", "mlp"}
+
+    layers = trained_layers(repo)
+    cblat = pd.read_csv(repo / "outputs" / CMP_CBLAT / "param_stats" / "per_layer.csv")
+    changed = set(cblat.loc[cblat["dW_fro_layer"] > 0, "layer"])
+    assert changed == layers
+    n_layers = filtered["layer"].nunique()
+    assert len(layers) < n_layers
+
+
+def test_cb_lat_activations_move_only_from_the_first_trained_layer(demo_run):
+    repo, _ = demo_run
+    first = min(trained_layers(repo))
+    acts = pd.read_csv(repo / "outputs" / CMP_CBLAT / "activation_stats" / "activation_stats.csv")
+    below = acts[acts["layer"] <= first]  # hidden_states[l] is the input of decoder layer l
+    above = acts[acts["layer"] > first]
+    assert (below["mean_dh_L2"] == 0).all()
+    assert (above["mean_dh_L2"] > 0).all()
+    # targeted unlearning: forget representations move more than retain ones
+    at = above.pivot(index="layer", columns="split", values="mean_dh_L2")
+    assert (at["forget"] > at["retain"]).mean() >= 0.5
+
+
+def test_pipeline_offline_without_demo_says_so_in_one_sentence(tmp_path):
+    if shutil.which("uv") is None:
+        pytest.skip("uv is needed to run the pipeline")
+    repo = clean_copy(tmp_path)
+    proc = subprocess.run(["bash", "pipeline.sh"], cwd=repo, env=pipeline_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--demo" in lines[0] and "Traceback" not in proc.stderr
+    assert not any((repo / "outputs").glob("*_vs_*"))
