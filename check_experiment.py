@@ -1,0 +1,669 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "torch>=2.4",
+#     "transformers>=5.0,<6",
+#     "tokenizers>=0.21",
+#     "safetensors>=0.4",
+#     "huggingface_hub>=0.30",
+#     "accelerate>=1.0",
+#     "datasets>=3.0",
+# ]
+# ///
+"""Sanity pass before an unlearning / model-diff experiment.
+
+A wrong forget/retain split or an environment that cannot hold the activation cache is found
+hours into a run, or never: a forget line that also sits in the retain set quietly cancels its
+own unlearning signal, and a truncated sample is silently measured on its first 512 tokens only.
+This script reads the two data files (``data/forget.txt`` and ``data/retain.txt``, one sample per
+non-blank line, the format ``create_datasets.py`` writes and ``unlearn.py`` /
+``collect_activation_norms.py`` read) and prints one verdict per check:
+
+    PASS  files: forget.txt 500 samples, retain.txt 500 samples
+    FAIL  overlap (exact): 50 of 500 forget samples also appear verbatim in retain.txt, e.g. ...
+    WARN  balance: ...
+    summary: 9 PASS, 1 WARN, 1 FAIL, 4 INFO -> not ready: fix the FAIL lines first
+
+Checks: files present, readable and non-empty; exact and normalised (case, Unicode form and
+whitespace) overlap between forget and retain; duplicates inside each set; size balance (beyond
+2:1); samples longer than ``--max-length`` tokens (they would be truncated); the environment
+(torch, CUDA/MPS, bf16, free disk versus the activation cache the next run needs, package
+versions); and settings that hurt reproducibility (gradient accumulation, fp16 activation cache).
+
+Defaults follow the run scripts' environment ($DATA_DIR, $MODEL_A, $MAX_LENGTH, $CACHE_DIR,
+$DEVICE, $DTYPE, $GRAD_ACCUM, $CACHE_FP16), so the check describes the run they would start.
+Token counts use the model's tokenizer when it is available offline, else an approximation; the
+cache size uses its config.json, else (for the study's three models only) the assumed GPT-NeoX
+6.9B shape: 32 layers, hidden 4096.
+
+Exit status: 0 when no check FAILs (WARN lines do not fail), 1 otherwise. ``--json`` prints one
+JSON object instead of text. torch is imported only for the environment checks, so
+``--data-only`` is a sub-second pass over the data.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "EleutherAI/deep-ignorance-unfiltered"
+# The three models of the reference study share one architecture, GPT-NeoX 6.9B (Pythia-6.9B
+# shape). When their config.json is not available offline we assume these dimensions for the
+# activation-cache estimate (and say so in the output).
+STUDY_MODELS = (
+    "EleutherAI/deep-ignorance-unfiltered",
+    "EleutherAI/deep-ignorance-e2e-strong-filter",
+    "EleutherAI/deep-ignorance-unfiltered-cb-lat",
+)
+STUDY_DIMS = {"num_layers": 32, "hidden": 4096, "max_positions": 2048}
+PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "datasets", "tokenizers", "huggingface_hub")
+REQUIRED_PACKAGES = ("torch", "transformers", "safetensors")
+BALANCE_LIMIT = 2.0          # WARN when one set is more than twice the size of the other
+DISK_HEADROOM = 0.8          # WARN when the cache would use more than 80 % of the free space
+TRUTHY = {"1", "true", "yes", "on"}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one ``error:`` line, exit 1."""
+
+
+@dataclass
+class Check:
+    status: str              # PASS, WARN, FAIL or INFO
+    name: str
+    message: str
+    details: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- reading the data
+
+def read_samples(path: str | os.PathLike) -> tuple[list[tuple[int, str]] | None, str]:
+    """Samples of a data file: ``([(line_number, text), ...], "")`` or ``(None, reason)``.
+
+    One sample per line, stripped, blank lines skipped: the reading of ``unlearn.py`` and
+    ``collect_activation_norms.py`` (``splitlines()`` + ``strip()``), plus dropping a UTF-8
+    byte-order mark. Never raises on a bad file: a missing, unreadable or non-UTF-8 file comes
+    back as ``None`` and a one-line reason.
+    """
+    p = Path(path)
+    if not p.exists():
+        return None, f"{p} not found"
+    if not p.is_file():
+        return None, f"{p} is not a file"
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        return None, f"{p} is not UTF-8 text (byte {e.start})"
+    except OSError as e:
+        return None, f"{p} cannot be read ({e.strerror or e})"
+    samples = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not samples:
+        return None, f"{p} is empty" if not text else f"{p} has only blank lines"
+    return samples, ""
+
+
+def normalise(text: str) -> str:
+    """Key for near-duplicate matching: Unicode NFKC, case-folded, whitespace runs collapsed.
+
+    "The  Cell\\tcycle " and "the cell cycle" share a key; punctuation and wording still count.
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """One-line preview of a sample for the report."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- data checks
+
+def find_overlap(forget: list[tuple[int, str]], retain: list[tuple[int, str]], key=None) -> list[tuple[int, int, str]]:
+    """Forget samples whose ``key(text)`` also occurs in retain, as ``(forget_line, retain_line, text)``.
+
+    ``key=None`` is exact matching (identical stripped line); ``key=normalise`` matches after
+    lowercasing and whitespace collapsing. Every matching forget line is counted (a text that
+    occurs twice in forget counts twice), in forget order; ``retain_line`` is the first retain match.
+    """
+    key = key or (lambda s: s)
+    first_in_retain: dict[str, int] = {}
+    for line_no, text in retain:
+        first_in_retain.setdefault(key(text), line_no)
+    return [(i, first_in_retain[key(t)], t) for i, t in forget if key(t) in first_in_retain]
+
+
+def count_duplicates(samples: list[tuple[int, str]], key=None) -> tuple[int, int]:
+    """``(extra_copies, distinct_repeated)``: how many samples repeat an earlier one, and of how many texts.
+
+    A text that occurs 3 times contributes 2 extra copies and 1 repeated text.
+    """
+    counts = Counter((key or (lambda s: s))(t) for _, t in samples)
+    repeated = [c for c in counts.values() if c > 1]
+    return sum(c - 1 for c in repeated), len(repeated)
+
+
+def balance_ratio(n_forget: int, n_retain: int) -> float:
+    """Size ratio larger / smaller (>= 1); ``inf`` when one set is empty."""
+    lo, hi = sorted((n_forget, n_retain))
+    return math.inf if lo == 0 else hi / lo
+
+
+def approx_token_count(text: str) -> int:
+    """Tokenizer-free token estimate: ``ceil(max(1.3 * words, utf8_bytes / 4))``.
+
+    BPE tokenizers of English LMs (GPT-2/NeoX/Llama) average ~1.3 tokens per word on prose and
+    ~4 bytes per token; technical text (numbers, names, formulas) has more tokens per word, so the
+    larger of the two estimates is taken, erring towards reporting truncation.
+    """
+    return math.ceil(max(1.3 * len(text.split()), len(text.encode("utf-8")) / 4))
+
+
+def truncation_stats(lengths: list[int], max_length: int) -> dict:
+    """How many samples exceed ``max_length`` tokens, their share, and tokens kept after truncation.
+
+    ``kept_tokens = sum(min(n, max_length))`` is what a run with ``--max-length`` actually sees.
+    """
+    over = sum(1 for n in lengths if n > max_length)
+    return {
+        "samples": len(lengths),
+        "truncated": over,
+        "share": over / len(lengths) if lengths else 0.0,
+        "longest": max(lengths, default=0),
+        "kept_tokens": sum(min(n, max_length) for n in lengths),
+    }
+
+
+def activation_cache_bytes(tokens: int, num_layers: int, hidden: int, bytes_per_value: int) -> int:
+    """Size of model A's hidden-state cache: ``tokens x (num_layers + 1) x hidden x bytes``.
+
+    ``collect_activation_norms.py`` keeps every hidden state (embeddings + one per layer, the
+    ``output_hidden_states`` tuple) of every real (non-padding) token on disk while model B runs,
+    in model A's dtype: 4 bytes per value in fp32 (CPU), 2 in bf16 (CUDA) / fp16 (MPS, or
+    ``--cache-fp16`` on an fp32 model; values beyond fp16's range fall back to fp32 there).
+    """
+    return tokens * (num_layers + 1) * hidden * bytes_per_value
+
+
+def cache_dtype(dtype: str, device: str, cache_fp16: bool) -> tuple[str, int]:
+    """``(name, bytes per value)`` of the activation cache, as collect_activation_norms.py picks it.
+
+    The cache holds model A's dtype: ``--dtype auto`` is bf16 on CUDA, fp16 on MPS, fp32 on CPU;
+    ``--cache-fp16`` turns an fp32 cache into fp16 and leaves a 16-bit one as it is.
+    """
+    if dtype == "auto":
+        dtype = {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
+    if cache_fp16 and dtype == "fp32":
+        dtype = "fp16"
+    return dtype, 4 if dtype == "fp32" else 2
+
+
+def disk_status(need: int, free: int) -> str:
+    """``PASS`` when the cache fits with headroom (need <= 80 % of free), else ``WARN``.
+
+    Not FAIL: the estimate is for one cache directory and one model, and the data may be fine.
+    """
+    return "PASS" if need <= DISK_HEADROOM * free else "WARN"
+
+
+def dims_from_config(config: dict) -> dict | None:
+    """``{"num_layers", "hidden", "max_positions"}`` from a config.json dict (NeoX/Llama/GPT-2 naming).
+
+    ``max_positions`` (``max_position_embeddings`` / ``n_positions``) is ``None`` when absent;
+    collect_activation_norms.py cuts texts at ``min(--max-length, max_positions)``.
+    """
+    cfg = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    first = lambda keys: next((cfg[k] for k in keys if isinstance(cfg.get(k), int)), None)  # noqa: E731
+    layers = first(("num_hidden_layers", "n_layer", "num_layers"))
+    hidden = first(("hidden_size", "n_embd", "d_model"))
+    if not (layers and hidden):
+        return None
+    return {"num_layers": layers, "hidden": hidden, "max_positions": first(("max_position_embeddings", "n_positions"))}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def repro_settings(args_grad_accum: int | None, args_cache_fp16: bool, environ: dict) -> list[Check]:
+    """Reproducibility flags: gradient accumulation > 1 and an fp16 activation cache.
+
+    Read from the command line (``--grad-accum-steps``, ``--cache-fp16``) or from the environment
+    variables the run scripts use (``GRAD_ACCUM`` for run_unlearn.sh, ``CACHE_FP16`` for
+    run_activations.sh); the flag wins over the variable.
+    """
+    checks = []
+    source = "--grad-accum-steps"
+    steps = args_grad_accum
+    if steps is None and environ.get("GRAD_ACCUM", "").strip():
+        source, raw = "GRAD_ACCUM", environ["GRAD_ACCUM"].strip()
+        try:
+            steps = int(raw)
+        except ValueError:
+            checks.append(Check("WARN", "grad accumulation", f"GRAD_ACCUM={raw!r} is not an integer number of steps"))
+            steps = None
+    if steps is not None and steps > 1:
+        checks.append(Check("WARN", "grad accumulation", (
+            f"{steps} steps ({source}={steps}): accumulating {steps} micro-batches is not equivalent to one "
+            f"{steps}x larger batch (the loss is averaged per micro-batch, so samples and tokens are weighted "
+            "differently, and the numbers are not comparable with a run without it); fine for exploration, "
+            "use 1 for final experiments"), {"steps": steps, "source": source}))
+    elif not checks:
+        checks.append(Check("PASS", "grad accumulation", "off (1 step per optimiser update)", {"steps": steps or 1}))
+
+    env_fp16 = environ.get("CACHE_FP16", "").strip().lower() in TRUTHY
+    if args_cache_fp16 or env_fp16:
+        source = "--cache-fp16" if args_cache_fp16 else f"CACHE_FP16={environ.get('CACHE_FP16')}"
+        checks.append(Check("WARN", "activation cache dtype", (
+            f"fp16 ({source}): model A's hidden states are rounded to fp16 (~3 significant digits, "
+            "overflow above 65504) before Δh = h_B - h_A is taken, so the activation norms and diffs "
+            "change; use the fp32 default for final numbers"), {"dtype": "fp16", "source": source}))
+    else:
+        checks.append(Check("PASS", "activation cache dtype", "--cache-fp16 off: the cache keeps model A's dtype, lossless (default)",
+                            {"dtype": "model"}))
+    return checks
+
+
+# ----------------------------------------------------------------------------- model files, offline-safe
+
+_HUB_REACHABLE: bool | None = None
+
+
+def _is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set, or the hub's host did not accept a connection within 3 s.
+
+    The probe runs once: without it every hub request of an offline machine would sit through
+    huggingface_hub's retry back-off (tens of seconds per file).
+    """
+    global _HUB_REACHABLE
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUTHY:
+        return True
+    if _HUB_REACHABLE is None:
+        import socket
+        from urllib.parse import urlparse
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+            _HUB_REACHABLE = True
+        except (OSError, ValueError):
+            _HUB_REACHABLE = False
+    return not _HUB_REACHABLE
+
+
+def find_model_file(model: str, filename: str) -> str | None:
+    """Path of ``filename`` for ``model``: a local directory, else the Hugging Face cache, else the hub.
+
+    The hub is asked only when ``HF_HUB_OFFLINE`` is not set and its host answers (the file then
+    lands in the HF cache, like any download); any failure (offline, unknown repo, invalid ID)
+    is ``None``, never an exception.
+    """
+    local = Path(model).expanduser()
+    if local.is_dir():
+        f = local / filename
+        return str(f) if f.is_file() else None
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        return None            # a path that is not a model directory: nothing on the hub either
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        cached = try_to_load_from_cache(model, filename)
+        if isinstance(cached, str):
+            return cached
+        if _is_offline():
+            return None
+        return hf_hub_download(model, filename)
+    except Exception:
+        return None
+
+
+def load_token_counter(name: str):
+    """``(count_fn, description)`` for tokenizer ``name`` (directory or hub ID), or ``(None, reason)``.
+
+    Uses the fast tokenizer's ``tokenizer.json`` through the ``tokenizers`` library (what
+    transformers' fast tokenizers run, special tokens included, without importing torch); models
+    that ship only a slow tokenizer fall back to ``transformers.AutoTokenizer``.
+    """
+    path = find_model_file(name, "tokenizer.json")
+    if path is not None:
+        try:
+            from tokenizers import Tokenizer
+            tok = Tokenizer.from_file(path)
+            tok.no_truncation()
+            tok.no_padding()
+            return (lambda texts: [len(e.ids) for e in tok.encode_batch(texts)]), f"tokenizer.json of {name}"
+        except Exception as e:
+            return None, f"cannot read tokenizer.json of {name} ({type(e).__name__})"
+    local = Path(name).expanduser()
+    if local.is_dir() and any((local / f).is_file() for f in ("tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        try:
+            from transformers import AutoTokenizer
+            from transformers.utils import logging as hf_logging
+            hf_logging.set_verbosity_error()
+            tok = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+            return (lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]), f"tokenizer of {name}"
+        except Exception as e:
+            return None, f"cannot load the tokenizer of {name} ({type(e).__name__})"
+    where = "in that directory" if local.is_dir() else "locally or in the Hugging Face cache" + (
+        " (offline)" if _is_offline() else ", nor on the hub")
+    return None, f"no tokenizer for {name} {where}"
+
+
+def model_dims(model: str) -> tuple[dict | None, str]:
+    """``(dims, source)``: layer count and hidden size of ``model`` from its config.json.
+
+    Falls back to the reference study's GPT-NeoX 6.9B shape (32 layers, hidden 4096) for the
+    study's three hub models when their config is not available offline.
+    """
+    path = find_model_file(model, "config.json")
+    if path is not None:
+        try:
+            dims = dims_from_config(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            dims = None
+        if dims:
+            return dims, f"config.json of {model}"
+    if model.rstrip("/") in STUDY_MODELS:
+        return dict(STUDY_DIMS), "the reference study's GPT-NeoX 6.9B shape (assumed: config.json not available offline)"
+    return None, f"no config.json for {model} found locally" + ("" if _is_offline() else " or on the hub")
+
+
+# ----------------------------------------------------------------------------- the checks
+
+def check_data(args, counter, counter_note: str, max_positions: int | None = None) -> tuple[list[Check], dict]:
+    """Files, overlap, duplicates, balance and truncation. Returns the checks and token stats.
+
+    Texts are cut at ``min(--max-length, max_positions)``: the activation tool never feeds a
+    model more positions than it has.
+    """
+    checks: list[Check] = []
+    forget, f_err = read_samples(args.forget_data)
+    retain, r_err = read_samples(args.retain_data)
+    f_name, r_name = Path(args.forget_data).name, Path(args.retain_data).name
+    if forget is None or retain is None:
+        parts = [f_err or f"{f_name} {len(forget)} samples", r_err or f"{r_name} {len(retain)} samples"]
+        hint = " (create them with create_datasets.py, or pass --forget-data / --retain-data)"
+        checks.append(Check("FAIL", "files", "; ".join(parts) + hint,
+                            {"forget_error": f_err or None, "retain_error": r_err or None}))
+        return checks, {}
+    checks.append(Check("PASS", "files", f"{f_name} {len(forget)} samples, {r_name} {len(retain)} samples",
+                        {"forget_samples": len(forget), "retain_samples": len(retain)}))
+
+    # Overlap: a forget sample that is also in retain is trained both up and down at once.
+    exact = find_overlap(forget, retain)
+    norm = find_overlap(forget, retain, key=normalise)
+
+    def examples(hits):
+        return "; ".join(f'forget:{i}=retain:{j} "{shorten(t)}"' for i, j, t in hits[:3])
+
+    if exact:
+        checks.append(Check("FAIL", "overlap (exact)", (
+            f"{len(exact)} of {len(forget)} forget samples also appear verbatim in {r_name}, e.g. {examples(exact)}"),
+            {"count": len(exact), "examples": [{"forget_line": i, "retain_line": j, "text": t} for i, j, t in exact[:3]]}))
+    else:
+        checks.append(Check("PASS", "overlap (exact)", f"no forget sample appears verbatim in {r_name}", {"count": 0}))
+    if norm:
+        exact_lines = {i for i, _, _ in exact}
+        only_norm = [h for h in norm if h[0] not in exact_lines]
+        extra = f" ({len(only_norm)} of them only after normalising)" if exact else ""
+        checks.append(Check("FAIL", "overlap (normalised)", (
+            f"{len(norm)} of {len(forget)} forget samples match a {r_name} sample after lowercasing and "
+            f"collapsing whitespace{extra}, e.g. {examples(only_norm or norm)}"),
+            {"count": len(norm), "only_after_normalising": len(only_norm),
+             "examples": [{"forget_line": i, "retain_line": j, "text": t} for i, j, t in (only_norm or norm)[:3]]}))
+    else:
+        checks.append(Check("PASS", "overlap (normalised)", "no match after lowercasing and collapsing whitespace", {"count": 0}))
+
+    for split, samples, fname in (("forget", forget, f_name), ("retain", retain, r_name)):
+        extra, texts = count_duplicates(samples, key=normalise)
+        exact_extra, _ = count_duplicates(samples)
+        if extra:
+            checks.append(Check("WARN", f"duplicates ({split})", (
+                f"{extra} of {len(samples)} samples in {fname} repeat an earlier one ({texts} distinct texts; "
+                f"{exact_extra} exact copies): they weigh more in training and in the activation means"),
+                {"count": extra, "exact": exact_extra, "distinct": texts}))
+        else:
+            checks.append(Check("PASS", f"duplicates ({split})", f"none in {fname}", {"count": 0}))
+
+    ratio = balance_ratio(len(forget), len(retain))
+    sizes = f"{len(forget)} forget vs {len(retain)} retain samples"
+    if ratio > BALANCE_LIMIT:
+        checks.append(Check("WARN", "balance", (
+            f"{sizes} ({ratio:.2f}:1, beyond {BALANCE_LIMIT:.0f}:1): when forget and retain batches are paired "
+            "the smaller set is seen more often (or the larger one cut), and the forget and retain means rest "
+            "on unequal sample sizes"), {"ratio": ratio}))
+    else:
+        checks.append(Check("PASS", "balance", f"{sizes} ({ratio:.2f}:1)", {"ratio": ratio}))
+
+    # Truncation: token counts with the model's tokenizer when it is available, else approximate.
+    lengths = {}
+    for split, samples in (("forget", forget), ("retain", retain)):
+        texts = [t for _, t in samples]
+        lengths[split] = counter(texts) if counter else [approx_token_count(t) for t in texts]
+    limit = min(args.max_length, max_positions or args.max_length)
+    stats = {s: truncation_stats(lengths[s], limit) for s in lengths}
+    how = "" if counter else "; approximate counts, max(words x 1.3, bytes / 4): pass --tokenizer for exact ones"
+    per_split = ", ".join(f"{st['truncated']} of {st['samples']} {s} ({100 * st['share']:.1f}%)" for s, st in stats.items())
+    limit_text = (f"--max-length {limit} tokens" if limit == args.max_length
+                  else f"the model's {limit} positions (below --max-length {args.max_length})")
+    longest = max(st["longest"] for st in stats.values())
+    details = {"max_length": args.max_length, "limit": limit, "exact": counter is not None,
+               "counted_with": counter_note, **stats}
+    if any(st["truncated"] for st in stats.values()):
+        checks.append(Check("WARN", "truncation", (
+            f"{per_split} samples exceed {limit_text} and would be cut (longest {longest} tokens){how}"), details))
+    else:
+        checks.append(Check("PASS", "truncation", f"all samples fit in {limit_text} (longest {longest}){how}", details))
+    return checks, stats
+
+
+def check_environment(args, token_stats: dict, dims: dict | None, dims_source: str, environment: dict) -> list[Check]:
+    """torch, devices, bf16, package versions, and free disk versus the activation cache."""
+    checks: list[Check] = []
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    environment["packages"] = versions
+    missing = [p for p in REQUIRED_PACKAGES if versions[p] is None]
+    listed = ", ".join(f"{p} {v or 'missing'}" for p, v in versions.items())
+    checks.append(Check("FAIL" if missing else "INFO", "packages",
+                        (f"missing {', '.join(missing)} (run `uv run --script check_experiment.py`); " if missing else "") + f"python {platform.python_version()}, {listed}",
+                        {"python": platform.python_version(), **versions}))
+
+    device = "cpu"
+    try:
+        import torch
+    except Exception as e:                      # torch missing or broken: no run can start; report, do not crash
+        checks.append(Check("FAIL", "torch", f"cannot import torch ({type(e).__name__}: {e})"))
+        environment["torch"] = None
+    else:
+        cuda = torch.cuda.is_available()
+        mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        env_t = {"version": torch.__version__, "cuda": cuda, "cuda_version": torch.version.cuda, "mps": mps,
+                 "devices": [], "bf16": None}
+        checks.append(Check("INFO", "torch", f"{torch.__version__} (built for CUDA {torch.version.cuda or 'none'})"))
+        if cuda:
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                env_t["devices"].append({"name": p.name, "memory_bytes": p.total_memory})
+            kinds = Counter(f"{d['name']} ({human_bytes(d['memory_bytes'])})" for d in env_t["devices"])
+            checks.append(Check("PASS", "device", "CUDA available: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())))
+            env_t["bf16"] = bool(torch.cuda.is_bf16_supported())
+            if env_t["bf16"]:
+                checks.append(Check("PASS", "bf16", "supported on CUDA (--dtype auto uses bf16)"))
+            else:
+                checks.append(Check("WARN", "bf16", "not supported by this GPU but --dtype auto picks bf16 on CUDA: "
+                                    "pass --dtype fp16 or --dtype fp32"))
+        elif mps:
+            try:
+                torch.ones(1, dtype=torch.bfloat16, device="mps")
+                env_t["bf16"] = True
+            except Exception:
+                env_t["bf16"] = False
+            checks.append(Check("PASS", "device", "Apple MPS available (--dtype auto uses fp16)"))
+            checks.append(Check("INFO", "bf16", f"{'supported' if env_t['bf16'] else 'not supported'} on MPS"))
+        else:
+            checks.append(Check("INFO", "device", "no CUDA or MPS: CPU only (fine for --demo; the 6.9B study needs a GPU)"))
+            checks.append(Check("INFO", "bf16", "not used on CPU (--dtype auto uses fp32 there)"))
+        environment["torch"] = env_t
+        device = "cuda" if cuda else "mps" if mps else "cpu"
+    if args.device != "auto":
+        device = args.device
+
+    # Free disk versus model A's hidden-state cache for the next collect_activation_norms.py run
+    # (which refuses to start when the cache does not fit).
+    cache_dir = Path(args.cache_dir).expanduser()
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    dtype, itemsize = cache_dtype(args.dtype, device, args.cache_fp16 or
+                                  os.environ.get("CACHE_FP16", "").strip().lower() in TRUTHY)
+    disk = {"cache_dir": str(cache_dir), "free_bytes": free, "needed_bytes": None, "dims": dims,
+            "dims_source": dims_source, "device": device, "cache_dtype": dtype, "bytes_per_value": itemsize}
+    environment["disk"] = disk
+    if not cache_dir.is_dir():
+        checks.append(Check("WARN", "disk", f"--cache-dir {cache_dir} is not a directory: collect_activation_norms.py "
+                                            "will refuse it", disk))
+        return checks
+    if dims is None or not token_stats:
+        why = f"{dims_source}: pass --model DIR" if dims is None else "the data files are unusable"
+        checks.append(Check("WARN" if dims is None else "INFO", "disk", (f"{human_bytes(free)} free in {cache_dir}; the activation cache could "
+                                             f"not be estimated ({why})"), disk))
+        return checks
+    tokens = sum(st["kept_tokens"] for st in token_stats.values())
+    need = activation_cache_bytes(tokens, dims["num_layers"], dims["hidden"], itemsize)
+    disk["needed_bytes"], disk["tokens"] = need, tokens
+    what = (f"activation cache ~{human_bytes(need)} ({tokens} tokens x {dims['num_layers'] + 1} hidden states x "
+            f"{dims['hidden']} x {itemsize} B, {dtype} on {device}; dims from {dims_source})")
+    status = disk_status(need, free)
+    if need > free:
+        what += (f" exceeds the {human_bytes(free)} free in {cache_dir}: collect_activation_norms.py will refuse to "
+                 "start; point --cache-dir / $CACHE_DIR / $TMPDIR at a bigger disk or lower --max-length")
+    elif status == "WARN":
+        what += f" uses over {DISK_HEADROOM:.0%} of the {human_bytes(free)} free in {cache_dir}"
+    else:
+        what += f"; {human_bytes(free)} free in {cache_dir}"
+    checks.append(Check(status, "disk", what, disk))
+    return checks
+
+
+def run_checks(args) -> dict:
+    """All checks for parsed ``args``: ``{"checks": [...], "summary": {...}, "environment": {...}}``."""
+    tokenizer_name = args.tokenizer or args.model
+    counter, note = load_token_counter(tokenizer_name)
+    checks: list[Check] = []
+    if counter:
+        tok_check = Check("INFO", "tokenizer", f"exact token counts with the {note}")
+    else:
+        # An explicitly requested tokenizer that cannot be found is worth a WARN; the default
+        # model's tokenizer missing offline is the normal laptop case.
+        tok_check = Check("WARN" if args.tokenizer else "INFO", "tokenizer",
+                          f"{note}: token counts are approximate")
+    dims, dims_source = model_dims(args.model)
+    data_checks, token_stats = check_data(args, counter, note, (dims or {}).get("max_positions"))
+    checks += data_checks
+    if token_stats:
+        checks.append(tok_check)
+    checks += repro_settings(args.grad_accum_steps, args.cache_fp16, os.environ)
+    environment = {"python": platform.python_version(), "platform": platform.platform()}
+    if not args.data_only:
+        checks += check_environment(args, token_stats, dims, dims_source, environment)
+    tally = Counter(c.status for c in checks)
+    summary = {s.lower(): tally.get(s, 0) for s in ("PASS", "WARN", "FAIL", "INFO")}
+    summary["ok"] = summary["fail"] == 0
+    return {"checks": [asdict(c) for c in checks], "summary": summary, "environment": environment,
+            "inputs": {"forget_data": str(args.forget_data), "retain_data": str(args.retain_data),
+                       "max_length": args.max_length, "model": args.model, "tokenizer": tokenizer_name,
+                       "exact_token_counts": counter is not None}}
+
+
+def format_line(check: dict) -> str:
+    """``PASS  name: message``: the status padded to five characters, so the names line up."""
+    return f"{check['status']:<5} {check['name']}: {check['message']}"
+
+
+def summary_line(summary: dict) -> str:
+    verdict = "ready" if summary["ok"] else "not ready: fix the FAIL lines first"
+    counts = ", ".join(f"{summary[s]} {s.upper()}" for s in ("pass", "warn", "fail", "info"))
+    return f"summary: {counts} -> {verdict}"
+
+
+def parse_args(argv=None):
+    data_dir = os.environ.get("DATA_DIR", "data")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Exit status: 0 when nothing FAILs, 1 otherwise.")
+    p.add_argument("--forget-data", default=f"{data_dir}/forget.txt", help="forget texts, one per line (default: %(default)s)")
+    p.add_argument("--retain-data", default=f"{data_dir}/retain.txt", help="retain texts, one per line (default: %(default)s)")
+    p.add_argument("--model", default=os.environ.get("MODEL_A", DEFAULT_MODEL),
+                   help="model of the next run, hub ID or directory: its tokenizer and config.json size the "
+                        "truncation and disk checks (default: $MODEL_A or %(default)s)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to count tokens with (default: --model's)")
+    p.add_argument("--max-length", default=os.environ.get("MAX_LENGTH", "512"),
+                   help="max tokens per sample of the next run (default: $MAX_LENGTH or 512)")
+    p.add_argument("--cache-dir", default=os.environ.get("CACHE_DIR") or tempfile.gettempdir(),
+                   help="where the activation cache goes, for the free-disk check (default: $CACHE_DIR or $TMPDIR, "
+                        "here %(default)s)")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default=os.environ.get("DEVICE", "auto"),
+                   help="device of the next run; with --dtype it sets the cache dtype (default: $DEVICE or auto)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default=os.environ.get("DTYPE", "auto"),
+                   help="dtype of the next run: auto is bf16 on CUDA, fp16 on MPS, fp32 on CPU (default: $DTYPE or auto)")
+    p.add_argument("--grad-accum-steps", type=int, default=None, help="gradient accumulation of the next run (else $GRAD_ACCUM)")
+    p.add_argument("--cache-fp16", action="store_true", help="the next activation run caches in fp16 (else $CACHE_FP16)")
+    p.add_argument("--data-only", action="store_true", help="skip the environment checks (torch, devices, disk, versions)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    try:
+        args.max_length = int(args.max_length)
+    except ValueError:
+        raise UsageError(f"--max-length must be a whole number of tokens, got {args.max_length!r}") from None
+    for flag, value, choices in (("--device", args.device, ("auto", "cuda", "mps", "cpu")),
+                                 ("--dtype", args.dtype, ("auto", "fp32", "fp16", "bf16"))):
+        if value not in choices:      # argparse does not check defaults taken from $DEVICE / $DTYPE
+            raise UsageError(f"{flag} (or ${flag[2:].upper()}) must be one of {', '.join(choices)}, got {value!r}")
+    if args.max_length < 1:
+        raise UsageError(f"--max-length must be a positive number of tokens, got {args.max_length}")
+    if args.grad_accum_steps is not None and args.grad_accum_steps < 1:
+        raise UsageError(f"--grad-accum-steps must be at least 1, got {args.grad_accum_steps}")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        report = run_checks(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            for c in report["checks"]:
+                print(format_line(c))
+            print(summary_line(report["summary"]))
+        sys.stdout.flush()
+    except BrokenPipeError:                     # e.g. `... | head`: stop quietly, as other CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0 if report["summary"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,531 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "torch>=2.4",
+#     "transformers>=5.0,<6",
+#     "safetensors>=0.4",
+#     "huggingface_hub>=0.30",
+#     "numpy>=1.24",
+#     "pandas>=2.0",
+#     "tqdm>=4.66",
+# ]
+# ///
+"""Per-layer activation norms of two models, and the norms of their difference, on forget and retain text.
+
+Weight diffs (collect_param_stats.py) say *where* a model changed; activations say whether the change
+does what unlearning claims: the representations of hazardous (forget) text should move a lot and
+those of general (retain) text hardly at all. For every hidden state l = 0..N (transformers'
+``hidden_states[l]``: 0 = the embeddings, l = the output of decoder layer l-1, N = the output of the
+last layer *after* the final norm) and each split, this script reports token-weighted means over all
+real (non-padding) tokens of
+
+    ||h_A||_1, ||h_A||_2, ||h_B||_1, ||h_B||_2, ||h_B - h_A||_1, ||h_B - h_A||_2, cos(h_A, h_B)
+
+where h_A and h_B are the two models' hidden states at the same token of the same input.
+
+Memory model: the two models are never in memory together (7B pairs on one GPU). Pass 1 runs model A
+over all texts and writes the hidden states of real tokens, every layer, to a temporary disk cache
+(one safetensors file per batch); model A is freed; pass 2 runs model B over the same token ids in the
+same batches and reads the cache back batch by batch. The cache is deleted on success, on error and
+on Ctrl-C. Only the base model (no LM head) is run: the logits are not needed.
+
+Usage:
+    uv run --script collect_activation_norms.py --model-a A --model-b B --outdir outputs/A_vs_B/activation_stats
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# The statistics accumulated per (split, hidden-state index); the CSV columns are their means.
+SUM_KEYS = ("a_l1", "a_l2", "b_l1", "b_l2", "dh_l1", "dh_l2", "cos")
+CSV_COLUMNS = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_norm_L1", "model_b_norm_L2",
+               "mean_dh_L1", "mean_dh_L2", "mean_cos_sim", "n_tokens"]
+FP16_MAX = 65504.0  # largest finite float16; anything beyond rounds to inf
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr, exit status 1."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_texts(path: str | os.PathLike, max_samples: int | None = None) -> list[str]:
+    """One sample per line (blank lines skipped), the first ``max_samples`` of them if given."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"text file {p} does not exist")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"text file {p} is not UTF-8 text") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise UsageError(f"text file {p} is empty (one sample per line expected)")
+    return texts[:max_samples] if max_samples else texts
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicit device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was requested but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str):
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU."""
+    import torch
+
+    if name == "auto":
+        name = {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_config(name: str, trust_remote_code: bool = False):
+    """The (text) config of a local model directory or hub ID, or one clear sentence why not."""
+    from transformers import AutoConfig
+
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UsageError(f"model directory {name} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(str(p) if p.exists() else name, trust_remote_code=trust_remote_code)
+    except OSError:
+        raise UsageError(f"cannot download {name} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from None
+    except ValueError as e:  # unknown architecture, remote code needed, ...
+        raise UsageError(f"cannot load the config of {name}: {str(e).splitlines()[0]}") from None
+    return config.get_text_config()
+
+
+def check_compatible(config_a, config_b) -> tuple[int, int]:
+    """Both models must have the same number of layers and hidden size; returns (layers, hidden)."""
+    la, lb = getattr(config_a, "num_hidden_layers", None), getattr(config_b, "num_hidden_layers", None)
+    ha, hb = getattr(config_a, "hidden_size", None), getattr(config_b, "hidden_size", None)
+    if la != lb:
+        raise UsageError(f"the models have different numbers of layers (A: {la}, B: {lb}); "
+                         "their hidden states cannot be compared layer by layer")
+    if ha != hb:
+        raise UsageError(f"the models have different hidden sizes (A: {ha}, B: {hb}); "
+                         "their hidden states cannot be subtracted")
+    if la is None or ha is None:
+        raise UsageError("cannot read num_hidden_layers / hidden_size from the model configs")
+    return la, ha
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:  # causal LMs often ship without one; the id only fills masked slots
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated to ``max_length`` (no padding: batches are padded later)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return [list(x) for x in ids]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batching
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (an OOM shows up at once).
+
+    With right padding and a causal mask a real token never sees a padding token, so the hidden
+    states of real tokens do not depend on how texts are grouped; sorting only removes padding work.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def base_of(model):
+    """The transformer body without the LM head: its ``hidden_states`` equal the causal LM's."""
+    return getattr(model, "base_model", model)
+
+
+def hidden_states(body, input_ids, attention_mask):
+    """All N+1 hidden states ([batch, seq, hidden] each) of one batch, as ``output_hidden_states=True``."""
+    import torch
+
+    with torch.inference_mode():
+        out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    return out.hidden_states
+
+
+# ----------------------------------------------------------------------------------------------------
+# The math
+
+
+def norm_sums(h):
+    """Sums over tokens of ||h||_1 and ||h||_2 for ``h`` of shape [tokens, hidden] (fp32)."""
+    return h.abs().sum(-1).sum(), h.norm(dim=-1).sum()
+
+
+def diff_sums(h_a, h_b):
+    """Sums over tokens of ||h_B||_1, ||h_B||_2, ||dh||_1, ||dh||_2 and cos(h_A, h_B), dh = h_B - h_A.
+
+    Cosine similarity is what circuit breakers (Zou et al. 2024, "Improving Alignment and Robustness
+    with Circuit Breakers") push towards zero on harmful text, so it is reported next to the norms.
+    """
+    import torch
+
+    dh = h_b - h_a
+    cos = torch.nn.functional.cosine_similarity(h_a, h_b, dim=-1, eps=1e-12)
+    return (*norm_sums(h_b), *norm_sums(dh), cos.sum())
+
+
+def to_cache_dtype(h, cache_dtype):
+    """``h`` in the cache dtype, or in fp32 if it holds values beyond fp16's range (returns tensor, fell_back).
+
+    Massive activations (Sun et al. 2024, "Massive Activations in Large Language Models") reach 1e4-1e5
+    in some dimensions; cast to fp16 they would silently become inf.
+    """
+    import torch
+
+    if cache_dtype == torch.float16 and h.dtype not in (torch.float16,):
+        if bool((h.abs().amax() > FP16_MAX) if h.numel() else False):
+            return h.to(torch.float32), True
+    return h.to(cache_dtype), False
+
+
+def cache_bytes(n_tokens: int, n_states: int, hidden: int, itemsize: int) -> int:
+    """Size of the cache: every real token's hidden state at every layer."""
+    return n_tokens * n_states * hidden * itemsize
+
+
+def new_sums(n_states: int) -> dict:
+    return {k: np.zeros(n_states, dtype=np.float64) for k in SUM_KEYS} | {"n": 0}
+
+
+def stats_table(sums: dict, splits: list[str]):
+    """The CSV rows: token-weighted means (sums / number of real tokens), one row per layer and split."""
+    import pandas as pd
+
+    rows = []
+    n_states = len(sums[splits[0]]["a_l1"])
+    for layer in range(n_states):
+        for split in splits:
+            s, n = sums[split], max(sums[split]["n"], 1)
+            rows.append({"layer": layer, "split": split,
+                         "model_a_norm_L1": s["a_l1"][layer] / n, "model_a_norm_L2": s["a_l2"][layer] / n,
+                         "model_b_norm_L1": s["b_l1"][layer] / n, "model_b_norm_L2": s["b_l2"][layer] / n,
+                         "mean_dh_L1": s["dh_l1"][layer] / n, "mean_dh_L2": s["dh_l2"][layer] / n,
+                         "mean_cos_sim": s["cos"][layer] / n, "n_tokens": s["n"]})
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def write_csv_atomic(df, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two passes
+
+
+def load_model(name: str, dtype, device: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UsageError(f"cannot load model {name} as safetensors: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def pass_one(body, batches, device, cache_dir: Path, cache_dtype, sums, n_states, progress):
+    """Model A: accumulate its norms and write the hidden states of real tokens to the cache."""
+    import torch
+    from safetensors.torch import save_file
+
+    fell_back: set[int] = set()
+    writer = ThreadPoolExecutor(max_workers=1)  # disk writes overlap the next forward pass
+    pending = None
+    try:
+        for b, (split, seqs, pad_id) in enumerate(progress(batches, "pass 1/2: model A")):
+            ids, mask = pad_right(seqs, pad_id)
+            hs = hidden_states(body, ids.to(device), mask.to(device))
+            real = mask.to(device).bool()
+            if len(hs) != n_states:
+                raise UsageError(f"model A returned {len(hs)} hidden states, its config promises {n_states}")
+            tensors, per_layer = {}, []
+            for layer, h in enumerate(hs):
+                h = h[real]  # [tokens, hidden]: real tokens only, row-major over (text, position)
+                per_layer.append(torch.stack(norm_sums(h.float())))
+                h_cached, fb = to_cache_dtype(h, cache_dtype)
+                if fb and layer not in fell_back:
+                    fell_back.add(layer)
+                    print(f"warning: hidden state {layer} of model A exceeds the fp16 range (max |h| = "
+                          f"{h.abs().amax().item():.3g}); cached in fp32 wherever that happens", file=sys.stderr)
+                tensors[f"layer_{layer}"] = h_cached.contiguous().cpu()
+            acc = torch.stack(per_layer).to("cpu", torch.float64).numpy()
+            sums[split]["a_l1"] += acc[:, 0]
+            sums[split]["a_l2"] += acc[:, 1]
+            sums[split]["n"] += int(mask.sum())
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(save_file, tensors, str(cache_dir / f"batch_{b:06d}.safetensors"))
+            del hs, tensors
+        if pending is not None:
+            pending.result()
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+def pass_two(body, batches, device, cache_dir: Path, sums, n_states, progress):
+    """Model B: read model A's cached hidden states batch by batch and accumulate B's norms and dh."""
+    import torch
+    from safetensors.torch import load_file
+
+    reader = ThreadPoolExecutor(max_workers=1)  # the next batch is read while this one is computed
+    path = lambda b: str(cache_dir / f"batch_{b:06d}.safetensors")  # noqa: E731
+    try:
+        nxt = reader.submit(load_file, path(0)) if batches else None
+        for b, (split, seqs, pad_id) in enumerate(progress(batches, "pass 2/2: model B")):
+            cached = nxt.result()
+            nxt = reader.submit(load_file, path(b + 1)) if b + 1 < len(batches) else None
+            ids, mask = pad_right(seqs, pad_id)
+            hs = hidden_states(body, ids.to(device), mask.to(device))
+            real = mask.to(device).bool()
+            if len(hs) != n_states:
+                raise UsageError(f"model B returned {len(hs)} hidden states, model A {n_states}")
+            per_layer = []
+            for layer, h in enumerate(hs):
+                h_b = h[real].float()
+                h_a = cached[f"layer_{layer}"].to(device).float()
+                per_layer.append(torch.stack(diff_sums(h_a, h_b)))
+            acc = torch.stack(per_layer).to("cpu", torch.float64).numpy()
+            for j, key in enumerate(("b_l1", "b_l2", "dh_l1", "dh_l2", "cos")):
+                sums[split][key] += acc[:, j]
+            del hs, cached
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+
+
+def release_memory() -> None:
+    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def run(args) -> Path:
+    import torch
+    from tqdm.auto import tqdm
+
+    if args.max_length <= 0:
+        raise UsageError(f"--max-length must be positive, got {args.max_length}")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.max_samples is not None and args.max_samples <= 0:
+        raise UsageError(f"--max-samples must be positive, got {args.max_samples}")
+    texts = {"forget": read_texts(args.forget_text, args.max_samples),
+             "retain": read_texts(args.retain_text, args.max_samples)}
+    splits = list(texts)
+    cache_root = Path(args.cache_dir or tempfile.gettempdir())
+    if not cache_root.is_dir():
+        raise UsageError(f"--cache-dir {cache_root} is not a directory")
+
+    # Everything that can be checked without running a model is checked before pass 1.
+    config_a = load_config(args.model_a, args.trust_remote_code)
+    config_b = load_config(args.model_b, args.trust_remote_code)
+    n_layers, hidden = check_compatible(config_a, config_b)
+    n_states = n_layers + 1
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+
+    try:
+        tok = load_tokenizer(args.model_a, args.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any failure here means "no usable tokenizer"
+        raise UsageError(f"cannot load the tokenizer of model A ({args.model_a}): {str(e).splitlines()[0]}") from None
+    max_len = args.max_length
+    max_pos = getattr(config_a, "max_position_embeddings", None)
+    if max_pos and max_len > max_pos:
+        print(f"note: --max-length {max_len} exceeds model A's {max_pos} positions; texts are cut at {max_pos}",
+              file=sys.stderr)
+        max_len = max_pos
+    ids = {s: tokenize(tok, texts[s], max_len) for s in splits}
+    try:
+        tok_b = load_tokenizer(args.model_b, args.trust_remote_code)
+    except Exception:  # noqa: BLE001
+        tok_b = None
+        print("note: model B has no tokenizer of its own; it is fed model A's token ids", file=sys.stderr)
+    if tok_b is not None:
+        for s in splits:
+            ids_b = tokenize(tok_b, texts[s], max_len)
+            bad = [i for i, (x, y) in enumerate(zip(ids[s], ids_b)) if x != y]
+            if bad:
+                raise UsageError(f"model B's tokenizer encodes {len(bad)} of {len(ids[s])} {s} texts differently "
+                                 f"from model A's (first: line {bad[0] + 1}); the models would see different tokens")
+    vocab_b = getattr(config_b, "vocab_size", None)
+    top = max(max((max(x) for x in ids[s] if x), default=0) for s in splits)
+    if vocab_b is not None and top >= vocab_b:
+        raise UsageError(f"model A's tokenizer produces token id {top}, beyond model B's vocabulary of {vocab_b}")
+
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    batches = []
+    for s in splits:
+        seqs = [x for x in ids[s] if x]
+        for idx in length_sorted_batches([len(x) for x in seqs], args.batch_size):
+            batches.append((s, [seqs[i] for i in idx], pad_id))
+
+    # The cache: model A's dtype is lossless (bf16 on GPU: half of fp32 at no cost in accuracy);
+    # --cache-fp16 halves an fp32 model's cache at the price of fp16 rounding.
+    cache_dtype = torch.float16 if (args.cache_fp16 and dtype == torch.float32) else dtype
+    if args.cache_fp16:
+        if dtype == torch.float32:
+            print("warning: --cache-fp16 rounds model A's hidden states to fp16: mean_dh_* and mean_cos_sim "
+                  "change slightly (the model_*_norm_* columns do not); leave it off for final numbers",
+                  file=sys.stderr)
+        else:
+            print(f"note: model A runs in {str(dtype).split('.')[-1]}, so the cache is already 16-bit and "
+                  "lossless; --cache-fp16 changes nothing", file=sys.stderr)
+    n_tokens = sum(len(x) for s in splits for x in ids[s])
+    itemsize = torch.empty((), dtype=cache_dtype).element_size()
+    need = cache_bytes(n_tokens, n_states, hidden, itemsize)
+    free_bytes = shutil.disk_usage(cache_root).free
+    if need > free_bytes:
+        raise UsageError(f"the activation cache needs {human(need)} ({n_tokens:,} tokens x {n_states} hidden states "
+                         f"x {hidden} x {itemsize} bytes) but {cache_root} has {human(free_bytes)} free; pass "
+                         "--cache-dir on a bigger disk, --max-samples / --max-length to cache less, or --cache-fp16")
+    print(f"cache: {n_tokens:,} tokens x {n_states} hidden states x {hidden} x {itemsize} bytes = {human(need)} "
+          f"({str(cache_dtype).split('.')[-1]}) under {cache_root} ({human(free_bytes)} free)", file=sys.stderr)
+
+    def progress(items, desc):
+        return tqdm(items, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True)
+
+    sums = {s: new_sums(n_states) for s in splits}
+    cache_dir = Path(tempfile.mkdtemp(prefix="activation_cache_", dir=cache_root))
+    try:
+        model = load_model(args.model_a, dtype, device, args.trust_remote_code)
+        pass_one(base_of(model), batches, device, cache_dir, cache_dtype, sums, n_states, progress)
+        del model  # model A is gone before model B is loaded: one model in memory at a time
+        release_memory()
+        model = load_model(args.model_b, dtype, device, args.trust_remote_code)
+        pass_two(base_of(model), batches, device, cache_dir, sums, n_states, progress)
+        del model
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+    out = Path(args.outdir) / "activation_stats.csv"
+    write_csv_atomic(stats_table(sums, splits), out)
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-a", required=True, help="base model: local directory or hub ID")
+    p.add_argument("--model-b", required=True, help="model compared with it: local directory or hub ID")
+    p.add_argument("--forget-text", default="data/forget.txt", help="forget texts, one per line")
+    p.add_argument("--retain-text", default="data/retain.txt", help="retain texts, one per line")
+    p.add_argument("--outdir", required=True, help="where activation_stats.csv goes")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto: CUDA > MPS > CPU")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="model dtype; auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text (longer texts are truncated)")
+    p.add_argument("--max-samples", type=int, default=None, help="use only the first N texts of each file; none: all")
+    p.add_argument("--cache-fp16", action="store_true",
+                   help="cache an fp32 model's hidden states in fp16 (half the disk; changes numbers slightly)")
+    p.add_argument("--cache-dir", default=None, help="parent of the temporary cache directory; none: $TMPDIR")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def interrupted(signum, frame):  # `kill` cleans up like Ctrl-C does
+        raise KeyboardInterrupt
+
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, interrupted)
+    try:
+        out = run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the activation cache was removed and no CSV was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print("error: out of device memory; lower --batch-size or --max-length", file=sys.stderr)
+        return 1
+    finally:
+        if threading_is_main():
+            signal.signal(signal.SIGTERM, previous)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "torch>=2.4",
+#     "safetensors>=0.4",
+#     "huggingface_hub>=0.30",
+#     "pandas>=2.0",
+#     "tqdm>=4.66",
+# ]
+# ///
+"""Where and how did the weights move?  Per-matrix and per-layer statistics of ΔW = W_b − W_a.
+
+For every 2-D weight matrix that two checkpoints of the same architecture share, this computes
+
+    dW_fro          ‖ΔW‖_F                              how much the matrix moved
+    dW_stable_rank  ‖ΔW‖_F² / ‖ΔW‖_2²   (in [1, rank])  how the change is shaped: ≈1 is a surgical
+                                                        rank-1 edit, large is broad drift
+    W_stable_rank   the same for the base weights W_a
+
+(stable rank: Rudelson & Vershynin 2007), then aggregates them per decoder layer and group
+(attention / MLP) into per_layer.csv, which plot_param_stats.py draws.
+
+Why it is built this way:
+  * The checkpoints are streamed tensor by tensor (and large tensors in slices) with safetensors,
+    so a pair of 7B models never sits in memory; A and B may be sharded differently.
+  * ΔW is formed in fp32 from the tensors' stored dtype (subtracting in bf16 rounds small
+    differences to a coarse grid and inflates them); Frobenius norms are accumulated in float64.
+  * ‖M‖_2² is the top eigenvalue of the smaller-side Gram matrix G = MᵀM (or MMᵀ), which is
+    accumulated slice by slice and handed to a seeded block Lanczos solver with full
+    re-orthogonalisation and Rayleigh–Ritz, stopped by a real residual test ‖Gv − θv‖ ≤ tol·θ.
+    Fine-tuning ΔWs have flat noise spectra (σ2/σ1 ≈ 0.999) on which a few power-iteration steps
+    stall far from σ1; the block Krylov space gets there in a few dozen products with G.
+
+Usage:
+    uv run --script collect_param_stats.py --model-a EleutherAI/deep-ignorance-unfiltered \\
+        --model-b EleutherAI/deep-ignorance-e2e-strong-filter \\
+        --outdir outputs/deep-ignorance-unfiltered_vs_deep-ignorance-e2e-strong-filter/param_stats
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
+
+PER_MATRIX_COLUMNS = ["name", "layer", "group", "shape0", "shape1", "dW_fro", "dW_stable_rank",
+                      "W_stable_rank", "dW_spec", "W_fro", "W_spec", "rel_change", "dW_iters",
+                      "W_iters"]
+PER_LAYER_COLUMNS = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats",
+                     "count_changed"]
+
+
+class UsageError(Exception):
+    """Bad input: reported as one `error: ...` line on stderr, exit status 1."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter names: which decoder layer, which sub-module
+# ----------------------------------------------------------------------------------------------
+# `<prefix>.layers.N.<module>...` (GPT-NeoX, Llama/Mistral/Qwen/Gemma, OPT), `transformer.h.N.`
+# (GPT-2, Falcon, GPT-J), `blocks.N.` / `layer.N.` elsewhere.
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+ATTN_MODULES = {"attention", "self_attn", "attn", "self_attention", "cross_attn", "cross_attention",
+                "encoder_attn", "linear_attn"}
+MLP_MODULES = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "fc1", "fc2"}
+# Model families whose linear layers are transformers' Conv1D, stored [in_features, out_features].
+CONV1D_MODEL_TYPES = {"gpt2", "imagegpt", "decision_transformer"}
+
+
+def parse_layer_group(name: str) -> tuple[int, str]:
+    """Decoder-layer index and group of a parameter name.
+
+    The group comes from the module directly under the layer (`attention`/`self_attn`/`attn` →
+    "attn", `mlp`/`feed_forward` → "mlp", else "other"), never from the leaf: GPT-2 has a
+    `c_proj` under both `attn` and `mlp`. Names outside decoder layers (embeddings, LM head,
+    final norm) get layer −1 and group "other".
+
+    >>> parse_layer_group("gpt_neox.layers.3.attention.query_key_value.weight")
+    (3, 'attn')
+    >>> parse_layer_group("transformer.h.0.mlp.c_proj.weight")
+    (0, 'mlp')
+    >>> parse_layer_group("model.embed_tokens.weight")
+    (-1, 'other')
+    """
+    match = LAYER_RE.search(name)
+    if match is None:
+        return -1, "other"
+    module = match.group(2).split(".")[0]
+    if module in ATTN_MODULES:
+        return int(match.group(1)), "attn"
+    if module in MLP_MODULES:
+        return int(match.group(1)), "mlp"
+    return int(match.group(1)), "other"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: resolved, indexed and read lazily
+# ----------------------------------------------------------------------------------------------
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A local model directory, or a hub ID resolved through the Hugging Face cache.
+
+    Only safetensors weights and config.json are fetched; nothing is ever unpickled.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    try:
+        return Path(snapshot_download(spec, allow_patterns=["*.safetensors", "*.json"]))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is "
+                         "not in the local cache; pass a local model directory, or try "
+                         "./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face "
+                         "hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def open_safetensors(path: Path):
+    """`safe_open` that reads with pread(2) where safetensors supports it (≥0.7).
+
+    With the default mmap backend every page read stays mapped, so scanning a checkpoint would
+    count the whole file towards this process's resident memory.
+    """
+    try:
+        return safe_open(path, framework="pt", backend="pread")
+    except TypeError:
+        return safe_open(path, framework="pt")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Checkpoint:
+    """Names, shapes and stored dtypes of a safetensors checkpoint; tensors read on demand."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.dir = resolve_model_dir(spec)
+        self.files = self._weight_files()  # tensor name -> shard path
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        for shard in sorted(set(self.files.values())):
+            try:
+                with open_safetensors(shard) as f:
+                    for name in f.keys():
+                        if self.files.get(name) == shard:
+                            piece = f.get_slice(name)
+                            self.shapes[name] = tuple(piece.get_shape())
+                            self.dtypes[name] = piece.get_dtype()
+            except (SafetensorError, OSError) as exc:
+                raise UsageError(f"cannot read {shard}: {first_line(exc)}") from exc
+        missing = sorted(n for n in self.files if n not in self.shapes)
+        if missing:
+            raise UsageError(f"{len(missing)} tensors of {self.dir} are listed in its index but "
+                             f"absent from their shard (e.g. {missing[0]})")
+        config = self.dir / "config.json"
+        try:
+            self.model_type = json.loads(config.read_text()).get("model_type", "") if config.is_file() else ""
+        except (OSError, ValueError, AttributeError):
+            self.model_type = ""
+
+    def _weight_files(self) -> dict[str, Path]:
+        """Map tensor name → shard, from model.safetensors.index.json or the files themselves."""
+        index = self.dir / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UsageError(f"cannot read {index}: {first_line(exc)}") from exc
+            files = {name: self.dir / shard for name, shard in weight_map.items()}
+            for shard in sorted(set(files.values())):
+                if not shard.is_file():
+                    raise UsageError(f"{shard.name} is listed in {index} but missing")
+            return files
+        shards = sorted(self.dir.glob("*.safetensors"))
+        if not shards:
+            pickled = sorted(p.name for p in self.dir.glob("*.bin")) + sorted(p.name for p in self.dir.glob("*.pt"))
+            hint = (f" (found {pickled[0]}, which this tool never unpickles; re-save the model with "
+                    "save_pretrained(..., safe_serialization=True))") if pickled else ""
+            raise UsageError(f"no .safetensors weights in {self.dir}{hint}")
+        files = {}
+        for shard in shards:
+            try:
+                with open_safetensors(shard) as f:
+                    files.update({name: shard for name in f.keys()})
+            except (SafetensorError, OSError) as exc:
+                raise UsageError(f"cannot read {shard}: {first_line(exc)}") from exc
+        return files
+
+    def matrices(self) -> dict[str, tuple[int, int]]:
+        return {n: s for n, s in self.shapes.items() if len(s) == 2}
+
+    def read(self, name: str, rows: slice, cols: slice) -> torch.Tensor:
+        """The block [rows, cols] of a tensor, in its stored dtype."""
+        try:
+            with open_safetensors(self.files[name]) as f:
+                return f.get_slice(name)[rows, cols]
+        except (SafetensorError, OSError) as exc:
+            raise UsageError(f"cannot read {name} from {self.files[name]}: {first_line(exc)}") from exc
+
+
+def match_matrices(a: Checkpoint, b: Checkpoint) -> tuple[list[str], list[str]]:
+    """Names of the 2-D weights present in both checkpoints (sorted by layer, then name), and
+    warnings for names present in one only. Differing shapes are a UsageError."""
+    mats_a, mats_b = a.matrices(), b.matrices()
+    warnings = []
+    for label, only in (("A", sorted(set(mats_a) - set(mats_b))), ("B", sorted(set(mats_b) - set(mats_a)))):
+        if only:
+            warnings.append(f"{len(only)} weight matrices are only in model {label} and are skipped "
+                            f"(e.g. {', '.join(only[:3])})")
+    common = [n for n in mats_a if n in mats_b]
+    bad = [n for n in common if mats_a[n] != mats_b[n]]
+    if bad:
+        n = bad[0]
+        raise UsageError(f"the models have different shapes for {len(bad)} matrices, e.g. {n}: "
+                         f"{list(mats_a[n])} in A vs {list(mats_b[n])} in B (not the same architecture?)")
+    if not common:
+        raise UsageError(f"{a.spec} and {b.spec} share no 2-D weight matrices")
+    return sorted(common, key=lambda n: (parse_layer_group(n)[0], n)), warnings
+
+
+# ----------------------------------------------------------------------------------------------
+# The math
+# ----------------------------------------------------------------------------------------------
+def gram_blocks(shape: tuple[int, int], chunk_elems: int):
+    """Slices that cut a (rows, cols) matrix along its long side into blocks of ≤ chunk_elems.
+
+    With M = [M_1; M_2; …] (tall) the small-side Gram matrix is MᵀM = Σ_i M_iᵀ M_i, and with
+    M = [M_1, M_2, …] (wide) it is MMᵀ = Σ_j M_j M_jᵀ, so it can be accumulated block by block.
+    """
+    rows, cols = shape
+    if rows >= cols:
+        step = max(1, chunk_elems // cols)
+        return [(slice(i, min(i + step, rows)), slice(None)) for i in range(0, rows, step)]
+    step = max(1, chunk_elems // rows)
+    return [(slice(None), slice(j, min(j + step, cols))) for j in range(0, cols, step)]
+
+
+def small_gram(block: torch.Tensor, tall: bool) -> torch.Tensor:
+    """BᵀB for a row block of a tall matrix, BBᵀ for a column block of a wide one (fp32 GEMM)."""
+    return block.T @ block if tall else block @ block.T
+
+
+def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-6, max_iter: int = 300,
+                   seed: int = 42) -> tuple[float, int, bool]:
+    """λ_max of a symmetric positive semi-definite G (here ‖M‖_2² = λ_max(MᵀM)).
+
+    Block Lanczos (Golub & Underwood 1977; Saad, *Numerical Methods for Large Eigenvalue
+    Problems*, ch. 6): the block Krylov space K = span{V, GV, G²V, …} of a seeded Gaussian start
+    block V (n×k) is built with full re-orthogonalisation (two block Gram–Schmidt passes, "twice is
+    enough", Giraud et al. 2005) and a rank-revealing SVD of each new block, which drops the
+    directions that are numerically already in K — without it the basis of a rank-1 G fills with
+    rounding noise. Rayleigh–Ritz on T = QᵀGQ gives the Ritz pair (θ, v = Qy) with θ ≤ λ_max, and
+    the stop test is the residual: some eigenvalue lies within ‖Gv − θv‖ of θ, so
+    ‖Gv − θv‖ ≤ tol·θ bounds the relative error by tol (and the error decays like ‖r‖²/gap).
+    The block size k makes the convergence rate depend on the gap λ1 − λ_{k+1} instead of λ1 − λ2,
+    so flat spectra (σ2/σ1 ≈ 0.999) still converge quickly; a single vector would stall.
+    The Ritz problem is solved at geometrically spaced steps (its cost grows cubically with the
+    basis); the basis is restarted with the top-k Ritz vectors if it grows beyond 48k columns.
+
+    Returns (λ_max, block products with G, converged). G = 0 gives (0.0, 0, True).
+    """
+    n = G.shape[0]
+    if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
+        return 0.0, 0, True
+    k = min(block_size, n)
+    max_basis = min(n, 48 * k)
+    opts = dict(device=G.device, dtype=G.dtype)
+    Q = torch.empty(n, max_basis + k, **opts)   # orthonormal basis of K, filled block by block
+    GQ = torch.empty(n, max_basis + k, **opts)  # G applied to it
+    T = torch.empty(max_basis + k, max_basis + k, dtype=torch.float64)  # QᵀGQ, on the CPU
+    gen = torch.Generator().manual_seed(seed)  # CPU generator: the same start block on any device
+    start, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64).to(**opts))
+    Q[:, :k] = start
+    GQ[:, :k] = G @ start
+    T[:k, :k] = (start.T @ GQ[:, :k]).cpu()
+    b, new, products, checked_at = k, k, 1, 0  # basis size, newest block's width, products with G
+    while True:
+        if b >= n or products >= max_iter or products <= 3 or b >= 1.25 * checked_at \
+                or b + k > max_basis:
+            checked_at = b
+            evals, evecs = torch.linalg.eigh(0.5 * (T[:b, :b] + T[:b, :b].T))
+            theta = float(evals[-1])
+            y = evecs[:, -1].to(**opts)
+            residual = float(torch.linalg.vector_norm(GQ[:, :b] @ y - theta * (Q[:, :b] @ y)))
+            if residual <= tol * theta or b >= n:
+                return theta, products, True
+            if products >= max_iter:
+                return theta, products, False
+            if b + k > max_basis:  # restart from the k best Ritz vectors
+                Y = evecs[:, -k:].to(**opts)
+                Q[:, :k], GQ[:, :k] = Q[:, :b] @ Y, GQ[:, :b] @ Y
+                T[:k, :k] = torch.diag(evals[-k:])
+                b, new = k, k
+        # next block: G times the newest block, orthogonalised against the whole basis twice
+        W = GQ[:, b - new:b]
+        for _ in range(2):
+            W = W - Q[:, :b] @ (Q[:, :b].T @ W)
+        U, s, _ = torch.linalg.svd(W, full_matrices=False)
+        keep = (s > 1e-12 * float(T[:b, :b].diagonal().max())).cpu()
+        keep[n - b:] = False
+        if not bool(keep.any()):  # K is invariant under G: its Ritz values are exact eigenvalues
+            return float(torch.linalg.eigvalsh(0.5 * (T[:b, :b] + T[:b, :b].T))[-1]), products, True
+        W = U[:, keep.to(U.device)]
+        if float(s[keep].min()) < 1e-4 * float(s[0]):  # tiny directions: restore orthogonality
+            W, _ = torch.linalg.qr(W - Q[:, :b] @ (Q[:, :b].T @ W))
+        new = W.shape[1]
+        Q[:, b:b + new] = W
+        GQ[:, b:b + new] = G @ W
+        off = (Q[:, :b].T @ GQ[:, b:b + new]).cpu()
+        T[:b, b:b + new], T[b:b + new, :b] = off, off.T
+        T[b:b + new, b:b + new] = (W.T @ GQ[:, b:b + new]).cpu()
+        b += new
+        products += 1
+
+
+def stable_rank(fro_sq: float, spec_sq: float) -> float:
+    """‖M‖_F² / ‖M‖_2² (1 for a rank-1 matrix, up to rank(M)); NaN for M = 0.
+
+    Clamped at 1: a value below it can only be rounding in the top eigenvalue.
+    """
+    if spec_sq <= 0.0 or fro_sq <= 0.0:
+        return math.nan
+    return max(1.0, fro_sq / spec_sq)
+
+
+def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, *,
+                 chunk_elems: int = 1 << 22, block_size: int = 8, tol: float = 1e-6,
+                 max_iter: int = 300, seed: int = 42) -> dict:
+    """One per_matrix.csv row: ΔW = W_b − W_a in fp32, norms accumulated in float64."""
+    layer, group = parse_layer_group(name)
+    shape = a.shapes[name]
+    tall = shape[0] >= shape[1]
+    acc = device if device.type != "mps" else torch.device("cpu")  # MPS has no float64
+    side = shape[1] if tall else shape[0]
+    G_dw = torch.zeros(side, side, dtype=torch.float64, device=acc)
+    G_w = torch.zeros(side, side, dtype=torch.float64, device=acc)
+    fro_dw = torch.zeros((), dtype=torch.float64, device=acc)
+    fro_w = torch.zeros((), dtype=torch.float64, device=acc)
+    for rows, cols in gram_blocks(shape, chunk_elems):
+        wa = a.read(name, rows, cols).to(device=device, dtype=torch.float32)
+        wb = b.read(name, rows, cols).to(device=device, dtype=torch.float32)
+        dw = wb.sub_(wa)  # exact for bf16/fp16 inputs, one rounding for fp32 inputs
+        G_dw += small_gram(dw, tall).to(acc, torch.float64)
+        G_w += small_gram(wa, tall).to(acc, torch.float64)
+        fro_dw += torch.linalg.vector_norm(dw, dtype=torch.float64).to(acc) ** 2
+        fro_w += torch.linalg.vector_norm(wa, dtype=torch.float64).to(acc) ** 2
+        del wa, wb, dw
+    spec_dw, it_dw, ok_dw = top_eigenvalue(G_dw, block_size, tol, max_iter, seed)
+    spec_w, it_w, ok_w = top_eigenvalue(G_w, block_size, tol, max_iter, seed)
+    fro_dw, fro_w = float(fro_dw), float(fro_w)
+    conv1d = a.model_type in CONV1D_MODEL_TYPES and name.endswith((".c_attn.weight", ".c_fc.weight", ".c_proj.weight"))
+    out_features, in_features = (shape[1], shape[0]) if conv1d else shape
+    return {
+        "name": name, "layer": layer, "group": group, "shape0": out_features, "shape1": in_features,
+        "dW_fro": math.sqrt(fro_dw), "dW_stable_rank": stable_rank(fro_dw, spec_dw),
+        "W_stable_rank": stable_rank(fro_w, spec_w), "dW_spec": math.sqrt(spec_dw),
+        "W_fro": math.sqrt(fro_w), "W_spec": math.sqrt(spec_w),
+        "rel_change": math.sqrt(fro_dw / fro_w) if fro_w > 0 else math.nan,
+        "dW_iters": it_dw, "W_iters": it_w, "converged": ok_dw and ok_w,
+    }
+
+
+def aggregate_per_layer(per_matrix: pd.DataFrame) -> pd.DataFrame:
+    """per_layer.csv: for each decoder layer and group (layer −1 left out),
+
+        dW_fro_layer        = √(Σ_i ‖ΔW_i‖_F²)   the layer's total change
+        mean_dW_stable_rank = mean of dW_stable_rank over the matrices that changed (ΔW_i ≠ 0),
+                              NaN when none did
+        count_mats          = matrices aggregated;  count_changed = those with ΔW_i ≠ 0
+    """
+    rows = []
+    inside = per_matrix[per_matrix["layer"] >= 0]
+    for (layer, group), g in inside.groupby(["layer", "group"], sort=True):
+        changed = g[g["dW_fro"] > 0]
+        rows.append({
+            "layer": int(layer), "group": group,
+            "dW_fro_layer": math.sqrt(math.fsum(x * x for x in g["dW_fro"])),
+            "mean_dW_stable_rank": math.fsum(changed["dW_stable_rank"]) / len(changed) if len(changed) else math.nan,
+            "count_mats": len(g), "count_changed": len(changed),
+        })
+    return pd.DataFrame(rows, columns=PER_LAYER_COLUMNS)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA > MPS > CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return torch.device(name)
+
+
+def write_csvs_atomically(outdir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Write every table to a temp file beside its target, then os.replace them all."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    temps = {}
+    try:
+        for filename, table in tables.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=outdir)
+            temps[filename] = tmp
+            with os.fdopen(fd, "w", newline="") as fh:
+                table.to_csv(fh, index=False, na_rep="nan", lineterminator="\n")
+        for filename, tmp in temps.items():
+            os.replace(tmp, outdir / filename)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Per-matrix and per-layer statistics of ΔW = W_b − W_a (Frobenius norm, stable "
+                    "rank) between two safetensors checkpoints of the same architecture.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-a", required=True, help="base model: local directory or Hugging Face hub ID")
+    p.add_argument("--model-b", required=True, help="changed model: local directory or hub ID")
+    p.add_argument("--outdir", default=None,
+                   help="folder for per_matrix.csv and per_layer.csv "
+                        "(default: outputs/<basenameA>_vs_<basenameB>/param_stats)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="where the Gram products and the eigensolver run (auto: CUDA > MPS > CPU)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="accepted for symmetry with the other tools; ΔW and its spectra are always "
+                        "computed in fp32 with float64 accumulation, fp16/bf16 are ignored with a warning")
+    p.add_argument("--seed", type=int, default=42, help="seed of the Lanczos start block (bit-reproducible)")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="stop when the top Ritz pair's residual ‖Gv − θv‖ ≤ tol·θ (relative error bound on ‖·‖_2²)")
+    p.add_argument("--block-size", type=int, default=8, help="Lanczos block size")
+    p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
+    p.add_argument("--chunk-mb", type=float, default=16.0,
+                   help="large tensors are read in slices of about this many MB (fp32)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    outdir = Path(args.outdir) if args.outdir else Path("outputs") / (
+        f"{Path(args.model_a.rstrip('/')).name}_vs_{Path(args.model_b.rstrip('/')).name}") / "param_stats"
+    try:
+        if args.tol <= 0 or args.block_size < 1 or args.max_iter < 1 or args.chunk_mb <= 0:
+            raise UsageError("--tol and --chunk-mb must be positive, --block-size and --max-iter at least 1")
+        device = pick_device(args.device)
+        if args.dtype in ("fp16", "bf16"):
+            print(f"warning: --dtype {args.dtype} ignored: ΔW is always computed in fp32 from the stored "
+                  "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
+        torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
+        a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
+        names, warnings = match_matrices(a, b)
+        others = [n for n in names if parse_layer_group(n)[0] >= 0 and parse_layer_group(n)[1] == "other"]
+        if others:
+            warnings.append(f"{len(others)} matrices inside decoder layers are neither attention nor "
+                            f"MLP and are grouped as 'other' (e.g. {', '.join(others[:3])})")
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
+        rows = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
+                             tol=args.tol, max_iter=args.max_iter, seed=args.seed)
+                for name in tqdm(names, desc="ΔW spectra", unit="matrix")]
+        stalled = [r["name"] for r in rows if not r.pop("converged")]
+        if stalled:
+            print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "
+                  f"{args.tol:g} within --max-iter {args.max_iter} (e.g. {stalled[0]}); their stable "
+                  "ranks are upper bounds", file=sys.stderr)
+        per_matrix = pd.DataFrame(rows, columns=PER_MATRIX_COLUMNS)
+        per_layer = aggregate_per_layer(per_matrix)
+        write_csvs_atomically(outdir, {"per_matrix.csv": per_matrix, "per_layer.csv": per_layer})
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {outdir / 'per_matrix.csv'} ({len(per_matrix)} matrices) and {outdir / 'per_layer.csv'}")
+    if len(per_layer) and (per_layer["dW_fro_layer"] > 0).any():
+        top = per_layer.loc[per_layer["dW_fro_layer"].idxmax()]
+        print(f"largest change: layer {top['layer']} {top['group']}, ‖ΔW‖_F = {top['dW_fro_layer']:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

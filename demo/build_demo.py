@@ -1,0 +1,452 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "torch>=2.4",
+#     "transformers>=5.0,<6",
+#     "tokenizers>=0.21",
+#     "safetensors>=0.4",
+#     "tqdm>=4.66",
+# ]
+# ///
+"""Build the demo model family: a miniature of the reference study that runs offline on a CPU.
+
+The reference study compares EleutherAI/deep-ignorance-unfiltered (GPT-NeoX 6.9B, pretrained on
+data that includes biothreat-proxy text) with two twins that lack that knowledge in different
+ways: deep-ignorance-e2e-strong-filter (same recipe, the hazardous documents filtered out of the
+pretraining data) and deep-ignorance-unfiltered-cb-lat (the unfiltered model after Circuit
+Breakers + Latent Adversarial Training unlearning). This script builds the same three roles at
+toy scale, so every analysis tool can be run end to end without a GPU or the hub:
+
+  demo-unfiltered          a tiny GPT-NeoX trained from scratch on forget + retain text
+  demo-e2e-strong-filter   the same initialisation, the same number of steps, retain text only
+  demo-unfiltered-cb-lat   ``unlearn.py --method cb_lat`` applied to demo-unfiltered
+
+The text is ``create_datasets.py --source synthetic``: forget = facts of an invented technical
+domain (the stand-in for hazardous knowledge), retain = everyday prose. The last 10% of each file
+is held out; the NLL of every model on the held-out lines is printed and saved to
+``<outdir>/demo_report.json`` (the unfiltered model knows the domain: its forget NLL is well below
+the filtered twin's; the cb-lat twin's forget NLL rises while its retain NLL stays close).
+
+Everything is deterministic from ``--seed`` (CPU, fp32, seeded data order) and cached: each step
+writes a ``build_info.json`` with a fingerprint of its settings and inputs, and a rerun skips
+every step whose fingerprint still matches (change a setting and that step and the ones after it
+are rebuilt). Models are written atomically (temporary folder, then rename) as sharded
+safetensors with their tokenizer.
+
+Usage:
+    uv run --script demo/build_demo.py [--outdir demo/models] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_VERSION = 1  # bump to invalidate every cached step after a change in this script
+NAMES = {"unfiltered": "demo-unfiltered", "filtered": "demo-e2e-strong-filter", "cb_lat": "demo-unfiltered-cb-lat"}
+
+# The miniature: GPT-NeoX with the reference model's layout (parallel residual, rotary, untied
+# embeddings), 6 layers of width 128. ~1.4 M parameters: a few hundred AdamW steps on a CPU.
+MODEL = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 512,
+         "max_position_embeddings": 256, "vocab_size": 1024}
+TRAIN = {"steps": 400, "batch_size": 16, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1, "max_length": 128,
+         "eval_fraction": 0.1}
+# CB-LAT on the middle of the network: the representations of layers 2 and 3 (of 0-5) are rerouted
+# on forget text while retain representations are held at their original values.
+CB_LAT = {"layer_id": "2,3", "lr": 1e-3, "epochs": 2, "batch_size": 8, "alpha": 100.0,
+          "steering_coeff": 20.0, "lat_eps": 0.1, "lat_steps": 3, "eval_split": 0.1}
+
+
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error:`` line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Caching: one fingerprint per step
+# ----------------------------------------------------------------------------------------------
+def fingerprint(settings: dict) -> str:
+    """SHA-256 of the canonical JSON of ``settings`` (which include the upstream fingerprints)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def cached(folder: Path, fp: str) -> dict | None:
+    """The ``build_info.json`` of ``folder`` when it records fingerprint ``fp`` (else None)."""
+    try:
+        info = json.loads((folder / "build_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if info.get("fingerprint") == fp else None
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` to ``final``, replacing an older ``final`` only now."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_info(folder: Path, fp: str, settings: dict, **extra) -> None:
+    (folder / "build_info.json").write_text(
+        json.dumps({"fingerprint": fp, "settings": settings, **extra}, indent=2, sort_keys=True) + "\n")
+
+
+def script_command(script: Path) -> list[str]:
+    """How a sibling tool is started: ``$UV_RUN`` (as in study.sh), else ``uv run --quiet --script``,
+    else this Python (the tools are standalone scripts, never imported)."""
+    if os.environ.get("UV_RUN"):
+        return shlex.split(os.environ["UV_RUN"]) + [str(script)]
+    if shutil.which("uv"):
+        return ["uv", "run", "--quiet", "--script", str(script)]
+    return [sys.executable, str(script)]
+
+
+def run_tool(name: str, args: list[str]) -> None:
+    """Run ``<repo>/<name>`` with ``args``; its output goes to ours; failure -> UsageError."""
+    cmd = script_command(ROOT / name) + args
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        raise UsageError(f"{name} failed with exit status {rc} (its output is above)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, tokenizer, model
+# ----------------------------------------------------------------------------------------------
+def read_lines(path: Path) -> list[str]:
+    return [s for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]
+
+
+def split_heldout(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(train, held-out): the last ``fraction`` of the lines is held out (create_datasets.py already
+    wrote them in seeded random order)."""
+    n_eval = max(1, round(len(lines) * fraction))
+    return lines[:-n_eval], lines[-n_eval:]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (the GPT-NeoX kind) trained on ``texts``, with NeoX's special
+    tokens: ``<|endoftext|>`` (bos/eos, id 0) and ``<|padding|>`` (pad, id 1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|padding|>", model_max_length=MODEL["max_position_embeddings"])
+
+
+def init_model(tokenizer, seed: int):
+    """The shared random initialisation of both pretrained twins (deterministic for ``seed``)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(**{**MODEL, "vocab_size": len(tokenizer)}, tie_word_embeddings=False,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(config)
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each line followed by ``<|endoftext|>``, truncated to ``max_length``."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
+    return [x + [tokenizer.eos_token_id] for x in ids]
+
+
+def pad(seqs: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask, labels) of a right-padded batch; padded labels are -100."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def mean_nll(model, seqs: list[list[int]], pad_id: int, batch_size: int = 32) -> float:
+    """Token-weighted mean negative log-likelihood (nats/token) of ``seqs`` under ``model``:
+    NLL = −(1/T) Σ_t log p(x_t | x_<t), over every predicted (non-pad) token."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            ids, mask, labels = pad(seqs[i:i + batch_size], pad_id)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            target = labels[:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                  ignore_index=-100, reduction="sum")
+            total += nll.item()
+            count += int((target != -100).sum())
+    return total / max(count, 1)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to lr/10 (nanoGPT's schedule)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def pretrain(model, seqs: list[list[int]], pad_id: int, seed: int, desc: str, steps: int | None = None):
+    """Plain causal-LM pretraining: AdamW, ``TRAIN['steps']`` steps of ``batch_size`` lines drawn
+    epoch by epoch in a seeded random order; fp32 on the CPU, so the result is bit-reproducible."""
+    import torch
+    from tqdm.auto import tqdm
+
+    steps = steps or TRAIN["steps"]
+    bs = TRAIN["batch_size"]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=TRAIN["lr"], betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True)
+    for step in bar:
+        if len(order) < bs:
+            order += torch.randperm(len(seqs), generator=gen).tolist()
+        batch, order = order[:bs], order[bs:]
+        ids, mask, labels = pad([seqs[i] for i in batch], pad_id)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, TRAIN["lr"], TRAIN["warmup"])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def save_model(model, tokenizer, final: Path, fp: str, settings: dict, **extra) -> None:
+    """Sharded safetensors (≥ 2 shards, like the hub checkpoints) + tokenizer + build_info.json,
+    written to a temporary folder and renamed into place."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        model.save_pretrained(tmp, max_shard_size="2MB")
+        tokenizer.save_pretrained(tmp)
+        write_info(tmp, fp, settings, **extra)
+        publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# The build
+# ----------------------------------------------------------------------------------------------
+def build(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, args.threads)))
+    torch.use_deterministic_algorithms(True)
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    # 1. data -------------------------------------------------------------------------------
+    if args.forget_data or args.retain_data:
+        if not (args.forget_data and args.retain_data):
+            raise UsageError("give both --forget-data and --retain-data (or neither)")
+        forget_file, retain_file = Path(args.forget_data), Path(args.retain_data)
+        for f in (forget_file, retain_file):
+            if not f.is_file():
+                raise UsageError(f"{f} does not exist")
+    else:
+        data_dir = out / "data"
+        settings = {"source": "synthetic", "seed": args.data_seed, "n_forget": 500, "n_retain": 500,
+                    "script": file_sha256(ROOT / "create_datasets.py")}
+        fp = fingerprint(settings)
+        forget_file, retain_file = data_dir / "forget.txt", data_dir / "retain.txt"
+        if cached(data_dir, fp) and forget_file.is_file() and retain_file.is_file():
+            print(f"[1/5] data: cached in {data_dir}")
+        else:
+            print(f"[1/5] data: create_datasets.py --source synthetic -> {data_dir}", flush=True)
+            run_tool("create_datasets.py", ["--source", "synthetic", "--seed", str(args.data_seed),
+                                            "--outdir", str(data_dir)])
+            write_info(data_dir, fp, settings)
+    data_hash = file_sha256(forget_file, retain_file)
+    forget_train, forget_eval = split_heldout(read_lines(forget_file), TRAIN["eval_fraction"])
+    retain_train, retain_eval = split_heldout(read_lines(retain_file), TRAIN["eval_fraction"])
+    if len(forget_train) < 10 or len(retain_train) < 10:
+        raise UsageError("the forget and retain data need at least 12 lines each")
+
+    # 2. tokenizer -------------------------------------------------------------------------------
+    tok_dir = out / "tokenizer"
+    tok_settings = {"data": data_hash, "vocab_size": MODEL["vocab_size"], "version": BUILD_VERSION}
+    tok_fp = fingerprint(tok_settings)
+    if cached(tok_dir, tok_fp):
+        print(f"[2/5] tokenizer: cached in {tok_dir}")
+    else:
+        print(f"[2/5] tokenizer: byte-level BPE, vocab {MODEL['vocab_size']}", flush=True)
+        tokenizer = train_tokenizer(forget_train + retain_train + forget_eval + retain_eval, MODEL["vocab_size"])
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-tokenizer-"))
+        tokenizer.save_pretrained(tmp)
+        write_info(tmp, tok_fp, tok_settings)
+        publish(tmp, tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    pad_id, max_len = tokenizer.pad_token_id, TRAIN["max_length"]
+    enc = {k: encode(tokenizer, v, max_len) for k, v in
+           {"forget_train": forget_train, "retain_train": retain_train,
+            "forget_eval": forget_eval, "retain_eval": retain_eval}.items()}
+
+    # 3./4. the two pretrained twins: same init, same steps, different data ---------------------
+    pre_settings = {"tokenizer": tok_fp, "data": data_hash, "model": MODEL, "train": TRAIN,
+                    "seed": args.seed, "version": BUILD_VERSION}
+    for i, (role, seqs) in enumerate((("unfiltered", enc["forget_train"] + enc["retain_train"]),
+                                      ("filtered", enc["retain_train"])), start=3):
+        final = out / NAMES[role]
+        settings = {**pre_settings, "role": role}
+        fp = fingerprint(settings)
+        if cached(final, fp):
+            print(f"[{i}/5] {NAMES[role]}: cached")
+            continue
+        what = "forget + retain" if role == "unfiltered" else "retain only (forget data filtered out)"
+        print(f"[{i}/5] {NAMES[role]}: {TRAIN['steps']} steps on {what}", flush=True)
+        t = time.time()
+        model = pretrain(init_model(tokenizer, args.seed), seqs, pad_id, args.seed, NAMES[role])
+        save_model(model, tokenizer, final, fp, settings, build_seconds=round(time.time() - t, 1))
+
+    # 5. cb-lat twin: unlearn.py on the unfiltered model --------------------------------------
+    base_fp = json.loads((out / NAMES["unfiltered"] / "build_info.json").read_text())["fingerprint"]
+    unlearn = ROOT / "unlearn.py"
+    if not unlearn.is_file():
+        raise UsageError(f"{unlearn} is missing; it builds the cb-lat twin")
+    cb_settings = {"base": base_fp, "cb_lat": CB_LAT, "max_length": max_len, "seed": args.seed,
+                   "unlearn_py": file_sha256(unlearn), "version": BUILD_VERSION}
+    cb_fp = fingerprint(cb_settings)
+    final = out / NAMES["cb_lat"]
+    if cached(final, cb_fp):
+        print(f"[5/5] {NAMES['cb_lat']}: cached")
+    else:
+        print(f"[5/5] {NAMES['cb_lat']}: unlearn.py --method cb_lat on layers {CB_LAT['layer_id']}", flush=True)
+        work = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-cb-lat-run-"))
+        try:
+            (work / "forget.txt").write_text("".join(s + "\n" for s in forget_train), encoding="utf-8")
+            (work / "retain.txt").write_text("".join(s + "\n" for s in retain_train), encoding="utf-8")
+            t = time.time()
+            run_tool("unlearn.py", [
+                "--model", str(out / NAMES["unfiltered"]), "--method", "cb_lat",
+                "--forget-data", str(work / "forget.txt"), "--retain-data", str(work / "retain.txt"),
+                "--outdir", str(work / "model"), "--layer-id", CB_LAT["layer_id"], "--lr", str(CB_LAT["lr"]),
+                "--epochs", str(CB_LAT["epochs"]), "--batch-size", str(CB_LAT["batch_size"]),
+                "--alpha", str(CB_LAT["alpha"]), "--steering-coeff", str(CB_LAT["steering_coeff"]),
+                "--lat-eps", str(CB_LAT["lat_eps"]), "--lat-steps", str(CB_LAT["lat_steps"]),
+                "--max-length", str(max_len), "--seed", str(args.seed), "--device", "cpu", "--dtype", "fp32",
+                "--eval-split", str(CB_LAT["eval_split"]),
+                "--forget-domain", "synthetic crystal-engineering facts", "--retain-domain", "synthetic everyday prose"])
+            seconds = round(time.time() - t, 1)
+            # re-save in the family's format (sharded, with build_info.json), keeping unlearn.py's reports
+            model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+            extra = {}
+            for name in ("metrics.json", "run_report.yaml"):
+                if (work / "model" / name).is_file():
+                    extra[name] = (work / "model" / name).read_text()
+            save_model(model, tokenizer, final, cb_fp, cb_settings, build_seconds=seconds)
+            for name, text in extra.items():
+                (final / name).write_text(text)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # report: held-out NLL of every model ----------------------------------------------------------
+    report = {"seed": args.seed, "models": {}, "heldout": {"forget": len(forget_eval), "retain": len(retain_eval)},
+              "model_config": MODEL, "pretraining": TRAIN, "cb_lat": dict(CB_LAT)}
+    for role, name in NAMES.items():
+        model = AutoModelForCausalLM.from_pretrained(out / name, dtype=torch.float32)
+        info = json.loads((out / name / "build_info.json").read_text())
+        report["models"][name] = {"forget_nll": round(mean_nll(model, enc["forget_eval"], pad_id), 4),
+                                  "retain_nll": round(mean_nll(model, enc["retain_eval"], pad_id), 4),
+                                  "build_seconds": info.get("build_seconds"),
+                                  "parameters": sum(p.numel() for p in model.parameters())}
+    m = report["models"]
+    u, f, c = m[NAMES["unfiltered"]], m[NAMES["filtered"]], m[NAMES["cb_lat"]]
+    report["checks"] = {
+        "forget_nll_filtered_minus_unfiltered": round(f["forget_nll"] - u["forget_nll"], 4),
+        "retain_nll_filtered_minus_unfiltered": round(f["retain_nll"] - u["retain_nll"], 4),
+        "forget_nll_cb_lat_minus_unfiltered": round(c["forget_nll"] - u["forget_nll"], 4),
+        "retain_nll_cb_lat_minus_unfiltered": round(c["retain_nll"] - u["retain_nll"], 4),
+    }
+    report["run_seconds"] = round(time.time() - t0, 1)
+    tmp = out / f".demo_report.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out / "demo_report.json")
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"\nheld-out NLL (nats/token; {report['heldout']['forget']} forget, "
+          f"{report['heldout']['retain']} retain lines):")
+    print(f"  {'model':<26}{'forget':>9}{'retain':>9}")
+    for name, r in report["models"].items():
+        print(f"  {name:<26}{r['forget_nll']:>9.3f}{r['retain_nll']:>9.3f}")
+    for k, v in report["checks"].items():
+        print(f"  {k}: {v:+.3f}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--outdir", default=str(ROOT / "demo" / "models"), help="where the family goes (default demo/models)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and unlearning seed (default 0)")
+    p.add_argument("--data-seed", type=int, default=42,
+                   help="seed of create_datasets.py --source synthetic (default 42, its own default)")
+    p.add_argument("--forget-data", help="use this forget file instead of generating the synthetic one")
+    p.add_argument("--retain-data", help="use this retain file instead of generating the synthetic one")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = build(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished models are kept, unfinished ones were not written", file=sys.stderr)
+        return 130
+    print_report(report)
+    print(f"\ndemo family ready in {args.outdir} ({report['run_seconds']:.0f} s); report: "
+          f"{Path(args.outdir) / 'demo_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,986 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "torch>=2.4",
+#     "transformers>=5.0,<6",
+#     "tokenizers>=0.21",
+#     "safetensors>=0.4",
+#     "huggingface_hub>=0.30",
+#     "accelerate>=1.0",
+#     "tqdm>=4.66",
+#     "pyyaml>=6.0",
+# ]
+# ///
+"""Unlearn a forget set from a causal LM with one of ten methods, keeping a retain set intact.
+
+Loss-based methods act on the model's token log-likelihoods:
+    ga_simple, ga, grad_diff, dpo, npo, simnpo
+Representation-level methods act on the hidden states h_l of decoder layers (``--layer-id``):
+    rmu, cb, lat, cb_lat
+
+Why a new script: public unlearning code keeps a second full model in memory for the reference
+methods (dpo/npo) and runs the whole network although RMU/Circuit-Breaker losses only read layer L.
+Here the reference log-probs are computed once, up front, with the initial weights (the data does
+not change), and rmu/cb stop the forward pass at the highest target layer (no later layers, no
+logits). The original hidden states h_orig are recomputed with a frozen copy of only the trainable
+parameters (``torch.func.functional_call``), never with a second model.
+
+The training loop is plain PyTorch driven by accelerate, so ``uv run --script unlearn.py ...``
+trains on one device and ``accelerate launch unlearn.py ...`` trains data-parallel without code
+changes. After training it writes the model (safetensors + tokenizer), ``metrics.json``
+(forget/retain NLL and their gap on a held-out split, before and after) and ``run_report.yaml``
+into ``--outdir``, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOSS_METHODS = ("ga_simple", "ga", "grad_diff", "dpo", "npo", "simnpo")
+REPR_METHODS = ("rmu", "cb", "lat", "cb_lat")
+METHODS = LOSS_METHODS + REPR_METHODS
+REF_METHODS = ("dpo", "npo")          # need log π_ref, precomputed once
+TRUNK_METHODS = ("rmu", "cb", "cb_lat")  # losses read hidden states only: forward stops at max(layer)
+
+# decoder-layer containers of the architectures we know, relative to the CausalLM module
+KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one ``error: ...`` line, exit status 1."""
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN/inf: the run stops and nothing is saved."""
+
+
+class StopForward(Exception):
+    """Raised by a pre-hook on the layer after the highest target layer: the rest of the network
+    is never computed (rmu/cb only read hidden states up to there)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-likelihood helpers
+# ----------------------------------------------------------------------------------------------
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Per-sample summed next-token log-prob log π(y) = Σ_t log p(y_t | y_<t) and token count |y|.
+
+    Position t of ``logits`` predicts token t+1; padding (attention_mask == 0) is excluded.
+    Returns (sum_logp [B] float32, n_tokens [B] float32).
+    """
+    logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    mask = attention_mask[:, 1:].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    nll = nll.view(targets.shape) * mask
+    return -nll.sum(1), mask.sum(1)
+
+
+def mean_nll(sum_logp: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """NLL of a batch = mean over samples of the per-sample mean token NLL, −log π(y)/|y|.
+
+    Averaging per sample (not per token) makes the loss of a global batch the plain mean of the
+    losses of its shards, so data-parallel training equals one process with the same global batch.
+    """
+    return (-sum_logp / n_tokens.clamp(min=1)).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss-based methods
+# ----------------------------------------------------------------------------------------------
+def ga_simple_loss(nll_forget: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on the forget set: L = −NLL(forget).
+
+    Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in Language Models".
+    """
+    return -nll_forget
+
+
+def ga_loss(nll_forget: torch.Tensor, nll_retain: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on forget plus descent on retain: L = −NLL(forget) + NLL(retain).
+
+    Jang et al. 2023 (ascent) with the retain term of Yao et al. 2023, "Large Language Model
+    Unlearning".
+    """
+    return -nll_forget + nll_retain
+
+
+def grad_diff_loss(nll_forget: torch.Tensor, nll_retain: torch.Tensor, forget_weight: float) -> torch.Tensor:
+    """Gradient difference: L = NLL(retain) − w · NLL(forget), w = ``--forget-weight``.
+
+    Liu et al. 2022, "Continual Learning and Private Unlearning"; Maini et al. 2024, "TOFU".
+    """
+    return nll_retain - forget_weight * nll_forget
+
+
+def dpo_loss(logp_retain, ref_logp_retain, logp_forget, ref_logp_forget, beta: float) -> torch.Tensor:
+    """DPO with the retain sample r as chosen and the forget sample f as rejected:
+
+        L = −mean log σ(β [(log π(r) − log π_ref(r)) − (log π(f) − log π_ref(f))])
+
+    Rafailov et al. 2023, "Direct Preference Optimization"; used for unlearning in Zhang et al.
+    2024 (NPO paper) and Maini et al. 2024 (TOFU). log π = summed token log-prob.
+    """
+    margin = (logp_retain - ref_logp_retain) - (logp_forget - ref_logp_forget)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def npo_loss(logp_forget, ref_logp_forget, nll_retain: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization plus the retain NLL:
+
+        L = −(2/β) · mean log σ(−β (log π(f) − log π_ref(f))) + NLL(retain)
+
+    Zhang et al. 2024, "Negative Preference Optimization: From Catastrophic Collapse to Effective
+    Unlearning". log π = summed token log-prob.
+    """
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp_forget - ref_logp_forget)).mean() + nll_retain
+
+
+def simnpo_loss(logp_forget, n_tokens_forget, nll_retain: torch.Tensor, beta: float) -> torch.Tensor:
+    """SimNPO, reference-free and length-normalised (margin γ = 0), plus the retain NLL:
+
+        L = −(2/β) · mean log σ(−β · log π(f) / |f|) + NLL(retain)
+
+    Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM
+    Unlearning".
+    """
+    avg_logp = logp_forget / n_tokens_forget.clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(-beta * avg_logp).mean() + nll_retain
+
+
+# ----------------------------------------------------------------------------------------------
+# The representation-level methods. h: [B, T, d] hidden states, mask: [B, T] (1 = real token).
+# Token means are over the real tokens of the whole batch.
+# ----------------------------------------------------------------------------------------------
+def masked_token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-token values x [B, T] over the tokens where mask [B, T] is 1."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def random_control_vector(hidden_size: int, steering_coeff: float, seed: int) -> torch.Tensor:
+    """c · u/‖u‖ with u ~ U[0,1)^d drawn from ``seed`` (on the CPU, so every device gets the same u).
+
+    Li et al. 2024, "The WMDP Benchmark" (RMU): one fixed random direction per run.
+    """
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(hidden_size, generator=g)
+    return steering_coeff * u / u.norm()
+
+
+def rmu_loss(h_forget, h_retain, h_orig_retain, mask_forget, mask_retain, control_vec, alpha: float):
+    """Representation Misdirection for Unlearning, averaged over the target layers l:
+
+        L = mean_l [ mean_tok,dim (h_l(x_f) − c·r)² + α · mean_tok,dim (h_l(x_r) − h_orig,l(x_r))² ]
+
+    Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning".
+    Arguments are lists over target layers (except masks, control_vec = c·r [d], alpha).
+    """
+    total = 0.0
+    for hf, hr, hr0 in zip(h_forget, h_retain, h_orig_retain):
+        forget = masked_token_mean((hf.float() - control_vec.float()).pow(2).mean(-1), mask_forget)
+        retain = masked_token_mean((hr.float() - hr0.float()).pow(2).mean(-1), mask_retain)
+        total = total + forget + alpha * retain
+    return total / len(h_forget)
+
+
+def cb_cos_loss(h_forget, h_retain, h_orig_retain, mask_forget, mask_retain, control_vec, alpha: float):
+    """Direction-only circuit breaker (this project's ``cb`` default), averaged over target layers l:
+
+        L = mean_l [ −mean_tok cos(h_l(x_f), c·r) + α · mean_tok (1 − cos(h_l(x_r), h_orig,l(x_r))) ]
+
+    Forget activations are turned toward a fixed random direction r (as RMU, but scale-free),
+    retain activations keep their original direction. A variant of Zou et al. 2024, "Improving
+    Alignment and Robustness with Circuit Breakers"; see ``cb_rr_loss`` for the published loss.
+    """
+    total = 0.0
+    for hf, hr, hr0 in zip(h_forget, h_retain, h_orig_retain):
+        target = control_vec.float().expand_as(hf)
+        forget = -masked_token_mean(F.cosine_similarity(hf.float(), target, dim=-1), mask_forget)
+        retain = masked_token_mean(1 - F.cosine_similarity(hr.float(), hr0.float(), dim=-1), mask_retain)
+        total = total + forget + alpha * retain
+    return total / len(h_forget)
+
+
+def cb_rr_loss(h_forget, h_orig_forget, h_retain, h_orig_retain, mask_forget, mask_retain, alpha: float):
+    """Circuit Breakers' representation-rerouting loss (``--cb-loss rr``), averaged over layers l:
+
+        L = mean_l [ mean_tok ReLU(cos(h_l(x_f), h_orig,l(x_f))) + α · mean_tok ‖h_l(x_r) − h_orig,l(x_r)‖₂ ]
+
+    Zou et al. 2024, "Improving Alignment and Robustness with Circuit Breakers" (Algorithm 1, with
+    constant coefficients): forget activations are made orthogonal to (or pointing away from) their
+    original direction, retain activations stay where they were (L2 distance per token).
+    """
+    total = 0.0
+    for hf, hf0, hr, hr0 in zip(h_forget, h_orig_forget, h_retain, h_orig_retain):
+        forget = masked_token_mean(F.relu(F.cosine_similarity(hf.float(), hf0.float(), dim=-1)), mask_forget)
+        retain = masked_token_mean((hr.float() - hr0.float()).norm(dim=-1), mask_retain)
+        total = total + forget + alpha * retain
+    return total / len(h_forget)
+
+
+def lat_loss(nll_forget_adv: torch.Tensor, nll_retain: torch.Tensor) -> torch.Tensor:
+    """Latent adversarial training, outer loss with the adversary's δ* fixed:
+
+        L = −NLL_forget(x_f; h_l + δ*_l) + NLL_retain(x_r)
+
+    Sheshadri et al. 2024, "Latent Adversarial Training Improves Robustness to Persistent Harmful
+    Behaviors in LLMs"; Casper et al. 2024, "Defending Against Unforeseen Failure Modes with LAT".
+    """
+    return -nll_forget_adv + nll_retain
+
+
+def pgd_update(delta: torch.Tensor, grad: torch.Tensor, step_size: float, eps: float,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One projected sign-gradient step of the adversary, which *minimises* the forget NLL:
+
+        δ ← clip_[−ε, ε](δ − s · sign(∇_δ NLL)),   δ = 0 on padding
+
+    Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks" (L∞ PGD).
+    ``mask`` [B, T] (1 = real token) zeroes the perturbation of padding positions.
+    """
+    new = (delta - step_size * grad.sign()).clamp(-eps, eps)
+    if mask is not None:
+        new = new * mask.unsqueeze(-1).to(new.dtype)
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def normalise_text(s: str) -> str:
+    """Lower-case, whitespace collapsed: the key under which two samples count as the same."""
+    return " ".join(s.lower().split())
+
+
+def read_samples(path: str, what: str) -> tuple[list[str], int]:
+    """One sample per non-empty line; duplicates (after normalising) dropped. Returns (samples, n_dropped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} data {path} does not exist (create it with create_datasets.py)")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} data {path} is not UTF-8 text") from None
+    seen, out = set(), []
+    lines = [ln.strip() for ln in lines if ln.strip()]
+    for ln in lines:
+        key = normalise_text(ln)
+        if key not in seen:
+            seen.add(key)
+            out.append(ln)
+    if not out:
+        raise UsageError(f"{what} data {path} is empty")
+    return out, len(lines) - len(out)
+
+
+def count_overlap(forget: list[str], retain: list[str]) -> int:
+    """Number of forget samples that also occur in retain, after normalising case and whitespace."""
+    r = {normalise_text(s) for s in retain}
+    return sum(normalise_text(s) in r for s in forget)
+
+
+def split_eval(samples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded hold-out: (train, eval), disjoint, eval = max(1, round(fraction·n)) samples (none if 0)."""
+    n = len(samples)
+    n_eval = 0 if fraction <= 0 else max(1, round(fraction * n))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    eval_idx = set(order[:n_eval])
+    train = [s for i, s in enumerate(samples) if i not in eval_idx]
+    held = [s for i, s in enumerate(samples) if i in eval_idx]
+    return train, held
+
+
+def make_schedule(n_forget: int, n_retain: int, batch_size: int, world_size: int, grad_accum: int,
+                  epochs: int, seed: int) -> list[list[tuple[list[int], list[int]]]]:
+    """Which samples each optimizer step uses: steps → micro-batches → (forget idx, retain idx).
+
+    Indices are for the *global* micro-batch of ``batch_size · world_size`` samples; process k takes
+    the slice [k·batch_size, (k+1)·batch_size). Each epoch walks a fresh seeded permutation of the
+    forget set (wrapping round to fill the last micro-batch and a whole accumulation group), and
+    pairs it with the next samples of an endless stream of seeded retain permutations.
+    """
+    g = torch.Generator().manual_seed(seed)
+    gb = batch_size * world_size
+    n_micro = math.ceil(n_forget / gb)
+    n_micro = math.ceil(n_micro / grad_accum) * grad_accum
+    need = n_micro * gb
+    retain_stream: list[int] = []
+    steps = []
+    for _ in range(epochs):
+        perm = torch.randperm(n_forget, generator=g).tolist()
+        f = (perm * math.ceil(need / n_forget))[:need]
+        while len(retain_stream) < need:
+            retain_stream += torch.randperm(n_retain, generator=g).tolist()
+        r, retain_stream = retain_stream[:need], retain_stream[need:]
+        micro = [(f[i * gb:(i + 1) * gb], r[i * gb:(i + 1) * gb]) for i in range(n_micro)]
+        steps += [micro[i:i + grad_accum] for i in range(0, n_micro, grad_accum)]
+    return steps
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to the longest: (input_ids, attention_mask), both [B, T] long."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers, trainable parameters, the model wrapper
+# ----------------------------------------------------------------------------------------------
+def parse_layer_ids(spec: str) -> list[int]:
+    """'5,6,7' → [5, 6, 7]; unparsable, negative or duplicated ids → UsageError."""
+    try:
+        ids = [int(x) for x in spec.replace(" ", "").split(",")]
+    except ValueError:
+        raise UsageError(f"--layer-id {spec!r} is not a comma-separated list of layer numbers, e.g. \"5,6,7\"") from None
+    if any(i < 0 for i in ids):
+        raise UsageError(f"--layer-id {spec!r}: layer numbers start at 0")
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise UsageError(f"--layer-id {spec!r} lists layer {dup[0]} more than once")
+    return ids
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The ModuleList of decoder layers: GPT-NeoX ``gpt_neox.layers``, Llama/Mistral/Qwen
+    ``model.layers``, GPT-2 ``transformer.h``, OPT ``model.decoder.layers``; None if unknown."""
+    for path in KNOWN_LAYER_PATHS:
+        mod = model
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return path, mod
+    return None
+
+
+def select_trainable(model: nn.Module, spec: str, layers_path: str | None, layer_ids: list[int]) -> list[str]:
+    """Names of the parameters to train: ``all``, ``layers`` (those of the target decoder layers)
+    or a regular expression searched in each parameter name."""
+    names = [n for n, _ in model.named_parameters()]
+    if spec == "all":
+        return names
+    if spec == "layers":
+        if layers_path is None:
+            raise UsageError("--trainable layers needs decoder layers, which this architecture does not expose; "
+                             "use --trainable all or a REGEX")
+        prefixes = tuple(f"{layers_path}.{i}." for i in layer_ids)
+        return [n for n in names if n.startswith(prefixes)]
+    try:
+        rx = re.compile(spec)
+    except re.error as e:
+        raise UsageError(f"--trainable {spec!r} is not a valid regular expression ({e})") from None
+    chosen = [n for n in names if rx.search(n)]
+    if not chosen:
+        raise UsageError(f"--trainable {spec!r} matches no parameter name (e.g. {names[0]!r})")
+    return chosen
+
+
+class Runner(nn.Module):
+    """Wraps the CausalLM so every pass goes through one module (the one accelerate/DDP wraps).
+
+    ``forward(..., mode="lm")`` returns logits. ``mode="trunk"`` runs only the backbone and returns
+    the outputs of the ``targets`` modules (decoder layers); a pre-hook on ``stop_before`` (the layer
+    after the highest target layer) raises StopForward, so nothing above is computed.
+    ``perturb(deltas)`` adds δ_k to the output of target module k (LAT).
+    """
+
+    def __init__(self, model: nn.Module, targets: dict | None = None, stop_before: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        targets = targets or {}
+        self.target_ids = list(targets)
+        self._captured: dict | None = None
+        self._deltas: dict | None = None
+        self._stop = False
+        for key, module in targets.items():
+            module.register_forward_hook(self._layer_hook(key))
+        if stop_before is not None:
+            stop_before.register_forward_pre_hook(self._stop_hook)
+
+    def _layer_hook(self, key):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            if self._deltas is not None and key in self._deltas:
+                h = h + self._deltas[key].to(h.dtype)
+                output = (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+            if self._captured is not None:
+                self._captured[key] = h
+            return output
+        return hook
+
+    def _stop_hook(self, module, args):
+        if self._stop:
+            raise StopForward
+
+    @contextlib.contextmanager
+    def perturb(self, deltas: dict | None):
+        """Add δ_l (already zero on padding) to the output of each target layer inside the block."""
+        self._deltas = deltas
+        try:
+            yield
+        finally:
+            self._deltas = None
+
+    def forward(self, input_ids, attention_mask, mode: str = "lm"):
+        if mode == "lm":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        self._captured, self._stop = {}, True
+        try:
+            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            captured, self._captured, self._stop = self._captured, None, False
+        return tuple(captured[l] for l in self.target_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Unlearn a forget set from a causal LM (ten methods); writes the model, metrics.json "
+                    "and run_report.yaml to --outdir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="base model, hub ID or local directory")
+    p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
+    p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
+    p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
+    p.add_argument("--outdir", default=None, help="where the model goes (default: outputs/<model>__<method>/unlearned_model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: CUDA > MPS > CPU")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (AdamW, no weight decay)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs over the forget set")
+    p.add_argument("--batch-size", type=int, default=4, help="forget (and retain) samples per step, per process")
+    p.add_argument("--grad-accum-steps", type=int, default=1, help="gradient accumulation (not equivalent to a larger batch)")
+    p.add_argument("--max-length", type=int, default=512, help="max tokens per sample")
+    p.add_argument("--beta", type=float, default=0.1, help="inverse temperature for dpo/npo/simnpo")
+    p.add_argument("--alpha", type=float, default=100.0, help="retain weight for rmu/cb/cb_lat")
+    p.add_argument("--steering-coeff", type=float, default=20.0, help="steering coefficient c for rmu/cb")
+    p.add_argument("--layer-id", default="5,6,7", help="target decoder layers for rmu/cb/lat/cb_lat")
+    p.add_argument("--forget-weight", type=float, default=1.0, help="forget weight for grad_diff")
+    p.add_argument("--lat-eps", type=float, default=0.1, help="L∞ perturbation budget for lat/cb_lat")
+    p.add_argument("--lat-steps", type=int, default=5, help="adversary PGD steps for lat/cb_lat")
+    p.add_argument("--eval-split", type=float, default=0.1, help="held-out fraction (0 disables)")
+    p.add_argument("--eval-interval", type=int, default=0, help="validate every N steps (0 disables)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clipping norm (0 disables)")
+    p.add_argument("--seed", type=int, default=42, help="seed for everything")
+    p.add_argument("--cb-loss", default="cos", choices=["cos", "rr"],
+                   help="cb/cb_lat loss: cos (turn toward a random direction) or rr (Circuit Breakers rerouting)")
+    p.add_argument("--trainable", default=None,
+                   help="all | layers (the --layer-id layers) | REGEX on parameter names "
+                        "(default: layers for rmu/cb/lat/cb_lat, all for the others)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward to save memory (default: on for CUDA/MPS, off on CPU)")
+    p.add_argument("--max-samples", type=int, default=0, help="use only the first N forget and N retain samples (0: all)")
+    p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
+    p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    return p
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Numeric sanity of the flags (cheap; before anything is loaded)."""
+    checks = [
+        (a.lr > 0, "--lr must be > 0"), (a.epochs >= 1, "--epochs must be >= 1"),
+        (a.batch_size >= 1, "--batch-size must be >= 1"), (a.grad_accum_steps >= 1, "--grad-accum-steps must be >= 1"),
+        (a.max_length >= 2, "--max-length must be >= 2"), (a.beta > 0, "--beta must be > 0"),
+        (0 <= a.eval_split < 1, "--eval-split must be in [0, 1)"), (a.eval_interval >= 0, "--eval-interval must be >= 0"),
+        (a.grad_clip >= 0, "--grad-clip must be >= 0"), (a.lat_eps >= 0, "--lat-eps must be >= 0"),
+        (a.lat_steps >= 0, "--lat-steps must be >= 0"), (a.alpha >= 0, "--alpha must be >= 0"),
+        (a.max_samples >= 0, "--max-samples must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+    for name in ("lr", "beta", "alpha", "steering_coeff", "forget_weight", "lat_eps", "grad_clip"):
+        if not math.isfinite(getattr(a, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be finite")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps requested but MPS is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
+    return dtype
+
+
+def load_config(model_id: str, trust_remote_code: bool):
+    """AutoConfig from a local dir or the hub/cache, with the one-sentence offline error."""
+    from transformers import AutoConfig
+    local = Path(model_id)
+    if local.exists() and not local.is_dir():
+        raise UsageError(f"--model {model_id} is a file; pass a model directory or a hub ID")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise UsageError(f"--model {model_id} has no config.json; is it a Hugging Face model directory?")
+    try:
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
+        if local.is_dir():
+            raise UsageError(f"cannot read the config of {model_id}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot download {model_id} from the Hugging Face hub (offline?) and it is not in the "
+                         f"local cache; pass a local model directory, or try ./pipeline.sh --demo") from None
+
+
+def default_outdir(model_id: str, method: str) -> Path:
+    return Path("outputs") / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
+
+
+def warn(msg: str, warnings: list, main_process: bool = True) -> None:
+    warnings.append(msg)
+    if main_process:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def run(a: argparse.Namespace) -> dict:
+    """Validate, train, save. Returns the metrics dict. Raises UsageError / NonFiniteLoss."""
+    t_start = time.time()
+    check_args(a)
+    method = a.method
+    is_repr = method in REPR_METHODS
+    trainable_spec = a.trainable or ("layers" if is_repr else "all")
+    layer_ids = parse_layer_ids(a.layer_id)
+    uses_layers = is_repr or trainable_spec == "layers"
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, method)
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--outdir {outdir} exists and is not a directory")
+
+    # ---- data (cheap checks first: nothing heavy happens before all of these pass) ----
+    forget, dup_f = read_samples(a.forget_data, "forget")
+    retain, dup_r = read_samples(a.retain_data, "retain")
+    overlap = count_overlap(forget, retain)
+    if overlap:
+        raise UsageError(f"{overlap} forget sample(s) also appear in the retain data (after normalising case and "
+                         f"whitespace); remove them from one of the files")
+    if a.max_samples:
+        forget, retain = forget[:a.max_samples], retain[:a.max_samples]
+    train_f, eval_f = split_eval(forget, a.eval_split, a.seed)
+    train_r, eval_r = split_eval(retain, a.eval_split, a.seed + 1)
+    if not train_f or not train_r:
+        which = "forget" if not train_f else "retain"
+        raise UsageError(f"--eval-split {a.eval_split} leaves no {which} samples to train on "
+                         f"({len(forget) if which == 'forget' else len(retain)} in total)")
+
+    # ---- model structure, on the meta device (no weights loaded yet) ----
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    config = load_config(a.model, a.trust_remote_code)
+    try:
+        with init_empty_weights():
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{a.model} is not a causal language model transformers can build "
+                         f"({str(e).splitlines()[0]})") from None
+    found = find_decoder_layers(skeleton)
+    early_warnings: list[str] = []
+    layers_path = n_layers = None
+    if found is not None:
+        layers_path, n_layers = found[0], len(found[1])
+    if uses_layers:
+        if found is None:
+            arch = type(skeleton).__name__
+            if method == "lat" and trainable_spec != "layers":
+                early_warnings.append(
+                    f"lat: cannot find the decoder layers of {arch} (known: {', '.join(KNOWN_LAYER_PATHS)}); "
+                    f"falling back to perturbing the input embeddings; --layer-id is ignored")
+            else:
+                raise UsageError(f"{method} needs the decoder layers, and {arch} is not a supported architecture "
+                                 f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
+        else:
+            bad = [i for i in layer_ids if i >= n_layers]
+            if bad:
+                raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} decoder layers "
+                                 f"(0–{n_layers - 1})")
+    trainable_names = select_trainable(skeleton, trainable_spec, layers_path, layer_ids)
+    if not trainable_names:
+        raise UsageError(f"--trainable {trainable_spec!r} selects no parameters")
+    del skeleton
+
+    # ---- accelerate: devices, mixed precision, data parallel ----
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    device = resolve_device(a.device)
+    dtype = resolve_dtype(a.dtype, device)
+    # bf16/fp32: the weights live (and train) in that dtype. fp16: fp32 master weights + fp16
+    # autocast with loss scaling (pure fp16 AdamW training overflows).
+    weight_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[dtype]
+    accelerator = Accelerator(
+        cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
+        gradient_accumulation_steps=a.grad_accum_steps,
+        # rmu/cb compute nothing above the top target layer: those parameters get no gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=method in TRUNK_METHODS)])
+    main_process = accelerator.is_main_process
+    warnings: list[str] = []
+    for w in early_warnings:
+        warn(w, warnings, main_process)
+    if dup_f or dup_r:
+        warn(f"dropped duplicate lines: {dup_f} in the forget data, {dup_r} in the retain data", warnings, main_process)
+    if a.grad_accum_steps > 1:
+        warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger batch "
+             f"(per-sample means, clipping and the token-weighted representation losses differ); results will "
+             f"not match a run with --batch-size {a.batch_size * a.grad_accum_steps}", warnings, main_process)
+    if dtype == "fp16":
+        warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from fp32/bf16 "
+             "runs and overflow can skip steps", warnings, main_process)
+    set_seed(a.seed)
+
+    # ---- load ----
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=a.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=weight_dtype, use_safetensors=True,
+                                                     trust_remote_code=a.trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"cannot load {a.model} (safetensors weights and a tokenizer are required): "
+                         f"{str(e).splitlines()[0]}") from None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        pad_id = 0
+    n_params = sum(p.numel() for p in model.parameters())
+    layers = find_decoder_layers(model)
+    layers = layers[1] if layers is not None else None
+
+    def tokenize(texts):
+        ids = tokenizer(texts, truncation=True, max_length=a.max_length)["input_ids"]
+        return [x for x in ids if len(x) >= 2]
+    tok_f, tok_r = tokenize(train_f), tokenize(train_r)
+    tok_ef, tok_er = tokenize(eval_f), tokenize(eval_r)
+    if not tok_f or not tok_r:
+        raise UsageError("every training sample of the forget or retain set is shorter than 2 tokens")
+
+    trainable = set(trainable_names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    gc_on = a.gradient_checkpointing if a.gradient_checkpointing is not None else device in ("cuda", "mps")
+    if gc_on and getattr(model, "supports_gradient_checkpointing", False):
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        # HF makes embedding outputs require grad for reentrant checkpointing; non-reentrant does not
+        # need it, and it would make backward run through the frozen layers below the target layers
+        if hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+    elif gc_on:
+        warn(f"{type(model).__name__} does not support gradient checkpointing; training without it",
+             warnings, main_process)
+        gc_on = False
+    model.train()
+
+    targets, stop_before = {}, None
+    if is_repr and layers is not None:
+        targets = {l: layers[l] for l in layer_ids}
+        if method in TRUNK_METHODS and max(layer_ids) + 1 < len(layers):
+            stop_before = layers[max(layer_ids) + 1]
+    elif is_repr:  # lat fallback (warned above): perturb the input embeddings
+        targets = {"emb": model.get_input_embeddings()}
+    runner = Runner(model, targets, stop_before)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    wrapped, optimizer = accelerator.prepare(runner, optimizer)
+    dev = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def batch(tok, idx):
+        return pad_batch([tok[i] for i in idx], pad_id, dev)
+
+    # ---- π_ref log-probs, once, with the initial weights (no second model) ----
+    ref_f = ref_r = None
+    if method in REF_METHODS:
+        ref_f = precompute_logprobs(runner, tok_f, pad_id, dev, a.batch_size, accelerator, main_process, "log π_ref forget")
+        if method == "dpo":
+            ref_r = precompute_logprobs(runner, tok_r, pad_id, dev, a.batch_size, accelerator, main_process, "log π_ref retain")
+
+    # ---- h_orig: a frozen copy of only the trainable parameters the truncated forward reaches ----
+    frozen = None
+    if method in ("rmu", "cb", "cb_lat"):
+        top = max(layer_ids)
+        above = tuple(f"{layers_path}.{i}." for i in range(top + 1, len(layers)))
+        frozen = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()
+                  if p.requires_grad and not n.startswith(above)}
+    hidden = model.get_input_embeddings().embedding_dim
+    control = random_control_vector(hidden, a.steering_coeff, a.seed).to(dev)
+
+    def h_orig(ids, mask):
+        with torch.no_grad(), accelerator.autocast(), eval_mode(model):
+            return torch.func.functional_call(runner, frozen, args=(ids, mask), kwargs={"mode": "trunk"}, strict=False)
+
+    def adversary(ids, mask):
+        """PGD on δ at the target layers, minimising the forget NLL; returns δ* (detached)."""
+        deltas = {k: torch.zeros(ids.shape + (hidden,), device=dev, requires_grad=True) for k in runner.target_ids}
+        step = 2.5 * a.lat_eps / max(a.lat_steps, 1)
+        for _ in range(a.lat_steps):
+            with runner.perturb(deltas), accelerator.autocast():
+                nll = mean_nll(*sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask))
+            grads = torch.autograd.grad(nll, list(deltas.values()))
+            deltas = {k: pgd_update(d.detach(), g, step, a.lat_eps, mask).requires_grad_()
+                      for (k, d), g in zip(deltas.items(), grads)}
+        return {k: d.detach() for k, d in deltas.items()}
+
+    def compute_loss(fi, ri):
+        f_ids, f_mask = batch(tok_f, fi)
+        r_ids, r_mask = batch(tok_r, ri)
+        if method in LOSS_METHODS:
+            lp_f, n_f = sequence_logprobs(wrapped(f_ids, f_mask, mode="lm"), f_ids, f_mask)
+            nll_f = mean_nll(lp_f, n_f)
+            if method == "ga_simple":
+                return ga_simple_loss(nll_f)
+            lp_r, n_r = sequence_logprobs(wrapped(r_ids, r_mask, mode="lm"), r_ids, r_mask)
+            nll_r = mean_nll(lp_r, n_r)
+            if method == "ga":
+                return ga_loss(nll_f, nll_r)
+            if method == "grad_diff":
+                return grad_diff_loss(nll_f, nll_r, a.forget_weight)
+            if method == "dpo":
+                return dpo_loss(lp_r, ref_r[ri], lp_f, ref_f[fi], a.beta)
+            if method == "npo":
+                return npo_loss(lp_f, ref_f[fi], nll_r, a.beta)
+            return simnpo_loss(lp_f, n_f, nll_r, a.beta)
+        if method == "lat":
+            deltas = adversary(f_ids, f_mask)
+            with runner.perturb(deltas):
+                nll_f = mean_nll(*sequence_logprobs(wrapped(f_ids, f_mask, mode="lm"), f_ids, f_mask))
+            nll_r = mean_nll(*sequence_logprobs(wrapped(r_ids, r_mask, mode="lm"), r_ids, r_mask))
+            return lat_loss(nll_f, nll_r)
+        deltas = adversary(f_ids, f_mask) if method == "cb_lat" else None
+        with runner.perturb(deltas):
+            h_f = wrapped(f_ids, f_mask, mode="trunk")
+        h_r = wrapped(r_ids, r_mask, mode="trunk")
+        h_r0 = h_orig(r_ids, r_mask)
+        if method == "rmu":
+            return rmu_loss(h_f, h_r, h_r0, f_mask, r_mask, control, a.alpha)
+        if a.cb_loss == "rr":
+            return cb_rr_loss(h_f, h_orig(f_ids, f_mask), h_r, h_r0, f_mask, r_mask, a.alpha)
+        return cb_cos_loss(h_f, h_r, h_r0, f_mask, r_mask, control, a.alpha)
+
+    def evaluate():
+        if not tok_ef:  # no held-out split: report on the training data
+            return eval_nll(runner, tok_f, tok_r, pad_id, dev, a.batch_size, accelerator)
+        return eval_nll(runner, tok_ef, tok_er, pad_id, dev, a.batch_size, accelerator)
+
+    # ---- train ----
+    schedule = make_schedule(len(tok_f), len(tok_r), a.batch_size, world, a.grad_accum_steps, a.epochs, a.seed)
+    before = evaluate()
+    curve = [{"step": 0, **before}]
+    losses = []
+    from tqdm.auto import tqdm
+    bar = tqdm(schedule, desc=f"unlearn {method}", disable=not main_process, dynamic_ncols=True)
+    for step, micro in enumerate(bar, start=1):
+        step_loss = torch.zeros((), device=dev)
+        for fi_global, ri_global in micro:
+            fi = fi_global[rank * a.batch_size:(rank + 1) * a.batch_size]
+            ri = ri_global[rank * a.batch_size:(rank + 1) * a.batch_size]
+            with accelerator.accumulate(wrapped):
+                with accelerator.autocast():
+                    loss = compute_loss(fi, ri)
+                step_loss += loss.detach() / len(micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    loss_value = accelerator.reduce(step_loss, "mean").item()
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLoss(f"the {method} loss became {loss_value} at step {step}; nothing was saved "
+                                            f"(try a lower --lr than {a.lr:g}, or fp32)")
+                    if a.grad_clip > 0:
+                        accelerator.clip_grad_norm_(params, a.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_value)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if a.eval_interval and step % a.eval_interval == 0 and step < len(schedule):
+            curve.append({"step": step, **evaluate()})
+    after = evaluate()
+    curve.append({"step": len(schedule), **after})
+    runtime = time.time() - t_start
+
+    metrics = {
+        "method": method,
+        "eval_set": "held-out" if tok_ef else "train (no held-out split: --eval-split 0)",
+        "forget_NLL": after["forget_NLL"], "retain_NLL": after["retain_NLL"],
+        "gap": after["forget_NLL"] - after["retain_NLL"],
+        "before": {**before, "gap": before["forget_NLL"] - before["retain_NLL"]},
+        "eval_curve": curve, "train_loss": losses, "steps": len(schedule),
+        "runtime_s": round(runtime, 3), "warnings": warnings,
+    }
+    if main_process:
+        print(f"forget_NLL {before['forget_NLL']:.4f} -> {after['forget_NLL']:.4f}   "
+              f"retain_NLL {before['retain_NLL']:.4f} -> {after['retain_NLL']:.4f}   "
+              f"gap {metrics['before']['gap']:.4f} -> {metrics['gap']:.4f}   ({runtime:.1f} s)", flush=True)
+
+    # ---- save, atomically ----
+    report = run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_ids, gc_on,
+                        len(forget), len(retain), len(train_f), len(train_r), len(eval_f), len(eval_r), metrics)
+    accelerator.wait_for_everyone()
+    state = None
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        state = {k[len("model."):]: v for k, v in accelerator.get_state_dict(wrapped).items()}
+    if main_process:
+        save_atomically(model, tokenizer, outdir, metrics, report, state, fp16=(dtype == "fp16"))
+        print(f"saved {outdir}", flush=True)
+    accelerator.wait_for_everyone()
+    metrics["outdir"] = str(outdir)
+    return metrics
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Temporarily switch off dropout (reference values must not depend on a dropout draw)."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_process, desc) -> torch.Tensor:
+    """log π_ref(y) of every training sample with the current (initial) weights, indexed like ``tok``."""
+    from tqdm.auto import tqdm
+    out = torch.zeros(len(tok), device=dev)
+    with eval_mode(runner.model), accelerator.autocast():
+        for i in tqdm(range(0, len(tok), batch_size), desc=desc, disable=not main_process, leave=False):
+            ids, mask = pad_batch(tok[i:i + batch_size], pad_id, dev)
+            out[i:i + len(ids)] = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)[0]
+    return out
+
+
+@torch.no_grad()
+def eval_nll(runner, tok_f, tok_r, pad_id, dev, batch_size, accelerator) -> dict:
+    """Mean per-sample NLL of forget and retain texts; each process takes every world-th sample."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    res = {}
+    with eval_mode(runner.model), accelerator.autocast():
+        for key, tok in (("forget_NLL", tok_f), ("retain_NLL", tok_r)):
+            mine = tok[rank::world]
+            acc = torch.zeros(2, device=dev, dtype=torch.float64)
+            for i in range(0, len(mine), batch_size):
+                ids, mask = pad_batch(mine[i:i + batch_size], pad_id, dev)
+                lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
+                acc[0] += (-lp / n.clamp(min=1)).double().sum()
+                acc[1] += len(ids)
+            acc = accelerator.reduce(acc, "sum")
+            res[key] = float(acc[0] / acc[1].clamp(min=1))
+    return res
+
+
+def run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_ids, gc_on,
+               n_forget, n_retain, n_train_f, n_train_r, n_eval_f, n_eval_r, metrics) -> dict:
+    """The reporting format of the project (Model / Dataset / Training / Hardware / Results)."""
+    import accelerate
+    import transformers
+    training = {
+        "method": method, "learning_rate": a.lr, "batch_size": a.batch_size, "epochs": a.epochs,
+        "gradient_clip": a.grad_clip, "seed": a.seed, "optimizer": "AdamW (weight_decay 0, constant lr)",
+        "grad_accum_steps": a.grad_accum_steps, "global_batch_size": a.batch_size * world * a.grad_accum_steps,
+        "max_length": a.max_length, "eval_split": a.eval_split, "eval_interval": a.eval_interval,
+        "trainable": trainable_spec, "gradient_checkpointing": gc_on, "steps": metrics["steps"],
+    }
+    if method in ("dpo", "npo", "simnpo"):
+        training["beta"] = a.beta
+    if method == "grad_diff":
+        training["forget_weight"] = a.forget_weight
+    if method in REPR_METHODS:
+        training["layer_id"] = layer_ids
+    if method in ("rmu", "cb", "cb_lat"):
+        training.update(alpha=a.alpha, steering_coeff=a.steering_coeff)
+    if method in ("cb", "cb_lat"):
+        training["cb_loss"] = a.cb_loss
+    if method in ("lat", "cb_lat"):
+        training.update(lat_eps=a.lat_eps, lat_steps=a.lat_steps)
+    return {
+        "Model": {"base": a.model, "parameters": n_params, "dtype": dtype},
+        "Dataset": {"forget_size": n_forget, "retain_size": n_retain,
+                    "forget_domain": a.forget_domain or Path(a.forget_data).name,
+                    "retain_domain": a.retain_domain or Path(a.retain_data).name,
+                    "forget_train": n_train_f, "retain_train": n_train_r,
+                    "forget_eval": n_eval_f, "retain_eval": n_eval_r},
+        "Training": training,
+        "Hardware": {"device": device if device != "cuda" else f"cuda ({torch.cuda.get_device_name()})",
+                     "processes": world, "cuda": str(torch.version.cuda), "pytorch": str(torch.__version__),
+                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+                     "python": platform.python_version(), "platform": platform.platform()},
+        "Results": {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],
+                    "gap": metrics["gap"], "forget_nll_before": metrics["before"]["forget_NLL"],
+                    "retain_nll_before": metrics["before"]["retain_NLL"], "runtime": metrics["runtime_s"],
+                    "eval_set": metrics["eval_set"]},
+    }
+
+
+def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False) -> None:
+    """Write model + tokenizer + metrics.json + run_report.yaml into a temp dir next to ``outdir``,
+    then swap it in (an existing ``outdir`` is replaced only once the new one is complete)."""
+    import yaml
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    old = None
+    try:
+        if fp16:
+            model = model.half()
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "run_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
+        if outdir.exists():
+            old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
+            os.replace(outdir, old)
+        os.replace(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not outdir.exists():
+            os.replace(old, outdir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was saved", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
