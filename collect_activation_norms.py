@@ -377,6 +377,8 @@ def run(args) -> Path:
     texts = {"forget": read_texts(args.forget_text, args.max_samples),
              "retain": read_texts(args.retain_text, args.max_samples)}
     splits = list(texts)
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise UsageError(f"--outdir {args.outdir} exists and is not a directory")
     cache_root = Path(args.cache_dir or tempfile.gettempdir())
     if not cache_root.is_dir():
         raise UsageError(f"--cache-dir {cache_root} is not a directory")

@@ -140,15 +140,10 @@ def resolve_model_dir(spec: str) -> Path:
 
 
 def open_safetensors(path: Path):
-    """`safe_open` that reads with pread(2) where safetensors supports it (≥0.7).
-
-    With the default mmap backend every page read stays mapped, so scanning a checkpoint would
-    count the whole file towards this process's resident memory.
-    """
-    try:
-        return safe_open(path, framework="pt", backend="pread")
-    except TypeError:
-        return safe_open(path, framework="pt")
+    """`safe_open` in PyTorch mode. Opened per read and closed at once: the memory map, and with
+    it the file pages it touched, is released, so scanning a checkpoint does not count the whole
+    file towards this process's resident memory (the pread backend would read whole tensors)."""
+    return safe_open(path, framework="pt")
 
 
 def first_line(exc: BaseException) -> str:
@@ -267,7 +262,17 @@ def small_gram(block: torch.Tensor, tall: bool) -> torch.Tensor:
     return block.T @ block if tall else block @ block.T
 
 
-def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-6, max_iter: int = 300,
+def sum_of_squares(x: torch.Tensor, piece: int = 1 << 20) -> torch.Tensor:
+    """Σ x², accumulated in float64 (an fp32 reduction over millions of entries is ~1e-4 off),
+    one piece at a time so the float64 copy stays small."""
+    flat = x.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for part in flat.split(piece):
+        total += torch.linalg.vector_norm(part, dtype=torch.float64) ** 2
+    return total
+
+
+def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-5, max_iter: int = 300,
                    seed: int = 42) -> tuple[float, int, bool]:
     """λ_max of a symmetric positive semi-definite G (here ‖M‖_2² = λ_max(MᵀM)).
 
@@ -286,6 +291,18 @@ def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-6, max_
 
     Returns (λ_max, block products with G, converged). G = 0 gives (0.0, 0, True).
     """
+    # The n×k products of a small G are too small to split across CPU threads; on a busy machine
+    # the OpenMP hand-offs cost more than the arithmetic.
+    threads = torch.get_num_threads()
+    if G.device.type == "cpu" and G.shape[0] <= 2048:
+        torch.set_num_threads(1)
+    try:
+        return _block_lanczos(G, block_size, tol, max_iter, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _block_lanczos(G, block_size, tol, max_iter, seed):
     n = G.shape[0]
     if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
         return 0.0, 0, True
@@ -317,13 +334,14 @@ def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-6, max_
                 Y = evecs[:, -k:].to(**opts)
                 Q[:, :k], GQ[:, :k] = Q[:, :b] @ Y, GQ[:, :b] @ Y
                 T[:k, :k] = torch.diag(evals[-k:])
-                b, new = k, k
+                b, new, checked_at = k, k, k
         # next block: G times the newest block, orthogonalised against the whole basis twice
         W = GQ[:, b - new:b]
         for _ in range(2):
             W = W - Q[:, :b] @ (Q[:, :b].T @ W)
         U, s, _ = torch.linalg.svd(W, full_matrices=False)
-        keep = (s > 1e-12 * float(T[:b, :b].diagonal().max())).cpu()
+        s = s.cpu()
+        keep = s > 1e-12 * float(T[:b, :b].diagonal().max())
         keep[n - b:] = False
         if not bool(keep.any()):  # K is invariant under G: its Ritz values are exact eigenvalues
             return float(torch.linalg.eigvalsh(0.5 * (T[:b, :b] + T[:b, :b].T))[-1]), products, True
@@ -351,7 +369,7 @@ def stable_rank(fro_sq: float, spec_sq: float) -> float:
 
 
 def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, *,
-                 chunk_elems: int = 1 << 22, block_size: int = 8, tol: float = 1e-6,
+                 chunk_elems: int = 1 << 21, block_size: int = 8, tol: float = 1e-5,
                  max_iter: int = 300, seed: int = 42) -> dict:
     """One per_matrix.csv row: ΔW = W_b − W_a in fp32, norms accumulated in float64."""
     layer, group = parse_layer_group(name)
@@ -369,8 +387,8 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
         dw = wb.sub_(wa)  # exact for bf16/fp16 inputs, one rounding for fp32 inputs
         G_dw += small_gram(dw, tall).to(acc, torch.float64)
         G_w += small_gram(wa, tall).to(acc, torch.float64)
-        fro_dw += torch.linalg.vector_norm(dw, dtype=torch.float64).to(acc) ** 2
-        fro_w += torch.linalg.vector_norm(wa, dtype=torch.float64).to(acc) ** 2
+        fro_dw += sum_of_squares(dw).to(acc)
+        fro_w += sum_of_squares(wa).to(acc)
         del wa, wb, dw
     spec_dw, it_dw, ok_dw = top_eigenvalue(G_dw, block_size, tol, max_iter, seed)
     spec_w, it_w, ok_w = top_eigenvalue(G_w, block_size, tol, max_iter, seed)
@@ -460,11 +478,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="accepted for symmetry with the other tools; ΔW and its spectra are always "
                         "computed in fp32 with float64 accumulation, fp16/bf16 are ignored with a warning")
     p.add_argument("--seed", type=int, default=42, help="seed of the Lanczos start block (bit-reproducible)")
-    p.add_argument("--tol", type=float, default=1e-6,
+    p.add_argument("--tol", type=float, default=1e-5,
                    help="stop when the top Ritz pair's residual ‖Gv − θv‖ ≤ tol·θ (relative error bound on ‖·‖_2²)")
     p.add_argument("--block-size", type=int, default=8, help="Lanczos block size")
     p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
-    p.add_argument("--chunk-mb", type=float, default=16.0,
+    p.add_argument("--chunk-mb", type=float, default=8.0,
                    help="large tensors are read in slices of about this many MB (fp32)")
     return p.parse_args(argv)
 

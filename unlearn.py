@@ -617,10 +617,12 @@ def run(a: argparse.Namespace) -> dict:
     if uses_layers:
         if found is None:
             arch = type(skeleton).__name__
-            if method == "lat" and trainable_spec != "layers":
+            if method == "lat" and a.trainable != "layers":
+                trainable_spec = a.trainable or "all"
                 early_warnings.append(
                     f"lat: cannot find the decoder layers of {arch} (known: {', '.join(KNOWN_LAYER_PATHS)}); "
-                    f"falling back to perturbing the input embeddings; --layer-id is ignored")
+                    f"falling back to perturbing the input embeddings and training --trainable {trainable_spec}; "
+                    f"--layer-id is ignored")
             else:
                 raise UsageError(f"{method} needs the decoder layers, and {arch} is not a supported architecture "
                                  f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
@@ -645,8 +647,9 @@ def run(a: argparse.Namespace) -> dict:
     accelerator = Accelerator(
         cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
         gradient_accumulation_steps=a.grad_accum_steps,
-        # rmu/cb compute nothing above the top target layer: those parameters get no gradient
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=method in TRUNK_METHODS)])
+        # rmu/cb compute nothing above the top target layer: trainable parameters there get no gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=method in TRUNK_METHODS and trainable_spec != "layers")])
     main_process = accelerator.is_main_process
     warnings: list[str] = []
     for w in early_warnings:
@@ -657,6 +660,11 @@ def run(a: argparse.Namespace) -> dict:
         warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger batch "
              f"(per-sample means, clipping and the token-weighted representation losses differ); results will "
              f"not match a run with --batch-size {a.batch_size * a.grad_accum_steps}", warnings, main_process)
+    if method == "cb" and a.cb_loss == "rr":
+        warn("cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
+             "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
+             "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once",
+             warnings, main_process)
     if dtype == "fp16":
         warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from fp32/bf16 "
              "runs and overflow can skip steps", warnings, main_process)
@@ -678,6 +686,8 @@ def run(a: argparse.Namespace) -> dict:
     layers = layers[1] if layers is not None else None
 
     def tokenize(texts):
+        if not texts:
+            return []
         ids = tokenizer(texts, truncation=True, max_length=a.max_length)["input_ids"]
         return [x for x in ids if len(x) >= 2]
     tok_f, tok_r = tokenize(train_f), tokenize(train_r)
@@ -800,6 +810,7 @@ def run(a: argparse.Namespace) -> dict:
     losses = []
     from tqdm.auto import tqdm
     bar = tqdm(schedule, desc=f"unlearn {method}", disable=not main_process, dynamic_ncols=True)
+    t_train, t_eval = time.perf_counter(), 0.0
     for step, micro in enumerate(bar, start=1):
         step_loss = torch.zeros((), device=dev)
         for fi_global, ri_global in micro:
@@ -822,7 +833,10 @@ def run(a: argparse.Namespace) -> dict:
         losses.append(loss_value)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if a.eval_interval and step % a.eval_interval == 0 and step < len(schedule):
+            t0 = time.perf_counter()
             curve.append({"step": step, **evaluate()})
+            t_eval += time.perf_counter() - t0
+    train_s = time.perf_counter() - t_train - t_eval
     after = evaluate()
     curve.append({"step": len(schedule), **after})
     runtime = time.time() - t_start
@@ -834,7 +848,8 @@ def run(a: argparse.Namespace) -> dict:
         "gap": after["forget_NLL"] - after["retain_NLL"],
         "before": {**before, "gap": before["forget_NLL"] - before["retain_NLL"]},
         "eval_curve": curve, "train_loss": losses, "steps": len(schedule),
-        "runtime_s": round(runtime, 3), "warnings": warnings,
+        "runtime_s": round(runtime, 3), "train_s": round(train_s, 4),
+        "s_per_step": round(train_s / len(schedule), 4), "warnings": warnings,
     }
     if main_process:
         print(f"forget_NLL {before['forget_NLL']:.4f} -> {after['forget_NLL']:.4f}   "
@@ -931,7 +946,7 @@ def run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_
                     "forget_eval": n_eval_f, "retain_eval": n_eval_r},
         "Training": training,
         "Hardware": {"device": device if device != "cuda" else f"cuda ({torch.cuda.get_device_name()})",
-                     "processes": world, "cuda": str(torch.version.cuda), "pytorch": str(torch.__version__),
+                     "processes": world, "cuda": str(torch.version.cuda) if device == "cuda" else "none", "pytorch": str(torch.__version__),
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
                      "python": platform.python_version(), "platform": platform.platform()},
         "Results": {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],

@@ -59,8 +59,8 @@ NAMES = {"unfiltered": "demo-unfiltered", "filtered": "demo-e2e-strong-filter", 
 # embeddings), 6 layers of width 128. ~1.4 M parameters: a few hundred AdamW steps on a CPU.
 MODEL = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 512,
          "max_position_embeddings": 256, "vocab_size": 1024}
-TRAIN = {"steps": 400, "batch_size": 16, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1, "max_length": 128,
-         "eval_fraction": 0.1}
+TRAIN = {"steps": 200, "batch_size": 16, "forget_per_batch": 4, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1,
+         "max_length": 128, "eval_fraction": 0.1}
 # CB-LAT on the middle of the network: the representations of layers 2 and 3 (of 0-5) are rerouted
 # on forget text while retain representations are held at their original values.
 CB_LAT = {"layer_id": "2,3", "lr": 1e-3, "epochs": 2, "batch_size": 8, "alpha": 100.0,
@@ -125,7 +125,9 @@ def run_tool(name: str, args: list[str]) -> None:
     """Run ``<repo>/<name>`` with ``args``; its output goes to ours; failure -> UsageError."""
     cmd = script_command(ROOT / name) + args
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # one thread: the demo's numbers must not depend on the core count, and two threads fighting
+    # other processes for two cores run many times slower than one
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
         raise UsageError(f"{name} failed with exit status {rc} (its output is above)")
@@ -220,29 +222,37 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def pretrain(model, seqs: list[list[int]], pad_id: int, seed: int, desc: str, steps: int | None = None):
-    """Plain causal-LM pretraining: AdamW, ``TRAIN['steps']`` steps of ``batch_size`` lines drawn
-    epoch by epoch in a seeded random order; fp32 on the CPU, so the result is bit-reproducible."""
+def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per_batch: int, pad_id: int,
+             seed: int, train: dict, desc: str = "pretrain", position: int = 0):
+    """Plain causal-LM pretraining with AdamW: each of ``steps`` batches holds ``batch_size`` retain
+    lines plus ``forget_per_batch`` forget lines (0 for the filtered twin). Each set is read epoch by
+    epoch in its own seeded random order, so both twins see exactly the same retain batches in the
+    same order and differ only by the forget lines: data filtering in its purest form.
+    fp32 on the CPU: bit-reproducible."""
     import torch
     from tqdm.auto import tqdm
 
-    steps = steps or TRAIN["steps"]
-    bs = TRAIN["batch_size"]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=TRAIN["lr"], betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    model.train()
-    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True)
-    for step in bar:
-        if len(order) < bs:
+    steps = train["steps"]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, 0.95))
+    streams = {"forget": (forget, torch.Generator().manual_seed(seed), []),
+               "retain": (retain, torch.Generator().manual_seed(seed + 1), [])}
+
+    def take(name: str, k: int) -> list[list[int]]:
+        seqs, gen, order = streams[name]
+        while len(order) < k:
             order += torch.randperm(len(seqs), generator=gen).tolist()
-        batch, order = order[:bs], order[bs:]
-        ids, mask, labels = pad([seqs[i] for i in batch], pad_id)
+        picked, order[:] = order[:k], order[k:]
+        return [seqs[i] for i in picked]
+
+    model.train()
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=2.0, position=position)
+    for step in bar:
+        ids, mask, labels = pad(take("forget", forget_per_batch) + take("retain", train["batch_size"]), pad_id)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, TRAIN["lr"], TRAIN["warmup"])
+            group["lr"] = lr_at(step, steps, train["lr"], train["warmup"])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,6 +277,24 @@ def save_model(model, tokenizer, final: Path, fp: str, settings: dict, **extra) 
         raise
 
 
+def train_twin(job: dict) -> float:
+    """Build one pretrained twin from scratch and save it (runs in a worker process, one thread).
+
+    Both twins start from ``init_model(tokenizer, seed)``, hence from identical weights."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    t = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"])
+    model = pretrain(init_model(tokenizer, job["seed"]), job["forget"], job["retain"], job["forget_per_batch"],
+                     tokenizer.pad_token_id, job["seed"], job["train"], job["name"], job["position"])
+    seconds = round(time.time() - t, 1)
+    save_model(model, tokenizer, Path(job["final"]), job["fp"], job["settings"], build_seconds=seconds)
+    return seconds
+
+
 # ----------------------------------------------------------------------------------------------
 # The build
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +302,7 @@ def build(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, args.threads)))
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,36 +354,51 @@ def build(args) -> dict:
            {"forget_train": forget_train, "retain_train": retain_train,
             "forget_eval": forget_eval, "retain_eval": retain_eval}.items()}
 
-    # 3./4. the two pretrained twins: same init, same steps, different data ---------------------
-    pre_settings = {"tokenizer": tok_fp, "data": data_hash, "model": MODEL, "train": TRAIN,
+    # 3./4. the two pretrained twins: same init, same retain batches, forget lines or none ----------
+    train = {**TRAIN, "steps": args.steps}
+    pre_settings = {"tokenizer": tok_fp, "data": data_hash, "model": MODEL, "train": train,
                     "seed": args.seed, "version": BUILD_VERSION}
-    for i, (role, seqs) in enumerate((("unfiltered", enc["forget_train"] + enc["retain_train"]),
-                                      ("filtered", enc["retain_train"])), start=3):
+    jobs = []
+    for i, role in enumerate(("unfiltered", "filtered"), start=3):
         final = out / NAMES[role]
         settings = {**pre_settings, "role": role}
         fp = fingerprint(settings)
         if cached(final, fp):
             print(f"[{i}/5] {NAMES[role]}: cached")
             continue
-        what = "forget + retain" if role == "unfiltered" else "retain only (forget data filtered out)"
-        print(f"[{i}/5] {NAMES[role]}: {TRAIN['steps']} steps on {what}", flush=True)
-        t = time.time()
-        model = pretrain(init_model(tokenizer, args.seed), seqs, pad_id, args.seed, NAMES[role])
-        save_model(model, tokenizer, final, fp, settings, build_seconds=round(time.time() - t, 1))
+        k = train["forget_per_batch"] if role == "unfiltered" else 0
+        print(f"[{i}/5] {NAMES[role]}: {train['steps']} steps of {train['batch_size']} retain"
+              + (f" + {k} forget lines" if k else " lines (forget data filtered out)"), flush=True)
+        jobs.append({"name": NAMES[role], "final": str(final), "fp": fp, "settings": settings, "seed": args.seed,
+                     "tokenizer": str(tok_dir), "forget": enc["forget_train"], "retain": enc["retain_train"],
+                     "forget_per_batch": k, "train": train, "position": len(jobs)})
+    if len(jobs) > 1 and args.jobs > 1:
+        # the twins are independent: one single-threaded process each (no thread oversubscription,
+        # and the same bits as a sequential build)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(train_twin, jobs))
+    else:
+        for job in jobs:
+            train_twin(job)
+    torch.set_num_threads(1)
 
     # 5. cb-lat twin: unlearn.py on the unfiltered model --------------------------------------
     base_fp = json.loads((out / NAMES["unfiltered"] / "build_info.json").read_text())["fingerprint"]
     unlearn = ROOT / "unlearn.py"
     if not unlearn.is_file():
         raise UsageError(f"{unlearn} is missing; it builds the cb-lat twin")
-    cb_settings = {"base": base_fp, "cb_lat": CB_LAT, "max_length": max_len, "seed": args.seed,
+    cb = {**CB_LAT, "epochs": args.cb_lat_epochs}
+    cb_settings = {"base": base_fp, "cb_lat": cb, "max_length": max_len, "seed": args.seed,
                    "unlearn_py": file_sha256(unlearn), "version": BUILD_VERSION}
     cb_fp = fingerprint(cb_settings)
     final = out / NAMES["cb_lat"]
     if cached(final, cb_fp):
         print(f"[5/5] {NAMES['cb_lat']}: cached")
     else:
-        print(f"[5/5] {NAMES['cb_lat']}: unlearn.py --method cb_lat on layers {CB_LAT['layer_id']}", flush=True)
+        print(f"[5/5] {NAMES['cb_lat']}: unlearn.py --method cb_lat on layers {cb['layer_id']}", flush=True)
         work = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-cb-lat-run-"))
         try:
             (work / "forget.txt").write_text("".join(s + "\n" for s in forget_train), encoding="utf-8")
@@ -364,12 +407,12 @@ def build(args) -> dict:
             run_tool("unlearn.py", [
                 "--model", str(out / NAMES["unfiltered"]), "--method", "cb_lat",
                 "--forget-data", str(work / "forget.txt"), "--retain-data", str(work / "retain.txt"),
-                "--outdir", str(work / "model"), "--layer-id", CB_LAT["layer_id"], "--lr", str(CB_LAT["lr"]),
-                "--epochs", str(CB_LAT["epochs"]), "--batch-size", str(CB_LAT["batch_size"]),
-                "--alpha", str(CB_LAT["alpha"]), "--steering-coeff", str(CB_LAT["steering_coeff"]),
-                "--lat-eps", str(CB_LAT["lat_eps"]), "--lat-steps", str(CB_LAT["lat_steps"]),
+                "--outdir", str(work / "model"), "--layer-id", cb["layer_id"], "--lr", str(cb["lr"]),
+                "--epochs", str(cb["epochs"]), "--batch-size", str(cb["batch_size"]),
+                "--alpha", str(cb["alpha"]), "--steering-coeff", str(cb["steering_coeff"]),
+                "--lat-eps", str(cb["lat_eps"]), "--lat-steps", str(cb["lat_steps"]),
                 "--max-length", str(max_len), "--seed", str(args.seed), "--device", "cpu", "--dtype", "fp32",
-                "--eval-split", str(CB_LAT["eval_split"]),
+                "--eval-split", str(cb["eval_split"]),
                 "--forget-domain", "synthetic crystal-engineering facts", "--retain-domain", "synthetic everyday prose"])
             seconds = round(time.time() - t, 1)
             # re-save in the family's format (sharded, with build_info.json), keeping unlearn.py's reports
@@ -386,7 +429,7 @@ def build(args) -> dict:
 
     # report: held-out NLL of every model ----------------------------------------------------------
     report = {"seed": args.seed, "models": {}, "heldout": {"forget": len(forget_eval), "retain": len(retain_eval)},
-              "model_config": MODEL, "pretraining": TRAIN, "cb_lat": dict(CB_LAT)}
+              "model_config": MODEL, "pretraining": train, "cb_lat": cb}
     for role, name in NAMES.items():
         model = AutoModelForCausalLM.from_pretrained(out / name, dtype=torch.float32)
         info = json.loads((out / name / "build_info.json").read_text())
@@ -428,7 +471,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seed of create_datasets.py --source synthetic (default 42, its own default)")
     p.add_argument("--forget-data", help="use this forget file instead of generating the synthetic one")
     p.add_argument("--retain-data", help="use this retain file instead of generating the synthetic one")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--steps", type=int, default=TRAIN["steps"],
+                   help=f"pretraining steps of each twin (default {TRAIN['steps']})")
+    p.add_argument("--cb-lat-epochs", type=int, default=CB_LAT["epochs"],
+                   help=f"epochs of the cb-lat unlearning run (default {CB_LAT['epochs']})")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes for the two pretraining runs, one thread each (default: 2 when 2 cores)")
     return p.parse_args(argv)
 
 
