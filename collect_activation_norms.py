@@ -3,6 +3,7 @@
 # dependencies = [
 #     "torch>=2.4",
 #     "transformers>=5.0,<6",
+#     "accelerate>=1.0",
 #     "safetensors>=0.4",
 #     "huggingface_hub>=0.30",
 #     "numpy>=1.24",
@@ -143,6 +144,25 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def has_tokenizer(name: str) -> bool:
+    """Whether a model ships tokenizer files (AutoTokenizer would otherwise build an empty one)."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return any((p / f).is_file() for f in TOKENIZER_FILES)
+    from huggingface_hub import hf_hub_download
+
+    for f in TOKENIZER_FILES[:2]:
+        try:
+            hf_hub_download(name, f)
+            return True
+        except Exception:  # noqa: BLE001 - missing file, offline, ...: treat as absent
+            continue
+    return False
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text, truncated to ``max_length`` (no padding: batches are padded later)."""
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
@@ -220,9 +240,8 @@ def to_cache_dtype(h, cache_dtype):
     """
     import torch
 
-    if cache_dtype == torch.float16 and h.dtype not in (torch.float16,):
-        if bool((h.abs().amax() > FP16_MAX) if h.numel() else False):
-            return h.to(torch.float32), True
+    if cache_dtype == torch.float16 and h.dtype != torch.float16 and h.numel() and bool(h.abs().amax() > FP16_MAX):
+        return h.to(torch.float32), True
     return h.to(cache_dtype), False
 
 
@@ -272,11 +291,17 @@ def load_model(name: str, dtype, device: str, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True,
+        # device_map puts the weights straight onto the device (no detour through CPU memory)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, device_map=device,
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         raise UsageError(f"cannot load model {name} as safetensors: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return model.eval()
+
+
+def cache_file(cache_dir: Path, batch: int) -> str:
+    """One safetensors file per batch, tensors ``layer_0`` ... ``layer_N`` of shape [real tokens, hidden]."""
+    return str(cache_dir / f"batch_{batch:06d}.safetensors")
 
 
 def pass_one(body, batches, device, cache_dir: Path, cache_dtype, sums, n_states, progress):
@@ -310,7 +335,7 @@ def pass_one(body, batches, device, cache_dir: Path, cache_dtype, sums, n_states
             sums[split]["n"] += int(mask.sum())
             if pending is not None:
                 pending.result()
-            pending = writer.submit(save_file, tensors, str(cache_dir / f"batch_{b:06d}.safetensors"))
+            pending = writer.submit(save_file, tensors, cache_file(cache_dir, b))
             del hs, tensors
         if pending is not None:
             pending.result()
@@ -324,12 +349,12 @@ def pass_two(body, batches, device, cache_dir: Path, sums, n_states, progress):
     from safetensors.torch import load_file
 
     reader = ThreadPoolExecutor(max_workers=1)  # the next batch is read while this one is computed
-    path = lambda b: str(cache_dir / f"batch_{b:06d}.safetensors")  # noqa: E731
+
     try:
-        nxt = reader.submit(load_file, path(0)) if batches else None
+        nxt = reader.submit(load_file, cache_file(cache_dir, 0)) if batches else None
         for b, (split, seqs, pad_id) in enumerate(progress(batches, "pass 2/2: model B")):
             cached = nxt.result()
-            nxt = reader.submit(load_file, path(b + 1)) if b + 1 < len(batches) else None
+            nxt = reader.submit(load_file, cache_file(cache_dir, b + 1)) if b + 1 < len(batches) else None
             ids, mask = pad_right(seqs, pad_id)
             hs = hidden_states(body, ids.to(device), mask.to(device))
             real = mask.to(device).bool()
@@ -402,10 +427,15 @@ def run(args) -> Path:
               file=sys.stderr)
         max_len = max_pos
     ids = {s: tokenize(tok, texts[s], max_len) for s in splits}
-    try:
-        tok_b = load_tokenizer(args.model_b, args.trust_remote_code)
-    except Exception:  # noqa: BLE001
-        tok_b = None
+    # Model B sees model A's token ids; if B ships a tokenizer, it must agree on every text.
+    tok_b = None
+    if has_tokenizer(args.model_b):
+        try:
+            tok_b = load_tokenizer(args.model_b, args.trust_remote_code)
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"cannot load the tokenizer of model B ({args.model_b}): "
+                             f"{str(e).splitlines()[0]}") from None
+    else:
         print("note: model B has no tokenizer of its own; it is fed model A's token ids", file=sys.stderr)
     if tok_b is not None:
         for s in splits:
@@ -413,7 +443,7 @@ def run(args) -> Path:
             bad = [i for i, (x, y) in enumerate(zip(ids[s], ids_b)) if x != y]
             if bad:
                 raise UsageError(f"model B's tokenizer encodes {len(bad)} of {len(ids[s])} {s} texts differently "
-                                 f"from model A's (first: line {bad[0] + 1}); the models would see different tokens")
+                                 f"from model A's (first: {s} text {bad[0] + 1}); the models would see different tokens")
     vocab_b = getattr(config_b, "vocab_size", None)
     top = max(max((max(x) for x in ids[s] if x), default=0) for s in splits)
     if vocab_b is not None and top >= vocab_b:
@@ -470,23 +500,22 @@ def run(args) -> Path:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-a", required=True, help="base model: local directory or hub ID")
     p.add_argument("--model-b", required=True, help="model compared with it: local directory or hub ID")
-    p.add_argument("--forget-text", default="data/forget.txt", help="forget texts, one per line")
-    p.add_argument("--retain-text", default="data/retain.txt", help="retain texts, one per line")
+    p.add_argument("--forget-text", default="data/forget.txt", help="forget texts, one per line (default: %(default)s)")
+    p.add_argument("--retain-text", default="data/retain.txt", help="retain texts, one per line (default: %(default)s)")
     p.add_argument("--outdir", required=True, help="where activation_stats.csv goes")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                   help="auto: CUDA > MPS > CPU")
+                   help="default auto: CUDA > MPS > CPU")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="model dtype; auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per text (longer texts are truncated)")
-    p.add_argument("--max-samples", type=int, default=None, help="use only the first N texts of each file; none: all")
+                   help="model dtype; default auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text, longer texts are truncated (default: %(default)s)")
+    p.add_argument("--max-samples", type=int, default=None, help="use only the first N texts of each file (default: all)")
     p.add_argument("--cache-fp16", action="store_true",
                    help="cache an fp32 model's hidden states in fp16 (half the disk; changes numbers slightly)")
-    p.add_argument("--cache-dir", default=None, help="parent of the temporary cache directory; none: $TMPDIR")
+    p.add_argument("--cache-dir", default=None, help="parent of the temporary cache directory (default: $TMPDIR)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
     return p.parse_args(argv)
 

@@ -63,7 +63,7 @@ TRAIN = {"steps": 200, "batch_size": 16, "forget_per_batch": 4, "lr": 3e-3, "war
          "max_length": 128, "eval_fraction": 0.1}
 # CB-LAT on the middle of the network: the representations of layers 2 and 3 (of 0-5) are rerouted
 # on forget text while retain representations are held at their original values.
-CB_LAT = {"layer_id": "2,3", "lr": 1e-3, "epochs": 2, "batch_size": 8, "alpha": 100.0,
+CB_LAT = {"layer_id": "2,3", "lr": 2e-3, "epochs": 1, "batch_size": 8, "alpha": 10.0,
           "steering_coeff": 20.0, "lat_eps": 0.1, "lat_steps": 3, "eval_split": 0.1}
 
 
@@ -96,7 +96,14 @@ def cached(folder: Path, fp: str) -> dict | None:
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Move the complete folder ``tmp`` to ``final``, replacing an older ``final`` only now."""
+    """Move the complete folder ``tmp`` to ``final``, replacing an older ``final`` only now.
+
+    (mkdtemp and save_pretrained create private files: they get the usual umask permissions.)"""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
     old = None
     if final.exists():
         old = final.with_name(f".old-{final.name}-{os.getpid()}")
@@ -263,13 +270,16 @@ def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per
     return model.eval()
 
 
-def save_model(model, tokenizer, final: Path, fp: str, settings: dict, **extra) -> None:
-    """Sharded safetensors (≥ 2 shards, like the hub checkpoints) + tokenizer + build_info.json,
-    written to a temporary folder and renamed into place."""
+def save_model(model, tokenizer, final: Path, fp: str, settings: dict, files: dict | None = None,
+               **extra) -> None:
+    """Sharded safetensors (≥ 2 shards, like the hub checkpoints) + tokenizer + build_info.json
+    (+ ``files``: name -> text), written to a temporary folder and renamed into place."""
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         model.save_pretrained(tmp, max_shard_size="2MB")
         tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         write_info(tmp, fp, settings, **extra)
         publish(tmp, final)
     except BaseException:
@@ -345,9 +355,12 @@ def build(args) -> dict:
         print(f"[2/5] tokenizer: byte-level BPE, vocab {MODEL['vocab_size']}", flush=True)
         tokenizer = train_tokenizer(forget_train + retain_train + forget_eval + retain_eval, MODEL["vocab_size"])
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-tokenizer-"))
-        tokenizer.save_pretrained(tmp)
-        write_info(tmp, tok_fp, tok_settings)
-        publish(tmp, tok_dir)
+        try:
+            tokenizer.save_pretrained(tmp)
+            write_info(tmp, tok_fp, tok_settings)
+            publish(tmp, tok_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     pad_id, max_len = tokenizer.pad_token_id, TRAIN["max_length"]
     enc = {k: encode(tokenizer, v, max_len) for k, v in
@@ -417,13 +430,10 @@ def build(args) -> dict:
             seconds = round(time.time() - t, 1)
             # re-save in the family's format (sharded, with build_info.json), keeping unlearn.py's reports
             model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
-            extra = {}
-            for name in ("metrics.json", "run_report.yaml"):
-                if (work / "model" / name).is_file():
-                    extra[name] = (work / "model" / name).read_text()
-            save_model(model, tokenizer, final, cb_fp, cb_settings, build_seconds=seconds)
-            for name, text in extra.items():
-                (final / name).write_text(text)
+            reports = {name: (work / "model" / name).read_text() for name in ("metrics.json", "run_report.yaml")
+                       if (work / "model" / name).is_file()}
+            save_model(model, AutoTokenizer.from_pretrained(tok_dir), final, cb_fp, cb_settings, files=reports,
+                       build_seconds=seconds)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -455,7 +465,7 @@ def build(args) -> dict:
 def print_report(report: dict) -> None:
     print(f"\nheld-out NLL (nats/token; {report['heldout']['forget']} forget, "
           f"{report['heldout']['retain']} retain lines):")
-    print(f"  {'model':<26}{'forget':>9}{'retain':>9}")
+    print(f"  {'model':<26}{'forget':>9}{'retain':>9}   (cb-lat trained layers {report['cb_lat']['layer_id']})")
     for name, r in report["models"].items():
         print(f"  {name:<26}{r['forget_nll']:>9.3f}{r['retain_nll']:>9.3f}")
     for k, v in report["checks"].items():

@@ -69,6 +69,7 @@ def models(tmp_path_factory):
     out["hidden_48"] = save_model(make_tiny_model("gpt_neox", seed=0, hidden=48), d / "h48", tok)
     other_tok = build_tokenizer(texts=["completely different training text for another tokenizer"] * 3,
                                 vocab_size=300)
+    out["no_tok"] = save_model(make_tiny_model("gpt_neox", seed=0), d / "no_tok")  # weights of gpt_neox A
     out["other_tok"] = save_model(make_tiny_model("gpt_neox", seed=0), d / "other_tok", other_tok)
     return out
 
@@ -227,6 +228,13 @@ def test_cache_removed_after_interrupted_run(tmp_path, models, texts, monkeypatc
         rc, df, _ = run_tool(tmp_path, a, b, texts, "--batch-size", 4)
         assert rc == 130 and df is None
     assert signal.getsignal(signal.SIGTERM) is sigterm_before
+
+
+def test_model_b_without_tokenizer_gets_model_a_ids(tmp_path, models, texts, capsys):
+    a, _ = models["gpt_neox"]
+    rc, df, _ = run_tool(tmp_path, a, models["no_tok"], texts, "--batch-size", 8)
+    assert rc == 0 and "no tokenizer of its own" in capsys.readouterr().err
+    assert (df[["mean_dh_L1", "mean_dh_L2"]] == 0).all().all()  # same weights, same ids: identical states
 
 
 def one_error_line(capsys, contains: str):
