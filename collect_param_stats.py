@@ -262,13 +262,14 @@ def small_gram(block: torch.Tensor, tall: bool) -> torch.Tensor:
     return block.T @ block if tall else block @ block.T
 
 
-def sum_of_squares(x: torch.Tensor, piece: int = 1 << 20) -> torch.Tensor:
-    """Σ x², accumulated in float64 (an fp32 reduction over millions of entries is ~1e-4 off),
-    one piece at a time so the float64 copy stays small."""
-    flat = x.reshape(-1)
+def sum_of_squares(x: torch.Tensor, piece: int = 1 << 18) -> torch.Tensor:
+    """Σ x² in float64: squares of fp32 numbers are exact in float64 and so is the running sum to
+    ~1e-16 (an fp32 reduction over millions of entries is ~1e-4 off). Piece by piece, so the
+    float64 copy stays small."""
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for part in flat.split(piece):
-        total += torch.linalg.vector_norm(part, dtype=torch.float64) ** 2
+    for part in x.reshape(-1).split(piece):
+        part = part.double()
+        total += torch.dot(part, part)
     return total
 
 
@@ -369,7 +370,7 @@ def stable_rank(fro_sq: float, spec_sq: float) -> float:
 
 
 def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, *,
-                 chunk_elems: int = 1 << 21, block_size: int = 8, tol: float = 1e-5,
+                 chunk_elems: int = 1 << 20, block_size: int = 8, tol: float = 1e-5,
                  max_iter: int = 300, seed: int = 42) -> dict:
     """One per_matrix.csv row: ΔW = W_b − W_a in fp32, norms accumulated in float64."""
     layer, group = parse_layer_group(name)
@@ -383,13 +384,13 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
     fro_w = torch.zeros((), dtype=torch.float64, device=acc)
     for rows, cols in gram_blocks(shape, chunk_elems):
         wa = a.read(name, rows, cols).to(device=device, dtype=torch.float32)
-        wb = b.read(name, rows, cols).to(device=device, dtype=torch.float32)
-        dw = wb.sub_(wa)  # exact for bf16/fp16 inputs, one rounding for fp32 inputs
+        # B is upcast inside the subtraction: exact for bf16/fp16 weights, one rounding for fp32
+        dw = torch.sub(b.read(name, rows, cols).to(device), wa, alpha=1).to(torch.float32)
         G_dw += small_gram(dw, tall).to(acc, torch.float64)
         G_w += small_gram(wa, tall).to(acc, torch.float64)
         fro_dw += sum_of_squares(dw).to(acc)
         fro_w += sum_of_squares(wa).to(acc)
-        del wa, wb, dw
+        del wa, dw
     spec_dw, it_dw, ok_dw = top_eigenvalue(G_dw, block_size, tol, max_iter, seed)
     spec_w, it_w, ok_w = top_eigenvalue(G_w, block_size, tol, max_iter, seed)
     fro_dw, fro_w = float(fro_dw), float(fro_w)
@@ -482,7 +483,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop when the top Ritz pair's residual ‖Gv − θv‖ ≤ tol·θ (relative error bound on ‖·‖_2²)")
     p.add_argument("--block-size", type=int, default=8, help="Lanczos block size")
     p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
-    p.add_argument("--chunk-mb", type=float, default=8.0,
+    p.add_argument("--chunk-mb", type=float, default=4.0,
                    help="large tensors are read in slices of about this many MB (fp32)")
     return p.parse_args(argv)
 

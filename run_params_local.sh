@@ -9,7 +9,7 @@
 #   TOL         relative residual stop test            (1e-5)
 #   BLOCK_SIZE  Lanczos block size                     (8)
 #   MAX_ITER    max block products per matrix          (300)
-#   CHUNK_MB    slice size for large tensors, MB       (8)
+#   CHUNK_MB    slice size for large tensors, MB       (4)
 #
 # e.g.  DEVICE=cuda COMPARE_WITH=EleutherAI/deep-ignorance-unfiltered-cb-lat ./run_params_local.sh
 set -euo pipefail
@@ -22,5 +22,5 @@ for MODEL_B in $COMPARE_WITH; do
   $UV_RUN collect_param_stats.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
     --outdir "$OUTPUTS_DIR/$cmp/param_stats" --device "${DEVICE:-auto}" --dtype "${DTYPE:-auto}" \
     --seed "${SEED:-42}" --tol "${TOL:-1e-5}" --block-size "${BLOCK_SIZE:-8}" \
-    --max-iter "${MAX_ITER:-300}" --chunk-mb "${CHUNK_MB:-8}"
+    --max-iter "${MAX_ITER:-300}" --chunk-mb "${CHUNK_MB:-4}"
 done

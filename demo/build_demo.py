@@ -229,6 +229,30 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def batch_plan(n_forget: int, n_retain: int, forget_per_batch: int, batch_size: int, steps: int,
+               seed: int) -> list[tuple[list[int], list[int]]]:
+    """The (forget indices, retain indices) of every step's batch.
+
+    Each set is read epoch by epoch, each epoch a random permutation drawn from its own generator
+    (forget: ``seed``, retain: ``seed + 1``), so the retain part of the plan does not depend on
+    ``forget_per_batch``: both twins see the same retain lines at the same step.
+    """
+    import torch
+
+    def stream(n: int, k: int, gen_seed: int):
+        gen, order, out = torch.Generator().manual_seed(gen_seed), [], []
+        for _ in range(steps):
+            while k and len(order) < k:
+                order += torch.randperm(n, generator=gen).tolist()
+            out.append(order[:k])
+            del order[:k]
+        return out
+
+    forget_idx = stream(n_forget, forget_per_batch, seed)
+    retain_idx = stream(n_retain, batch_size, seed + 1)
+    return list(zip(forget_idx, retain_idx))
+
+
 def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per_batch: int, pad_id: int,
              seed: int, train: dict, desc: str = "pretrain", position: int = 0):
     """Plain causal-LM pretraining with AdamW: each of ``steps`` batches holds ``batch_size`` retain
@@ -244,20 +268,12 @@ def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, 0.95))
-    streams = {"forget": (forget, torch.Generator().manual_seed(seed), []),
-               "retain": (retain, torch.Generator().manual_seed(seed + 1), [])}
-
-    def take(name: str, k: int) -> list[list[int]]:
-        seqs, gen, order = streams[name]
-        while len(order) < k:
-            order += torch.randperm(len(seqs), generator=gen).tolist()
-        picked, order[:] = order[:k], order[k:]
-        return [seqs[i] for i in picked]
-
+    plan = batch_plan(len(forget), len(retain), forget_per_batch, train["batch_size"], steps, seed)
     model.train()
     bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=2.0, position=position)
     for step in bar:
-        ids, mask, labels = pad(take("forget", forget_per_batch) + take("retain", train["batch_size"]), pad_id)
+        fi, ri = plan[step]
+        ids, mask, labels = pad([forget[i] for i in fi] + [retain[i] for i in ri], pad_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, train["lr"], train["warmup"])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

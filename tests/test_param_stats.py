@@ -6,6 +6,7 @@ reference is torch.linalg.svdvals in float64 on the tensors read back from disk.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -52,6 +53,7 @@ def plant_changes(model, arch, seed=0):
     gen = torch.Generator().manual_seed(seed)
     rank1, bulk, slow, outside = PLANTS[arch]
     params = dict(model.named_parameters())
+    params["embed_out.weight"] = params.get("lm_head.weight")  # GPT-NeoX saves lm_head as embed_out
     with torch.no_grad():
         for name, kind in ((rank1, "rank1"), (bulk, "bulk"), (slow, "slow"), (outside, "bulk")):
             p = params[name]
@@ -117,6 +119,7 @@ def pairs(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # the eigensolver on its own: hard spectra, exact float64 reference
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _spectrum_cases():
     g = torch.Generator().manual_seed(3)
     n = 384

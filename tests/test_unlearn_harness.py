@@ -356,3 +356,16 @@ def test_lat_falls_back_to_input_embeddings_on_unknown_architecture(trained, tmp
     assert "falling back" in " ".join(metrics_of(out)["warnings"])
     assert run_main(argv[:-2] + ["--method", "cb_lat", "--outdir", str(tmp_path / "no")]) == 1
     assert "not a supported architecture" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_gradient_checkpointing_changes_nothing_with_hooks_and_truncation(trained, tmp_path):
+    """cb_lat uses every hook (δ, capture, stop) and the truncated forward: recomputation must not alter them."""
+    outs = []
+    for flag in ("--gradient-checkpointing", "--no-gradient-checkpointing"):
+        outs.append(tmp_path / flag.strip("-"))
+        argv = common(trained, outs[-1], "cb_lat") + ["--layer-id", "1,2", "--max-samples", "24", "--lat-steps", "2", flag]
+        assert run_main(argv) == 0
+    assert yaml.safe_load((outs[0] / "run_report.yaml").read_text())["Training"]["gradient_checkpointing"] is True
+    a, b = (load_file(o / "model.safetensors") for o in outs)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], load_file(trained / "base" / "model.safetensors")[k]) for k in a)
