@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import shutil
 import signal
 import sys
@@ -100,22 +101,52 @@ def pick_dtype(name: str, device: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-def load_config(name: str, trust_remote_code: bool = False):
-    """The (text) config of a local model directory or hub ID, or one clear sentence why not."""
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    snapshot_download returns the cached snapshot when there is one and fails within a second when the
+    hub cannot be reached, so a missing model is one sentence instead of from_pretrained's retries.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def load_config(path: Path, name: str, trust_remote_code: bool = False):
+    """The (text) config of a resolved model directory (``name``: what the user passed), or one sentence why not."""
     from transformers import AutoConfig
 
-    p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UsageError(f"model directory {name} does not exist")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
     try:
-        config = AutoConfig.from_pretrained(str(p) if p.exists() else name, trust_remote_code=trust_remote_code)
-    except OSError:
-        raise UsageError(f"cannot download {name} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from None
-    except ValueError as e:  # unknown architecture, remote code needed, ...
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # unknown architecture, remote code needed, ...
         raise UsageError(f"cannot load the config of {name}: {str(e).splitlines()[0]}") from None
     return config.get_text_config()
 
@@ -135,10 +166,10 @@ def check_compatible(config_a, config_b) -> tuple[int, int]:
     return la, ha
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:  # causal LMs often ship without one; the id only fills masked slots
         tok.pad_token = tok.eos_token
     return tok
@@ -147,20 +178,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def has_tokenizer(name: str) -> bool:
-    """Whether a model ships tokenizer files (AutoTokenizer would otherwise build an empty one)."""
-    p = Path(name).expanduser()
-    if p.is_dir():
-        return any((p / f).is_file() for f in TOKENIZER_FILES)
-    from huggingface_hub import hf_hub_download
-
-    for f in TOKENIZER_FILES[:2]:
-        try:
-            hf_hub_download(name, f)
-            return True
-        except Exception:  # noqa: BLE001 - missing file, offline, ...: treat as absent
-            continue
-    return False
+def has_tokenizer(path: Path) -> bool:
+    """Whether a model directory has tokenizer files (AutoTokenizer would otherwise build an empty one)."""
+    return any((path / f).is_file() for f in TOKENIZER_FILES)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -287,12 +307,12 @@ def write_csv_atomic(df, path: Path) -> None:
 # The two passes
 
 
-def load_model(name: str, dtype, device: str, trust_remote_code: bool):
+def load_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     try:
         # device_map puts the weights straight onto the device (no detour through CPU memory)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, device_map=device,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, device_map=device,
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         raise UsageError(f"cannot load model {name} as safetensors: {str(e).splitlines()[0]}") from None
@@ -409,15 +429,18 @@ def run(args) -> Path:
         raise UsageError(f"--cache-dir {cache_root} is not a directory")
 
     # Everything that can be checked without running a model is checked before pass 1.
-    config_a = load_config(args.model_a, args.trust_remote_code)
-    config_b = load_config(args.model_b, args.trust_remote_code)
+    # A hub ID is resolved to its local snapshot once, here; everything below reads that directory.
+    dir_a = resolve_model_dir(args.model_a, args.trust_remote_code)
+    dir_b = resolve_model_dir(args.model_b, args.trust_remote_code)
+    config_a = load_config(dir_a, args.model_a, args.trust_remote_code)
+    config_b = load_config(dir_b, args.model_b, args.trust_remote_code)
     n_layers, hidden = check_compatible(config_a, config_b)
     n_states = n_layers + 1
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
 
     try:
-        tok = load_tokenizer(args.model_a, args.trust_remote_code)
+        tok = load_tokenizer(dir_a, args.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any failure here means "no usable tokenizer"
         raise UsageError(f"cannot load the tokenizer of model A ({args.model_a}): {str(e).splitlines()[0]}") from None
     max_len = args.max_length
@@ -429,9 +452,9 @@ def run(args) -> Path:
     ids = {s: tokenize(tok, texts[s], max_len) for s in splits}
     # Model B sees model A's token ids; if B ships a tokenizer, it must agree on every text.
     tok_b = None
-    if has_tokenizer(args.model_b):
+    if has_tokenizer(dir_b):
         try:
-            tok_b = load_tokenizer(args.model_b, args.trust_remote_code)
+            tok_b = load_tokenizer(dir_b, args.trust_remote_code)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot load the tokenizer of model B ({args.model_b}): "
                              f"{str(e).splitlines()[0]}") from None
@@ -484,11 +507,11 @@ def run(args) -> Path:
     sums = {s: new_sums(n_states) for s in splits}
     cache_dir = Path(tempfile.mkdtemp(prefix="activation_cache_", dir=cache_root))
     try:
-        model = load_model(args.model_a, dtype, device, args.trust_remote_code)
+        model = load_model(dir_a, args.model_a, dtype, device, args.trust_remote_code)
         pass_one(base_of(model), batches, device, cache_dir, cache_dtype, sums, n_states, progress)
         del model  # model A is gone before model B is loaded: one model in memory at a time
         release_memory()
-        model = load_model(args.model_b, dtype, device, args.trust_remote_code)
+        model = load_model(dir_b, args.model_b, dtype, device, args.trust_remote_code)
         pass_two(base_of(model), batches, device, cache_dir, sums, n_states, progress)
         del model
     finally:

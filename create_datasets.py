@@ -4,7 +4,7 @@
 #     "datasets>=3.0",
 # ]
 # ///
-"""Build the forget and retain sets every study starts from: ``data/forget.txt``, ``data/retain.txt``.
+"""Build the forget and retain sets every study starts from: data/forget.txt and data/retain.txt.
 
 Unlearning needs two sets of text: what the model should forget (hazardous knowledge; here the
 WMDP-Bio multiple-choice questions, Li et al. 2024, arXiv:2403.03218) and what it must keep

@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -68,6 +67,9 @@ def save_figure(fig, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -77,6 +79,7 @@ def save_figure(fig, path: Path) -> None:
 
 def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path,
                   log: bool = False, reference: float | None = None) -> None:
+    """NaN values (layers where nothing changed) are left as gaps; the x axis keeps every layer."""
     """One line per group (attn, mlp, other) of `column` against the decoder-layer index."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for group in [g for g in STYLE if g in set(table["group"])] + sorted(set(table["group"]) - set(STYLE)):
@@ -87,6 +90,9 @@ def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, pat
         ax.axhline(reference, color="black", linewidth=0.8, linestyle=":", label="rank-1 edit (= 1)")
     if log:
         ax.set_yscale("log")
+        top = table[column].max()
+        # stable ranks are ≥ 1: keep 1 in view and at least a factor 2 of range so the ticks read
+        ax.set_ylim(0.8, max(2.0, 1.5 * top) if top == top else 2.0)
     layers = sorted(set(table["layer"]))
     if len(layers) <= 40:
         ax.set_xticks(layers)
@@ -118,14 +124,12 @@ def main(argv=None) -> int:
         locality = outdir / f"layer_locality_{args.name}.png"
         plot_by_layer(table, "dW_fro_layer", "‖ΔW‖_F of the layer (weight units, √Σ over its matrices)",
                       f"Where the weights moved: ‖W_B − W_A‖_F per layer\n{pair}", locality)
-        ranks = table[table["mean_dW_stable_rank"].map(lambda x: not math.isnan(x))]
         stable = outdir / f"stable_rank_{args.name}.png"
-        if ranks.empty:
+        if table["mean_dW_stable_rank"].isna().all():
             print(f"warning: no layer changed between {pair}; {stable.name} shows no data", file=sys.stderr)
-            ranks = table.assign(mean_dW_stable_rank=float("nan"))
-        plot_by_layer(ranks, "mean_dW_stable_rank", "mean stable rank ‖ΔW‖_F²/‖ΔW‖_2² (dimensionless)",
+        plot_by_layer(table, "mean_dW_stable_rank", "mean stable rank ‖ΔW‖_F²/‖ΔW‖_2² (dimensionless)",
                       f"How the change is shaped: ≈1 surgical low-rank edit, large broad drift\n{pair}",
-                      stable, log=not ranks["mean_dW_stable_rank"].isna().all(), reference=1.0)
+                      stable, log=True, reference=1.0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -540,21 +540,52 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def load_config(model_id: str, trust_remote_code: bool):
-    """AutoConfig from a local dir or the hub/cache, with the one-sentence offline error."""
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    snapshot_download returns the cached snapshot when there is one and fails within a second when the
+    hub cannot be reached, so a missing model is one sentence instead of from_pretrained's retries.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"--model {spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
+    """AutoConfig of a resolved model directory (``model_id``: what --model said), as one sentence on failure."""
     from transformers import AutoConfig
-    local = Path(model_id)
-    if local.exists() and not local.is_dir():
-        raise UsageError(f"--model {model_id} is a file; pass a model directory or a hub ID")
-    if local.is_dir() and not (local / "config.json").is_file():
+    if not (model_dir / "config.json").is_file():
         raise UsageError(f"--model {model_id} has no config.json; is it a Hugging Face model directory?")
     try:
-        return AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
-        if local.is_dir():
-            raise UsageError(f"cannot read the config of {model_id}: {str(e).splitlines()[0]}") from None
-        raise UsageError(f"cannot download {model_id} from the Hugging Face hub (offline?) and it is not in the "
-                         f"local cache; pass a local model directory, or try ./pipeline.sh --demo") from None
+        raise UsageError(f"cannot read the config of {model_id}: {str(e).splitlines()[0]}") from None
 
 
 def default_outdir(model_id: str, method: str) -> Path:
@@ -602,7 +633,9 @@ def run(a: argparse.Namespace) -> dict:
     # ---- model structure, on the meta device (no weights loaded yet) ----
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    config = load_config(a.model, a.trust_remote_code)
+    # a hub ID is resolved to its local snapshot once, here (a.model stays the name in reports)
+    model_dir = resolve_model_dir(a.model, a.trust_remote_code)
+    config = load_config(model_dir, a.model, a.trust_remote_code)
     try:
         with init_empty_weights():
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
@@ -672,8 +705,8 @@ def run(a: argparse.Namespace) -> dict:
 
     # ---- load ----
     try:
-        tokenizer = AutoTokenizer.from_pretrained(a.model, trust_remote_code=a.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=weight_dtype, use_safetensors=True,
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=a.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weight_dtype, use_safetensors=True,
                                                      trust_remote_code=a.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"cannot load {a.model} (safetensors weights and a tokenizer are required): "
@@ -811,7 +844,9 @@ def run(a: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
     bar = tqdm(schedule, desc=f"unlearn {method}", disable=not main_process, dynamic_ncols=True)
     t_train, t_eval = time.perf_counter(), 0.0
+    step_times = []
     for step, micro in enumerate(bar, start=1):
+        t_step = time.perf_counter()
         step_loss = torch.zeros((), device=dev)
         for fi_global, ri_global in micro:
             fi = fi_global[rank * a.batch_size:(rank + 1) * a.batch_size]
@@ -830,7 +865,8 @@ def run(a: argparse.Namespace) -> dict:
                         accelerator.clip_grad_norm_(params, a.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        losses.append(loss_value)
+        losses.append(loss_value)  # .item() above synchronises, so the step time is real
+        step_times.append(time.perf_counter() - t_step)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if a.eval_interval and step % a.eval_interval == 0 and step < len(schedule):
             t0 = time.perf_counter()
@@ -849,7 +885,8 @@ def run(a: argparse.Namespace) -> dict:
         "before": {**before, "gap": before["forget_NLL"] - before["retain_NLL"]},
         "eval_curve": curve, "train_loss": losses, "steps": len(schedule),
         "runtime_s": round(runtime, 3), "train_s": round(train_s, 4),
-        "s_per_step": round(train_s / len(schedule), 4), "warnings": warnings,
+        "s_per_step": round(train_s / len(schedule), 4), "step_s": [round(t, 5) for t in step_times],
+        "warnings": warnings,
     }
     if main_process:
         print(f"forget_NLL {before['forget_NLL']:.4f} -> {after['forget_NLL']:.4f}   "

@@ -8,7 +8,8 @@ Prints four ratios (goal in brackets):
   3. time/step of `rmu`, target layer at 25% depth  ÷  a full-depth forward/backward step       [≤ 0.50]
   4. peak memory of `rmu` and `cb`         ÷  plain training of the same parameters            [≤ 1.15]
 
-Time: both sides run in this process, alternately, `--repeats` times; the best of each is kept.
+Time: both sides run in this process, alternately, `--repeats` times; per run the median step time
+(first step excluded as warm-up) is taken, and the best run of each side is kept.
 Memory: each configuration runs in a fresh subprocess; on CPU (Linux) the figure is the peak RSS
 (VmHWM, reset through /proc/self/clear_refs once torch, transformers and accelerate are imported)
 minus the RSS at that moment, so it counts weights, gradients, optimizer state and activations. On CUDA it is torch.cuda.max_memory_allocated().
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def unlearn_argv(workdir: Path, method: str, args, out: str) -> list[str]:
 
 
 def bare_loop(workdir: Path, args, trainable: str) -> float:
-    """Hand-written baseline (nanoGPT style): returns seconds per step over args.steps steps."""
+    """Hand-written baseline (nanoGPT style): median seconds per step, first step (warm-up) excluded."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,9 +118,10 @@ def bare_loop(workdir: Path, args, trainable: str) -> float:
         return ((tok_nll.view(tgt.shape) * m).sum(1) / m.sum(1)).mean()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    sync()
-    t = time.perf_counter()
+    times = []
     for step in range(args.steps):
+        sync()
+        t = time.perf_counter()
         fb, rb = f[step * B:(step + 1) * B], r[step * B:(step + 1) * B]
         loss = -nll(fb) + nll(rb) if trainable == "all" else nll(fb) + nll(rb)
         loss.backward()
@@ -126,19 +129,20 @@ def bare_loop(workdir: Path, args, trainable: str) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
-    sync()
-    return (time.perf_counter() - t) / args.steps
+        sync()
+        times.append(time.perf_counter() - t)
+    return median(times[1:])
 
 
 def harness(workdir: Path, method: str, args) -> float:
-    """unlearn.py in-process; returns its own seconds per training step (eval excluded)."""
+    """unlearn.py in-process; returns the median of its own per-step times (first step = warm-up)."""
     import unlearn
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     with tempfile.TemporaryDirectory() as out:
         m = unlearn.run(unlearn.build_parser().parse_args(unlearn_argv(workdir, method, args, out + "/m")))
-    return m["s_per_step"]
+    return median(m["step_s"][1:])
 
 
 def child(args) -> None:

@@ -7,7 +7,10 @@ numbers as the tool's cached, batched, length-sorted, base-model-only two-pass c
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,7 +19,7 @@ import torch
 
 import collect_activation_norms as can
 import plot_activation_norms as pan
-from conftest import TINY_TEXTS, build_tokenizer, make_tiny_model, save_model
+from conftest import ROOT, TINY_TEXTS, build_tokenizer, make_tiny_model, save_model
 
 MAX_LEN = 40
 CHANGED_LAYER = 1  # model B = model A with only decoder layer 1 perturbed
@@ -288,6 +291,21 @@ def test_offline_hub_id_is_one_sentence(tmp_path, models, texts, capsys, monkeyp
     assert rc == 1 and df is None
     line = one_error_line(capsys, "EleutherAI/not-a-cached-model-xyz")
     assert "Hugging Face hub" in line and "local cache" in line
+
+
+def test_hub_id_without_offline_flag_fails_fast_in_one_line(tmp_path, texts):
+    """The real CLI with HF_HUB_OFFLINE unset: no hub here (or, with network, no such repo), so one
+    sentence and exit 1 -- not from_pretrained's "Retrying in 8s" warnings before it."""
+    model = f"model-diffs-test/does-not-exist-{secrets.token_hex(6)}"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(ROOT / "collect_activation_norms.py"), "--model-a", model,
+                        "--model-b", model, "--forget-text", str(texts / "forget.txt"),
+                        "--retain-text", str(texts / "retain.txt"), "--outdir", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env)
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1 and len(err) == 1 and err[0].startswith("error: ") and model in err[0], p.stderr
+    assert "not in the local cache" in err[0] or "nor a model on the Hugging Face hub" in err[0]
+    assert "Retry" not in p.stderr and not (tmp_path / "out").exists()
 
 
 def test_refuses_when_disk_too_small(tmp_path, models, texts, capsys, monkeypatch):

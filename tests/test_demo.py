@@ -19,6 +19,16 @@ sys.path.insert(0, str(ROOT / "demo"))
 import build_demo as bd  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The demo trains single-threaded (as build_demo does); on a busy 2-core machine two threads
+    per op run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_batch_plan_twins_share_retain_batches_and_read_whole_epochs():
     with_forget = bd.batch_plan(30, 40, 4, 16, steps=10, seed=3)
     filtered = bd.batch_plan(30, 40, 0, 16, steps=10, seed=3)
@@ -106,7 +116,7 @@ def _run_build(outdir: Path, data: Path, *extra) -> subprocess.CompletedProcess:
     env = dict(os.environ, UV_RUN=sys.executable, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, str(ROOT / "demo" / "build_demo.py"), "--outdir", str(outdir),
            "--forget-data", str(data / "forget.txt"), "--retain-data", str(data / "retain.txt"),
-           "--steps", "40", *extra]
+           "--steps", "30", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -117,7 +127,7 @@ def test_reduced_build_end_to_end_and_cached_rerun(tmp_path):
     if not (ROOT / "unlearn.py").is_file():
         pytest.skip("unlearn.py is needed for the cb-lat twin")
     data = tmp_path / "data"
-    assert cd.main(["--source", "synthetic", "--n-forget", "60", "--n-retain", "60", "--outdir", str(data)]) == 0
+    assert cd.main(["--source", "synthetic", "--n-forget", "50", "--n-retain", "50", "--outdir", str(data)]) == 0
     out = tmp_path / "models"
     first = _run_build(out, data)
     report = json.loads((out / "demo_report.json").read_text())
@@ -127,6 +137,7 @@ def test_reduced_build_end_to_end_and_cached_rerun(tmp_path):
         assert len(list((out / name).glob("model-*-of-*.safetensors"))) >= 2
         assert (out / name / "tokenizer.json").is_file() and (out / name / "build_info.json").is_file()
     u, f, c = (report["models"][n] for n in names)
+    print(report["models"])
     # the unfiltered twin has read the invented domain, the filtered one never has
     assert f["forget_nll"] - u["forget_nll"] > 1.0
     assert abs(f["retain_nll"] - u["retain_nll"]) < 0.5 * u["retain_nll"]

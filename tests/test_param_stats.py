@@ -98,6 +98,27 @@ def run_tool(a_dir, b_dir, outdir, *extra) -> int:
 
 
 @pytest.fixture(scope="module")
+def tool_output(pairs, tmp_path_factory):
+    """Run the tool once per (arch, dtype, extra args) and share the output folder."""
+    cache = {}
+
+    def run(arch, dtype, *extra):
+        key = (arch, dtype, *extra)
+        if key not in cache:
+            outdir = tmp_path_factory.mktemp("run")
+            assert run_tool(*pairs[arch, dtype], outdir, *extra) == 0
+            cache[key] = outdir
+        return cache[key]
+    return run
+
+
+def extra_args(dtype):
+    # block size 2 makes the solver iterate instead of filling the 64-dimensional space at once;
+    # the bf16 runs stream every tensor in many slices (rows of tall, columns of wide matrices)
+    return ["--block-size", "2"] + (["--chunk-mb", "0.01"] if dtype == "bf16" else [])
+
+
+@pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """(arch, dtype) → (A dir, B dir); A and B sharded differently (which one is sharded flips
     with the dtype)."""
@@ -146,6 +167,22 @@ def test_top_eigenvalue_matches_exact_svd(case):
     assert products * 8 < G.shape[0]  # converged well before the Krylov space fills ℝⁿ
     fro_sq = float((M**2).sum())
     assert abs(cps.stable_rank(fro_sq, lam) - fro_sq / exact) / (fro_sq / exact) < 1e-5
+
+
+@pytest.mark.parametrize("dense_max", [4096, 0], ids=["dense", "lanczos"])
+@pytest.mark.parametrize("case", list(_spectrum_cases()))
+def test_gram_top_eigenvalue_in_fp32_matches_exact_svd(case, dense_max):
+    """The tool's solver: float64-accumulated Gram, eigenproblem in fp32 (dense or block Lanczos)."""
+    M = _spectrum_cases()[case]
+    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    exact = float(torch.linalg.svdvals(M)[0]) ** 2
+    lam, products, converged = cps.gram_top_eigenvalue(G, dense_max=dense_max, tol=1e-5, seed=42)
+    assert converged
+    assert abs(lam - exact) / exact < 1e-5
+    assert (products == 0) == (dense_max > 0)
+    assert cps.gram_top_eigenvalue(G, dense_max=dense_max) == (lam, products, converged)  # deterministic
+    zero = torch.zeros(6, 6, dtype=torch.float64)
+    assert cps.gram_top_eigenvalue(zero, dense_max=dense_max) == (0.0, 0, True)
 
 
 def test_top_eigenvalue_of_zero_and_stable_rank_nan():
@@ -208,13 +245,9 @@ def test_parse_layer_group(name, expected):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", list(PLANTS))
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_per_matrix_matches_exact_svd(pairs, tmp_path, arch, dtype):
+def test_per_matrix_matches_exact_svd(pairs, tool_output, arch, dtype):
     a_dir, b_dir = pairs[arch, dtype]
-    # block size 2 makes the solver iterate instead of filling the 64-dimensional space at once;
-    # the bf16 runs stream every tensor in many slices (rows of tall, columns of wide matrices)
-    extra = ["--block-size", "2"] + (["--chunk-mb", "0.01"] if dtype == "bf16" else [])
-    assert run_tool(a_dir, b_dir, tmp_path, *extra) == 0
-    got = pd.read_csv(tmp_path / "per_matrix.csv")
+    got = pd.read_csv(tool_output(arch, dtype, *extra_args(dtype)) / "per_matrix.csv")
     assert list(got.columns[:8]) == ["name", "layer", "group", "shape0", "shape1", "dW_fro",
                                      "dW_stable_rank", "W_stable_rank"]
     ref = reference(a_dir, b_dir)
@@ -242,10 +275,9 @@ def test_per_matrix_matches_exact_svd(pairs, tmp_path, arch, dtype):
 
 
 @pytest.mark.parametrize("arch", list(PLANTS))
-def test_per_layer_aggregates_the_exact_values(pairs, tmp_path, arch):
+def test_per_layer_aggregates_the_exact_values(pairs, tool_output, arch):
     a_dir, b_dir = pairs[arch, "fp32"]
-    assert run_tool(a_dir, b_dir, tmp_path) == 0
-    per_layer = pd.read_csv(tmp_path / "per_layer.csv")
+    per_layer = pd.read_csv(tool_output(arch, "fp32", *extra_args("fp32")) / "per_layer.csv")
     assert list(per_layer.columns[:5]) == ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats"]
     assert (per_layer["layer"] >= 0).all()  # embeddings / LM head stay out
     ref = reference(a_dir, b_dir)
@@ -289,12 +321,12 @@ def test_identical_models_give_zero_change(pairs, tmp_path):
     assert (per_layer["dW_fro_layer"] == 0).all() and per_layer["mean_dW_stable_rank"].isna().all()
 
 
-def test_same_seed_gives_byte_identical_csvs(pairs, tmp_path):
+def test_same_seed_gives_byte_identical_csvs(pairs, tool_output, tmp_path):
     a_dir, b_dir = pairs["gpt_neox", "fp32"]
-    for run in ("one", "two"):
-        assert run_tool(a_dir, b_dir, tmp_path / run, "--seed", "5", "--block-size", "2") == 0
+    assert run_tool(a_dir, b_dir, tmp_path, *extra_args("fp32")) == 0
     for csv in ("per_matrix.csv", "per_layer.csv"):
-        assert (tmp_path / "one" / csv).read_bytes() == (tmp_path / "two" / csv).read_bytes()
+        first = tool_output("gpt_neox", "fp32", *extra_args("fp32")) / csv
+        assert (tmp_path / csv).read_bytes() == first.read_bytes()
 
 
 def test_names_in_one_model_only_are_warned_and_skipped(pairs, tmp_path, capsys):
@@ -378,10 +410,9 @@ def test_bad_input_is_one_line_error(bad_runs, case):
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
-def test_plots_are_written(pairs, tmp_path):
-    a_dir, b_dir = pairs["gpt2", "fp32"]
-    assert run_tool(a_dir, b_dir, tmp_path / "stats") == 0
-    assert pps.main(["--stats-dir", str(tmp_path / "stats"), "--outdir", str(tmp_path / "plots"),
+def test_plots_are_written(tool_output, tmp_path):
+    stats = tool_output("gpt2", "fp32", *extra_args("fp32"))
+    assert pps.main(["--stats-dir", str(stats), "--outdir", str(tmp_path / "plots"),
                      "--name", "a_vs_b", "--model-a-label", "tiny-a", "--model-b-label", "tiny-b"]) == 0
     for png in ("layer_locality_a_vs_b.png", "stable_rank_a_vs_b.png"):
         data = (tmp_path / "plots" / png).read_bytes()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,23 @@ def test_cli_errors_are_one_line_without_traceback(trained, tmp_path):
                        capture_output=True, text=True, env=env)
     assert p.returncode != 0 and "invalid choice: 'forget_everything'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_without_offline_flag_fails_fast_in_one_line(tmp_path):
+    """The real CLI with HF_HUB_OFFLINE unset: no hub here (or, with network, no such repo), so one
+    sentence and exit 1 -- not from_pretrained's "Retrying in 8s" warnings before it."""
+    forget, retain = make_corpus(n=10)
+    (tmp_path / "f.txt").write_text("\n".join(forget) + "\n")
+    (tmp_path / "r.txt").write_text("\n".join(retain) + "\n")
+    model = f"model-diffs-test/does-not-exist-{secrets.token_hex(6)}"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(ROOT / "unlearn.py"), "--model", model, "--method", "ga",
+                        "--forget-data", str(tmp_path / "f.txt"), "--retain-data", str(tmp_path / "r.txt"),
+                        "--outdir", str(tmp_path / "out" / "m")], capture_output=True, text=True, env=env)
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1 and len(err) == 1 and err[0].startswith("error: ") and model in err[0], p.stderr
+    assert "not in the local cache" in err[0] or "nor a model on the Hugging Face hub" in err[0]
+    assert "Retry" not in p.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
