@@ -105,6 +105,8 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
 
 
 def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
@@ -125,7 +127,7 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
                                         OfflineModeIsEnabled, RepositoryNotFoundError)
     patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
     try:
-        return Path(snapshot_download(spec, allow_patterns=patterns))
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
                          "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc

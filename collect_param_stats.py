@@ -327,8 +327,10 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
     k = min(block_size, n)
     max_basis = min(n, 48 * k)
     opts = dict(device=G.device, dtype=G.dtype)
-    Q = torch.empty(n, max_basis + k, **opts)   # orthonormal basis of K, filled block by block
-    GQ = torch.empty(n, max_basis + k, **opts)  # G applied to it
+    # orthonormal basis of K (filled block by block) and G applied to it, stored as rows so that
+    # every leading slice Q[:, :b] is one contiguous block of memory for the BLAS
+    Q = torch.empty(max_basis + k, n, **opts).T
+    GQ = torch.empty(max_basis + k, n, **opts).T
     T = torch.empty(max_basis + k, max_basis + k, dtype=torch.float64)  # QᵀGQ, on the CPU
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the same start block on any device
     start, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64).to(**opts))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole study, end to end:
 #   clean outputs/ and plots/ -> weight-diff stats -> their plots -> forget/retain data
-#   -> activation stats -> their plots, then a list of every CSV and PNG produced.
+#   -> sanity checks (check_experiment.py) -> activation stats -> their plots,
+#   then a list of every CSV and PNG produced.
 #
 #   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
 #   ./pipeline.sh --demo   the embedded miniature: builds (or reuses) the tiny demo model family
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 DEMO=0
 for arg in "$@"; do
   case "$arg" in
@@ -87,6 +88,8 @@ fi
 step "weight-diff stats" ./run_params_local.sh
 step "weight-diff plots" ./plot_param_stats.sh
 step "datasets" $UV_RUN create_datasets.py --source "$DATASET_SOURCE" --outdir "$DATA_DIR" --seed "${SEED:-42}"
+step "sanity checks" $UV_RUN check_experiment.py --forget-data "$DATA_DIR/forget.txt" \
+  --retain-data "$DATA_DIR/retain.txt" --model "$MODEL_A" --max-length "${MAX_LENGTH:-512}"
 step "activation stats" ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
 
