@@ -395,7 +395,15 @@ def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = 1024, block_size: int 
         return top_eigenvalue(G, block_size, tol, max_iter, seed)
     if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
         return 0.0, 0, True
-    return max(0.0, float(torch.linalg.eigvalsh(G)[-1])), 0, True
+    # as in top_eigenvalue: LAPACK's many small steps on a ≤1024-wide matrix lose more to OpenMP
+    # hand-offs than they gain from a second CPU thread (and stall when that core is busy)
+    threads = torch.get_num_threads()
+    if G.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return max(0.0, float(torch.linalg.eigvalsh(G)[-1])), 0, True
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stable_rank(fro_sq: float, spec_sq: float) -> float:

@@ -10,6 +10,7 @@
 #   BLOCK_SIZE  Lanczos block size                     (8)
 #   MAX_ITER    max block products per matrix          (300)
 #   CHUNK_MB    slice size for large tensors, MB       (4)
+#   DENSE_MAX   Gram sizes up to this use a dense eigensolver, larger ones block Lanczos (1024)
 #
 # e.g.  DEVICE=cuda COMPARE_WITH=EleutherAI/deep-ignorance-unfiltered-cb-lat ./run_params_local.sh
 set -euo pipefail
@@ -22,5 +23,5 @@ for MODEL_B in $COMPARE_WITH; do
   $UV_RUN collect_param_stats.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
     --outdir "$OUTPUTS_DIR/$cmp/param_stats" --device "${DEVICE:-auto}" --dtype "${DTYPE:-auto}" \
     --seed "${SEED:-42}" --tol "${TOL:-1e-5}" --block-size "${BLOCK_SIZE:-8}" \
-    --max-iter "${MAX_ITER:-300}" --chunk-mb "${CHUNK_MB:-4}"
+    --max-iter "${MAX_ITER:-300}" --chunk-mb "${CHUNK_MB:-4}" --dense-max "${DENSE_MAX:-1024}"
 done
