@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # deselect with -m "not slow"
 CMP_FILTERED = "demo-unfiltered_vs_demo-e2e-strong-filter"
 CMP_CBLAT = "demo-unfiltered_vs_demo-unfiltered-cb-lat"
 
