@@ -95,3 +95,16 @@ def save_model(model, path, tokenizer=None, max_shard_size: str | int | None = N
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tokenizer()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models are overhead-bound: one torch thread is faster and steadier on a 2-core box,
+    where a second OpenMP thread only contends with other processes (the demo builder also
+    trains single-threaded)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -40,15 +40,6 @@ def perturb_layer(model, layer: int, seed: int = 1):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and on a busy 2-core box OpenMP threads only contend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
     d = tmp_path_factory.mktemp("texts")

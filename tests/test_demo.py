@@ -19,16 +19,6 @@ sys.path.insert(0, str(ROOT / "demo"))
 import build_demo as bd  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The demo trains single-threaded (as build_demo does); on a busy 2-core machine two threads
-    per op run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_batch_plan_twins_share_retain_batches_and_read_whole_epochs():
     with_forget = bd.batch_plan(30, 40, 4, 16, steps=10, seed=3)
     filtered = bd.batch_plan(30, 40, 0, 16, steps=10, seed=3)

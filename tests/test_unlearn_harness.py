@@ -45,15 +45,6 @@ def make_corpus(n: int = 60, seed: int = 0) -> tuple[list[str], list[str]]:
     return sorted(forget), sorted(retain)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are overhead-bound: one thread is faster and steadier on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 4-layer GPT-NeoX (hidden 64) that has learned both domains; the forget/retain files."""
