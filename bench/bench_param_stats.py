@@ -1,6 +1,6 @@
 """Benchmark of collect_param_stats.py against the exact baseline, on a ~160M-parameter pair.
 
-    uv run python bench/bench_param_stats.py [--fp64] [--dtype bf16|fp32] [--threads N] [--keep DIR]
+    uv run python bench/bench_param_stats.py [--fp64] [--scipy] [--dtype bf16|fp32] [--threads N] [--keep DIR]
 
 Builds a pythia-160m-shaped GPT-NeoX model A (hidden 768, 12 layers, vocab 50304, untied
 embeddings: 162M parameters, random init) and B = A + Gaussian noise on every weight matrix, so
@@ -10,7 +10,9 @@ every ΔW has a flat noise-bulk spectrum (the case where power iteration stalls)
   (a) the tool: collect_param_stats.main() on the pair (streaming read, fp32 ΔW, Gram matrices,
       top eigenvalue, CSV writing) — everything the command line does;
   (b) the exact baseline: read A and B whole, ΔW = B − A, torch.linalg.svdvals (LAPACK gesdd) of
-      every ΔW and every W in float32 (and, with --fp64, again in float64), ‖·‖_F in float64.
+      every ΔW and every W in float32 (and, with --fp64, again in float64), ‖·‖_F in float64;
+      with --scipy also scipy.linalg.svdvals (OpenBLAS gesdd) in float32, to show the speed-up
+      is not just the tool's OpenBLAS against torch's MKL.
 
 Printed: wall-time ratio (a)/(b) (goal ≤ 0.25), the largest relative error of the tool's stable
 ranks (ΔW and W) against each exact SVD of (b) (goal ≤ 1e-3; the float32 SVD is itself good to
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 import collect_param_stats as cps  # noqa: E402
 
@@ -88,7 +91,17 @@ def warm_page_cache(*dirs: Path) -> None:
                     pass
 
 
-def exact_baseline(a_dir: Path, b_dir: Path, names: list[str], dtype: torch.dtype) -> dict[str, tuple]:
+def torch_svdvals(m: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(m)
+
+
+def scipy_svdvals(m: torch.Tensor) -> torch.Tensor:
+    import scipy.linalg
+    return torch.from_numpy(scipy.linalg.svdvals(m.numpy(), check_finite=False))
+
+
+def exact_baseline(a_dir: Path, b_dir: Path, names: list[str], dtype: torch.dtype,
+                   svdvals=torch_svdvals) -> dict[str, tuple]:
     """name → (dW_stable_rank, W_stable_rank, σ2/σ1 of ΔW) by the exact route: whole tensors,
     ΔW = B − A, singular values from torch.linalg.svdvals in `dtype`, ‖·‖_F² in float64."""
     def weight_map(d):
@@ -107,7 +120,7 @@ def exact_baseline(a_dir: Path, b_dir: Path, names: list[str], dtype: torch.dtyp
         ranks = []
         for m in (dw, wa):
             fro_sq = float(torch.linalg.vector_norm(m, dtype=torch.float64)) ** 2
-            s = torch.linalg.svdvals(m)
+            s = svdvals(m)
             ranks.append(fro_sq / float(s[0]) ** 2 if s[0] > 0 else math.nan)
             if m is dw:
                 gap = float(s[1] / s[0])
@@ -123,8 +136,11 @@ def main() -> None:
     p.add_argument("--keep", type=Path, default=None, help="build (or reuse) the pair here instead of a temp dir")
     p.add_argument("--fp64", action="store_true",
                    help="also time the float64 SVD baseline and check against it (3× longer)")
+    p.add_argument("--scipy", action="store_true",
+                   help="also time scipy.linalg.svdvals (OpenBLAS) in float32 as a second baseline")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # scipy's and numpy's OpenBLAS too
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
 
     with tempfile.TemporaryDirectory(prefix="bench_param_stats_") as tmp:
@@ -148,10 +164,15 @@ def main() -> None:
 
         # (b) the exact baseline, same process, same threads: float32 and float64 SVD
         times, cpu, exact = {}, {}, {}
-        for label, dt in (("float32", torch.float32), ("float64", torch.float64))[: 2 if args.fp64 else 1]:
+        baselines = [("float32", torch.float32, torch_svdvals)]
+        if args.fp64:
+            baselines.append(("float64", torch.float64, torch_svdvals))
+        if args.scipy:
+            baselines.append(("float32 (scipy)", torch.float32, scipy_svdvals))
+        for label, dt, svdvals in baselines:
             print(f"exact baseline in {label} ...", flush=True)
             t, c = time.perf_counter(), time.process_time()
-            exact[label] = exact_baseline(a_dir, b_dir, list(rows["name"]), dt)
+            exact[label] = exact_baseline(a_dir, b_dir, list(rows["name"]), dt, svdvals)
             times[label], cpu[label] = time.perf_counter() - t, time.process_time() - c
         errs = {label: max(abs(got - want) / want for r in rows.itertuples()
                            for got, want in ((r.dW_stable_rank, ref[r.name][0]), (r.W_stable_rank, ref[r.name][1])))

@@ -207,6 +207,40 @@ def test_gram_blocks_cover_the_matrix_and_sum_to_the_gram():
         torch.testing.assert_close(G, M.T @ M if tall else M @ M.T)
 
 
+@pytest.mark.parametrize("blas", [True, False], ids=["ssyrk", "torch"])
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)], ids=["tall", "wide"])
+def test_gram_sum_matches_float64_gram(shape, blas):
+    """GramSum: BLAS ssyrk (upper triangle, in place) or torch matmul per slice, fp32 groups of
+    `flush_every` slices summed in float64, against the float64 Gram matrix of the whole matrix."""
+    g = torch.Generator().manual_seed(1)
+    M = torch.randn(*shape, generator=g, dtype=torch.float64).float()
+    tall = shape[0] >= shape[1]
+    exact = M.double().T @ M.double() if tall else M.double() @ M.double().T
+    blocks = cps.gram_blocks(shape, chunk_elems=400)
+    assert len(blocks) == 30
+    for flush_every, dtype in ((4, torch.float64), (64, torch.float32)):  # several groups / one
+        acc = cps.GramSum(40, torch.device("cpu"), flush_every=flush_every, blas=blas)
+        for r, c in blocks:
+            acc.add(M[r, c].contiguous(), tall)
+        G = acc.result()
+        assert G.dtype == dtype and acc.upper_only == blas
+        got = torch.triu(G.double()) if blas else G.double()
+        want = torch.triu(exact) if blas else exact
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(exact.diagonal().max()))
+        lam, _, _ = cps.gram_top_eigenvalue(G, upper_only=acc.upper_only)
+        assert abs(lam - float(torch.linalg.eigvalsh(exact)[-1])) / lam < 1e-5
+
+
+@pytest.mark.parametrize("dense_max", [4096, 0], ids=["dense", "lanczos"])
+def test_gram_top_eigenvalue_reads_only_the_upper_triangle(dense_max):
+    M = _spectrum_cases()["flat_bulk_0.999"]
+    G = M.T @ M
+    exact = float(torch.linalg.svdvals(M)[0]) ** 2
+    upper = torch.triu(G) + torch.tril(torch.full_like(G, float("nan")), diagonal=-1)
+    lam, _, converged = cps.gram_top_eigenvalue(upper, dense_max=dense_max, upper_only=True)
+    assert converged and abs(lam - exact) / exact < 1e-5
+
+
 def test_sum_of_squares_accumulates_in_float64():
     x = torch.full((3_000_000,), 0.1, dtype=torch.float32)
     exact = 3_000_000 * float(torch.tensor(0.1, dtype=torch.float32)) ** 2
@@ -319,6 +353,23 @@ def test_identical_models_give_zero_change(pairs, tmp_path):
     assert got["W_stable_rank"].notna().all()
     per_layer = pd.read_csv(tmp_path / "per_layer.csv")
     assert (per_layer["dW_fro_layer"] == 0).all() and per_layer["mean_dW_stable_rank"].isna().all()
+
+
+def test_two_threads_agree_and_torch_threads_are_restored(pairs, tool_output, tmp_path):
+    """On the CPU the tool hands torch's threads to OpenBLAS for its run and gives them back."""
+    arch, dtype = "gpt_neox", "bf16"
+    torch.set_num_threads(2)
+    try:
+        assert run_tool(*pairs[arch, dtype], tmp_path, *extra_args(dtype)) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    one = pd.read_csv(tool_output(arch, dtype, *extra_args(dtype)) / "per_matrix.csv")
+    two = pd.read_csv(tmp_path / "per_matrix.csv")
+    assert two["dW_stable_rank"].isna().tolist() == one["dW_stable_rank"].isna().tolist()  # ΔW = 0
+    for column in ("dW_fro", "dW_stable_rank", "W_stable_rank"):
+        close = (two[column] - one[column]).abs() <= 1e-5 * one[column].abs()
+        assert (close | one[column].isna()).all(), column
 
 
 def test_same_seed_gives_byte_identical_csvs(pairs, tool_output, tmp_path):
