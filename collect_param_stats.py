@@ -298,55 +298,48 @@ class GramSum:
     embedding (a matrix of at most `flush_every` slices needs no float64 stage at all).
     On the CPU the product is BLAS `ssyrk` (scipy's OpenBLAS): it forms only the upper triangle
     of the symmetric result, half the multiply-adds of a general product, and adds it in place
-    (beta = 1), with no temporary; `result()` is then filled in its upper triangle only, which is
-    all the dense eigensolvers read. On CUDA/MPS the product is `small_gram` (torch matmul, no
-    TF32) and the result is the full matrix.
+    (beta = 1), with no temporary. On CUDA/MPS it is `small_gram` (torch matmul, no TF32).
+    Either way the upper triangle of `result()` holds the Gram matrix, which is all
+    `gram_top_eigenvalue` reads.
     """
 
     def __init__(self, side: int, device: torch.device, flush_every: int = 8, blas: bool | None = None):
-        self.cpu = device.type == "cpu" if blas is None else blas  # blas=False: the torch route
+        self.blas = device.type == "cpu" if blas is None else blas  # blas=False: the torch route
         self.acc = device if device.type != "mps" else torch.device("cpu")  # MPS has no float64
         self.flush_every, self.pending = flush_every, 0
         self.total: torch.Tensor | None = None  # float64, from the first flush on
-        if self.cpu:  # Fortran order: ssyrk writes into it in place
-            self.part = np.zeros((side, side), dtype=np.float32, order="F")
-        else:
-            self.part = torch.zeros(side, side, dtype=torch.float32, device=device)
+        # column-major (the transpose of a row-major buffer), so ssyrk can write into it in place
+        self.part = torch.zeros(side, side, dtype=torch.float32, device=device).T
 
     def add(self, block: torch.Tensor, tall: bool) -> None:
         """Add BᵀB (row slice of a tall matrix) or BBᵀ (column slice of a wide one)."""
         if self.pending == self.flush_every:
             self._flush()
-        if self.cpu:
+        if self.blas:
             # the numpy transpose of a C-contiguous (r×c) block is a Fortran-contiguous (c×r)
             # array a, handed to BLAS without a copy: BᵀB = a·aᵀ (trans=0), BBᵀ = aᵀ·a (trans=1)
             a = block.contiguous().numpy().T
-            self.part = ssyrk(1.0, a, beta=1.0, c=self.part, trans=0 if tall else 1, lower=0,
-                              overwrite_c=1)
+            c = self.part.numpy()
+            out = ssyrk(1.0, a, beta=1.0, c=c, trans=0 if tall else 1, lower=0, overwrite_c=1)
+            if out is not c:  # f2py had to copy after all
+                c[...] = out
         else:
             self.part += small_gram(block, tall)
         self.pending += 1
 
     def _flush(self) -> None:
-        part = torch.from_numpy(self.part) if self.cpu else self.part
-        if self.total is None:  # to the accumulation device first: MPS has no float64
-            self.total = part.to(self.acc).to(torch.float64)
+        part = self.part.to(self.acc)  # to the accumulation device first: MPS has no float64
+        if self.total is None:
+            self.total = part.to(torch.float64)
         else:
-            self.total += part.to(self.acc)
-        if self.cpu:
-            self.part.fill(0.0)
-        else:
-            self.part.zero_()
+            self.total += part
+        self.part.zero_()
         self.pending = 0
-
-    @property
-    def upper_only(self) -> bool:
-        return self.cpu
 
     def result(self) -> torch.Tensor:
         """The Gram matrix: fp32 if it was one group of slices, else the float64 total."""
         if self.total is None:
-            return torch.from_numpy(self.part) if self.cpu else self.part.to(self.acc)
+            return self.part.to(self.acc)
         if self.pending:
             self._flush()
         return self.total
@@ -452,10 +445,9 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
 
 
 def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = 1024, block_size: int = 8,
-                        tol: float = 1e-5, max_iter: int = 300, seed: int = 42,
-                        upper_only: bool = False) -> tuple[float, int, bool]:
-    """λ_max of a small-side Gram matrix G = MᵀM, i.e. ‖M‖_2². With `upper_only`, only G's upper
-    triangle (and diagonal) is filled, as BLAS syrk leaves it.
+                        tol: float = 1e-5, max_iter: int = 300, seed: int = 42) -> tuple[float, int, bool]:
+    """λ_max of a small-side Gram matrix G = MᵀM, i.e. ‖M‖_2². Only G's upper triangle (and
+    diagonal) is read, so G may come straight from BLAS syrk, which fills nothing else.
 
     The eigenproblem is solved in fp32 (G's entries rounded once, a relative perturbation of
     ~6e-8, far below the 1e-3 target; the fp32 products run at twice the float64 speed).
@@ -470,8 +462,7 @@ def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = 1024, block_size: int 
     """
     G = G.float()
     if G.shape[0] > dense_max:
-        if upper_only:
-            G = torch.triu(G) + torch.triu(G, diagonal=1).T
+        G = torch.triu(G) + torch.triu(G, diagonal=1).T  # symmetric, from the upper triangle
         return top_eigenvalue(G, block_size, tol, max_iter, seed)
     if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
         return 0.0, 0, True
@@ -516,10 +507,8 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
         fro_dw += sum_of_squares(dw.to(acc))
         fro_w += sum_of_squares(wa.to(acc))
         del wa, dw
-    spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter,
-                                                seed, upper_only=G_dw.upper_only)
-    spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter,
-                                             seed, upper_only=G_w.upper_only)
+    spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter, seed)
+    spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter, seed)
     fro_dw, fro_w = float(fro_dw), float(fro_w)
     conv1d = a.model_type in CONV1D_MODEL_TYPES and name.endswith((".c_attn.weight", ".c_fc.weight", ".c_proj.weight"))
     out_features, in_features = (shape[1], shape[0]) if conv1d else shape
