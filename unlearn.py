@@ -750,7 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
     p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
     p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
-    p.add_argument("--outdir", default=None, help="where the model goes (default: outputs/<model>__<method>/unlearned_model)")
+    p.add_argument("--outdir", default=None,
+                   help="where the model goes (default: <outputs-dir>/<model>__<method>/unlearned_model)")
+    p.add_argument("--outputs-dir", default="outputs", help="the folder the default --outdir is made in")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: CUDA > MPS > CPU")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
@@ -777,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: layers for rmu/cb/lat/cb_lat, all for the others)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward to save memory (default: on for CUDA/MPS, off on CPU)")
-    p.add_argument("--max-samples", type=int, default=0, help="use only the first N forget and N retain samples (0: all)")
+    p.add_argument("--max-samples", type=int, default=0, help="use only the first N (distinct, non-empty) lines of each data file (0: all)")
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
@@ -814,8 +816,8 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
         raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
-def default_outdir(model_id: str, method: str) -> Path:
-    return Path("outputs") / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
+def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs") -> Path:
+    return Path(outputs_dir) / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
 
 
 def warn(msg: str, warnings: list, main_process: bool = True) -> None:
@@ -937,7 +939,7 @@ def make_plan(a: argparse.Namespace) -> Plan:
     check_args(a)
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
-    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method)
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--outdir {outdir} exists and is not a directory")
     if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
