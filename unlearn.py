@@ -1085,11 +1085,14 @@ def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> Non
     existing = plan.outdir
     while not existing.exists():
         existing = existing.parent
-    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
+    # the weights (fp16 runs save fp16) + 16 MiB for tokenizer, config and reports
+    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4) + 2**24
     free = shutil.disk_usage(existing).free
-    if free < need + 2**24:  # + tokenizer, config and reports
-        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about "
-                         f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+    if free < need:
+        def size(n):
+            return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about {size(need)}, "
+                         f"{size(free)} are free")
     if plan.outdir.parent.is_dir():
         stale = sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.tmp-*"))
         stale += sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.old-*"))

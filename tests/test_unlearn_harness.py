@@ -462,7 +462,7 @@ def test_read_only_outdir_and_full_disk_are_refused_before_loading(trained, tmp_
     monkeypatch.setattr(ul.shutil, "disk_usage", lambda p: usage._replace(free=50_000))
     assert run_main(quick(trained, out)) == 1
     line = one_error_line(capsys)
-    assert "not enough free disk space for the model" in line and "0.00 GiB are free" in line
+    assert "not enough free disk space for the model" in line and "0.0 MiB are free" in line
     assert not (tmp_path / "new").exists()
 
 
