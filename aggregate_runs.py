@@ -48,10 +48,6 @@ import numpy as np
 import pandas as pd
 
 
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
-
-
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
 # (the ones this script needs, verbatim, in the canonical order; they use the script's imports
 # and its UsageError, which main() turns into one `error:` line and exit status 1)
@@ -97,6 +93,10 @@ def write_atomically(files: dict) -> None:
             Path(tmp).unlink(missing_ok=True)
         raise
 # --- end shared helpers ---
+
+
+class UsageError(Exception):
+    """Bad input: reported as one ``error: ...`` line, exit status 1."""
 
 
 # metric name in summary.csv -> (where in metrics.json, key in report.yaml's Results)

@@ -43,6 +43,7 @@ JSON object instead of text. torch is imported only for the environment checks, 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import math
@@ -55,6 +56,71 @@ import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def normalise(text: str) -> str:
+    """The key under which two samples count as the same text (duplicates, forget/retain overlap):
+    Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+# --- end shared helpers ---
+
 
 DEFAULT_MODEL = "EleutherAI/deep-ignorance-unfiltered"
 # The three models of the reference study share one architecture, GPT-NeoX 6.9B (Pythia-6.9B
@@ -90,34 +156,14 @@ class Check:
 def read_samples(path: str | os.PathLike) -> tuple[list[tuple[int, str]] | None, str]:
     """Samples of a data file: ``([(line_number, text), ...], "")`` or ``(None, reason)``.
 
-    One sample per line, stripped, blank lines skipped: the reading of ``unlearn.py`` and
-    ``collect_activation_norms.py`` (``splitlines()`` + ``strip()``), plus dropping a UTF-8
-    byte-order mark. Never raises on a bad file: a missing, unreadable or non-UTF-8 file comes
-    back as ``None`` and a one-line reason.
+    The reading of every tool (``read_numbered_lines``: one sample per line, stripped, blank lines
+    and a UTF-8 byte-order mark dropped), except that it never raises on a bad file: a missing,
+    unreadable or non-UTF-8 file comes back as ``None`` and a one-line reason.
     """
-    p = Path(path)
-    if not p.exists():
-        return None, f"{p} not found"
-    if not p.is_file():
-        return None, f"{p} is not a file"
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        return None, f"{p} is not UTF-8 text (byte {e.start})"
-    except OSError as e:
-        return None, f"{p} cannot be read ({e.strerror or e})"
-    samples = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not samples:
-        return None, f"{p} is empty" if not text else f"{p} has only blank lines"
-    return samples, ""
-
-
-def normalise(text: str) -> str:
-    """Key for near-duplicate matching: Unicode NFKC, case-folded, whitespace runs collapsed.
-
-    "The  Cell\\tcycle " and "the cell cycle" share a key; punctuation and wording still count.
-    """
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+        return read_numbered_lines(path), ""
+    except UsageError as e:
+        return None, str(e)
 
 
 def shorten(text: str, width: int = 60) -> str:
@@ -279,30 +325,6 @@ def repro_settings(args_grad_accum: int | None, args_cache_fp16: bool, environ: 
 
 # ----------------------------------------------------------------------------- model files, offline-safe
 
-_HUB_REACHABLE: bool | None = None
-
-
-def _is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set, or the hub's host did not accept a connection within 3 s.
-
-    The probe runs once: without it every hub request of an offline machine would sit through
-    huggingface_hub's retry back-off (tens of seconds per file).
-    """
-    global _HUB_REACHABLE
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUTHY:
-        return True
-    if _HUB_REACHABLE is None:
-        import socket
-        from urllib.parse import urlparse
-        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-        try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
-            _HUB_REACHABLE = True
-        except (OSError, ValueError):
-            _HUB_REACHABLE = False
-    return not _HUB_REACHABLE
-
-
 def find_model_file(model: str, filename: str) -> str | None:
     """Path of ``filename`` for ``model``: a local directory, else the Hugging Face cache, else the hub.
 
@@ -321,7 +343,7 @@ def find_model_file(model: str, filename: str) -> str | None:
         cached = try_to_load_from_cache(model, filename)
         if isinstance(cached, str):
             return cached
-        if _is_offline():
+        if not hub_reachable():
             return None
         return hf_hub_download(model, filename)
     except Exception:
@@ -356,7 +378,7 @@ def load_token_counter(name: str):
         except Exception as e:
             return None, f"cannot load the tokenizer of {name} ({type(e).__name__})"
     where = "in that directory" if local.is_dir() else "locally or in the Hugging Face cache" + (
-        " (offline)" if _is_offline() else ", nor on the hub")
+        " (offline)" if not hub_reachable() else ", nor on the hub")
     return None, f"no tokenizer for {name} {where}"
 
 
@@ -376,7 +398,7 @@ def model_dims(model: str) -> tuple[dict | None, str]:
             return dims, f"config.json of {model}"
     if model.rstrip("/") in STUDY_MODELS:
         return dict(STUDY_DIMS), "the reference study's GPT-NeoX 6.9B shape (assumed: config.json not available offline)"
-    return None, f"no config.json for {model} found locally" + ("" if _is_offline() else " or on the hub")
+    return None, f"no config.json for {model} found locally" + ("" if not hub_reachable() else " or on the hub")
 
 
 # ----------------------------------------------------------------------------- the checks

@@ -308,14 +308,14 @@ def test_bad_files_fail_without_traceback(case, data, tmp_path):
     assert "Traceback" not in r.stderr and r.stderr == ""
     line = line_of(r.stdout, "files")
     assert line.startswith(f"FAIL  files: {forget} ") and "retain.txt 50 samples" in line
-    assert {"missing": "not found", "empty": "is empty", "blank": "only blank lines", "binary": "not UTF-8",
+    assert {"missing": "does not exist", "empty": "is empty", "blank": "only blank lines", "binary": "not UTF-8",
             "directory": "is not a file"}[case] in line
 
 
 def test_default_paths_missing_and_usage_error(tmp_path):
     r = run_cli("--data-only", cwd=tmp_path)            # no data/ folder in this cwd
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "data/forget.txt not found; data/retain.txt not found" in r.stdout
+    assert "data/forget.txt does not exist; data/retain.txt does not exist" in r.stdout
     r = run_cli("--data-only", "--max-length", "0", cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.strip() == "error: --max-length must be a positive number of tokens, got 0"
     r = run_cli("--data-only", cwd=tmp_path, env={"DEVICE": "xpu"})
