@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated settings that define a group (model, or a key of run_report.yaml's "
                         "Training/Model/Dataset); every other setting except the seed must agree inside a group")
     p.add_argument("--baseline", default=None,
-                   help="a method (or group name): also test each group's nll_after against its group, per sample")
+                   help="a method (or a group name): also test each group's nll_after against that group's, per held-out sample")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples for the 95%% CI over seeds")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--outdir", default="outputs/aggregate", help="where summary.csv, tests.csv and report.yaml go")

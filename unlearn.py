@@ -1112,8 +1112,10 @@ def load_data(a: argparse.Namespace) -> Data:
         train_r, test_r = split_off(train_r, held_count(a.test_split, len(retain)), a.split_seed + 3)
     if not train_f or not train_r:
         which = "forget" if not train_f else "retain"
-        raise UsageError(f"--eval-split {a.eval_split} and --test-split {a.test_split} leave no {which} samples to "
-                         f"train on ({len(forget) if which == 'forget' else len(retain)} in total)")
+        splits = f"--eval-split {a.eval_split} and --test-split {a.test_split} leave" if a.test_split else \
+            f"--eval-split {a.eval_split} leaves"
+        raise UsageError(f"{splits} no {which} samples to train on "
+                         f"({len(forget) if which == 'forget' else len(retain)} in total)")
     line_f, line_r = dict(zip(forget, idx_f)), dict(zip(retain, idx_r))  # texts are unique (duplicates dropped)
     lines = {"forget_eval": [line_f[x] for x in eval_f], "retain_eval": [line_r[x] for x in eval_r]} if eval_f else \
         {"forget_train": [line_f[x] for x in train_f], "retain_train": [line_r[x] for x in train_r]}
