@@ -1146,12 +1146,15 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
                              f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
         trainable = a.trainable or "all"
         n_layers = getattr(config, "num_hidden_layers", None)
-        if not isinstance(n_layers, int):
-            raise UsageError(f"{plan.method}: cannot find the decoder layers of {arch}, nor their number in its config")
-        bad = [i for i in plan.layer_ids if i >= n_layers]
-        if bad:
-            raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} layers (0–{n_layers - 1})")
-        lost = []
+        if plan.method != "lat":  # lat reads no hidden state: its --layer-id is ignored
+            if not isinstance(n_layers, int):
+                raise UsageError(f"{plan.method}: cannot find the decoder layers of {arch}, nor their number in its "
+                                 f"config")
+            bad = [i for i in plan.layer_ids if i >= n_layers]
+            if bad:
+                raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} layers "
+                                 f"(0–{n_layers - 1})")
+        lost = ["--layer-id is ignored"] if plan.method == "lat" else []
         if plan.method != "lat":
             lost.append(f"h_l of --layer-id {a.layer_id} is read from output_hidden_states (a full forward every "
                         f"pass: no truncated forward, and h_orig needs a frozen copy of every trainable parameter)")

@@ -271,7 +271,8 @@ def _bad_input_cases(d: Path, tmp: Path):
         "layer out of range": (["--method", "rmu", "--layer-id", "2,9"], "--layer-id 9 is outside the model"),
         "layer duplicated": (["--method", "cb", "--layer-id", "1,1"], "more than once"),
         "layer unparsable": (["--method", "lat", "--layer-id", "one"], "not a comma-separated list"),
-        "unsupported arch": (["--method", "rmu", "--model", str(tmp / "mpt")], "not a supported architecture"),
+        "unsupported arch": (["--method", "rmu", "--trainable", "layers", "--model", str(tmp / "mpt")],
+                             "not a supported architecture"),
         "bad regex": (["--trainable", "(("], "not a valid regular expression"),
     }
 
