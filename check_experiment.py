@@ -26,9 +26,11 @@ non-blank line, the format ``create_datasets.py`` writes and ``unlearn.py`` /
 
 Checks: files present, readable and non-empty; exact and normalised (case, Unicode form and
 whitespace) overlap between forget and retain; duplicates inside each set; size balance (beyond
-2:1); samples longer than ``--max-length`` tokens (they would be truncated); the environment
-(torch, CUDA/MPS, bf16, free disk versus the activation cache the next run needs, package
-versions); and settings that hurt reproducibility (gradient accumulation, fp16 activation cache).
+2:1); samples longer than ``--max-length`` tokens (they would be truncated); the model (a
+``--model`` that does not exist or cannot be loaded, i.e. no config.json or no complete safetensors
+weights, FAILs; a hub ID that cannot be looked up offline WARNs); the environment (torch,
+CUDA/MPS, bf16, free disk versus the activation cache the next run needs, package versions); and
+settings that hurt reproducibility (gradient accumulation, fp16 activation cache).
 
 Defaults follow the run scripts' environment ($DATA_DIR, $MODEL_A, $MAX_LENGTH, $CACHE_DIR,
 $DEVICE, $DTYPE, $GRAD_ACCUM, $CACHE_FP16), so the check describes the run they would start.
@@ -49,6 +51,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -119,6 +122,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # --- end shared helpers ---
 
 
@@ -382,6 +388,79 @@ def load_token_counter(name: str):
     return None, f"no tokenizer for {name} {where}"
 
 
+def model_folder_problem(folder: Path) -> str | None:
+    """Why the tools could not load the model folder ``folder``, or None when they can.
+
+    What ``from_pretrained(use_safetensors=True)`` needs, checked without importing torch:
+    a config.json (JSON naming a ``model_type``) and safetensors weights (every shard of
+    ``model.safetensors.index.json``, else every ``*.safetensors``), each with a readable header
+    (8-byte little-endian length + JSON) and at least as many bytes as its tensors' data offsets say.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        return "no config.json (not a Hugging Face model folder)"
+    try:
+        if not json.loads(config.read_text(encoding="utf-8")).get("model_type"):
+            return "its config.json names no model_type"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"its config.json cannot be read ({first_line(e)})"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"its {index.name} cannot be read ({first_line(e)})"
+    else:
+        shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not shards:
+        return "no .safetensors weights (the tools never load pickled .bin/.pt files)"
+    for name in shards:
+        shard = folder / name
+        if not shard.is_file():
+            return f"{name}, listed in {index.name}, is missing"
+        try:
+            with open(shard, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                size = shard.stat().st_size
+                if n <= 0 or 8 + n > size:
+                    return f"{name} is truncated or not a safetensors file"
+                header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"{name} is not a readable safetensors file ({first_line(e)})"
+        if 8 + n + end > size:
+            return f"{name} is truncated ({size} bytes, its header promises {8 + n + end})"
+    return None
+
+
+def check_model(model: str) -> Check:
+    """Can the next run load ``--model``? A local folder is checked in full (``model_folder_problem``);
+    a hub ID through its config.json, from the local cache or, when it can be reached, the hub."""
+    local = Path(model).expanduser()
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or not HUB_ID_RE.match(model):
+        if not local.exists():
+            return Check("FAIL", "model", f"{model} does not exist")
+        if not local.is_dir():
+            return Check("FAIL", "model", f"{model} is a file, not a model folder")
+        problem = model_folder_problem(local)
+        if problem:
+            return Check("FAIL", "model", f"{model} cannot be loaded: {problem}", {"model": model})
+        return Check("PASS", "model", f"{model}: config.json and safetensors weights readable", {"model": model})
+    config = find_model_file(model, "config.json")
+    if config is None:
+        if hub_reachable():
+            return Check("FAIL", "model", f"{model} is neither a local folder nor a model on the Hugging Face hub")
+        return Check("WARN", "model", f"{model} is not in the local Hugging Face cache and the hub cannot be reached "
+                                      "(offline): not verified", {"model": model})
+    try:
+        ok = bool(json.loads(Path(config).read_text(encoding="utf-8")).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        return Check("FAIL", "model", f"{model} cannot be loaded: its config.json is unreadable or names no model_type")
+    return Check("PASS", "model", f"{model}: config.json found (weights are fetched by the run)", {"model": model})
+
+
 def model_dims(model: str) -> tuple[dict | None, str]:
     """``(dims, source)``: layer count and hidden size of ``model`` from its config.json.
 
@@ -604,6 +683,7 @@ def run_checks(args) -> dict:
     checks += repro_settings(args.grad_accum_steps, args.cache_fp16, os.environ)
     environment = {"python": platform.python_version(), "platform": platform.platform()}
     if not args.data_only:
+        checks.append(check_model(args.model))
         checks += check_environment(args, token_stats, dims, dims_source, environment)
     tally = Counter(c.status for c in checks)
     summary = {s.lower(): tally.get(s, 0) for s in ("PASS", "WARN", "FAIL", "INFO")}

@@ -184,7 +184,8 @@ def write_atomically(files: dict) -> None:
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -200,9 +201,11 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
 

@@ -162,12 +162,48 @@ def _umask() -> int:
     return mask
 
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -183,9 +219,11 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
 
@@ -594,6 +632,10 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
         fro_dw += sum_of_squares(dw.to(acc))
         fro_w += sum_of_squares(wa.to(acc))
         del wa, dw
+    for what, fro in (("model A", fro_w), ("model B", fro_dw)):
+        if not math.isfinite(float(fro)):
+            raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ‖ΔW‖ and its spectrum "
+                             "are undefined; is the checkpoint corrupt or did its training diverge?")
     spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter, seed)
     spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter, seed)
     fro_dw, fro_w = float(fro_dw), float(fro_w)
@@ -699,6 +741,7 @@ def main(argv=None) -> int:
                   "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
         torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
         a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
+        check_outdir(outdir, "per_*.csv", inputs=(a.dir, b.dir))  # before the work, not after it
         names, warnings = match_matrices(a, b)
         others = [n for n in names if parse_layer_group(n)[0] >= 0 and parse_layer_group(n)[1] == "other"]
         if others:
@@ -707,11 +750,12 @@ def main(argv=None) -> int:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
-        with thread_budget(device):
+        # the bar is closed (its line ended) before an error line is printed
+        with thread_budget(device), tqdm(names, desc="ΔW spectra", unit="matrix") as bar:
             rows = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
                                  tol=args.tol, max_iter=args.max_iter, seed=args.seed,
                                  dense_max=args.dense_max)
-                    for name in tqdm(names, desc="ΔW spectra", unit="matrix")]
+                    for name in bar]
         stalled = [r["name"] for r in rows if not r.pop("converged")]
         if stalled:
             print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "

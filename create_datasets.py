@@ -61,6 +61,15 @@ from pathlib import Path
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
 # (the ones this script needs, verbatim, in the canonical order; they use the script's imports
 # and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 def normalise(text: str) -> str:
     """The key under which two samples count as the same text (duplicates, forget/retain overlap):
     Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
@@ -109,12 +118,48 @@ def _umask() -> int:
     return mask
 
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -130,9 +175,11 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
 
@@ -697,9 +744,9 @@ def main(argv=None) -> int:
             raise UsageError("--n-forget and --n-retain must be at least 1")
         if args.min_retain_chars > args.max_retain_chars:
             raise UsageError("--min-retain-chars must not exceed --max-retain-chars")
-        outdir = Path(args.outdir)
-        if outdir.exists() and not outdir.is_dir():
-            raise UsageError(f"--outdir {outdir} exists and is not a folder")
+        # the folder may hold other files (data/README.md); only these are replaced, and only when an
+        # earlier run wrote them (PROVENANCE.md): a hand-made forget.txt is never overwritten
+        outdir = check_outdir(args.outdir, "PROVENANCE.md", owned=("forget.txt", "retain.txt", "PROVENANCE.md"))
 
         forget_pool, retain_pool, rows = collect(args)
         forget, retain, stats = build_sets(forget_pool, retain_pool, args.n_forget, args.n_retain, args.seed)

@@ -234,7 +234,6 @@ def publish_folder(tmp: Path, final: Path) -> None:
         old.unlink()
 # --- end shared helpers ---
 
-
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
 
@@ -245,6 +244,11 @@ class UsageError(Exception):
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN/inf: the run stops and nothing is saved."""
+
+
+class OutputError(Exception):
+    """Saving failed (disk full, permissions): one ``error:`` line, exit status 1; nothing
+    half-written is left and an earlier --outdir is kept as it was."""
 
 
 class StopForward(Exception):
@@ -993,6 +997,7 @@ class Arch:
     trainable: str
     trainable_names: list[str]
     warnings: list[str]
+    n_params: int
     fallback: bool = False
 
 
@@ -1064,6 +1069,7 @@ def run(a: argparse.Namespace) -> dict:
     data = load_data(a)                                   # forget/retain lines and the held-out split
     arch = inspect_architecture(a, plan)                  # decoder layers and trainable names (no weights)
     env = start_accelerator(a, plan, arch, data)          # device, precision, processes, warnings
+    check_output(a, plan, arch, env)                      # --outdir: allowed, writable, room for the model
     model, tokenizer, pad_id = load_model(a, arch, env)
     tokens = tokenize_data(tokenizer, data, a.max_length)
     gc_on = prepare_for_training(model, arch.trainable_names, a, env)
@@ -1089,6 +1095,11 @@ def make_plan(a: argparse.Namespace) -> Plan:
     outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.seed if a.seed_in_outdir else None)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--outdir {outdir} exists and is not a directory")
+    if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
+        check_outdir_apart(outdir, Path(a.model).expanduser(), a)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "run_report.yaml").is_file():
+        raise UsageError(f"--outdir {outdir} already exists and is not an earlier unlearn.py output (it has no "
+                         f"run_report.yaml); choose a new folder, or empty this one")
     return Plan(a.method, spec, layer_ids, a.trainable or spec.default_trainable(), outdir)
 
 
@@ -1172,7 +1183,8 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
     names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
     if not names:
         raise UsageError(f"--trainable {trainable!r} selects no parameters")
-    return Arch(model_dir, layers_path, trainable, names, warnings,
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    return Arch(model_dir, layers_path, trainable, names, warnings, n_params,
                 fallback=found is None and plan.spec.uses_layers)
 
 
@@ -1223,6 +1235,64 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
                  "fp32/bf16 runs and overflow can skip steps")
     set_seed(a.seed)
     return env
+
+
+def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> None:
+    """Before any weights are loaded: --outdir is not the input model, not inside it and holds no
+    input; it can be created and written; its disk has room for the model (≈ parameter bytes).
+    Folders left by a killed run next to it are named."""
+    check_outdir_apart(plan.outdir, arch.model_dir, a)
+    existing = probe_writable(plan.outdir.parent, f"--outdir {plan.outdir}")
+    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
+    free = shutil.disk_usage(existing).free
+    if free < need + 2**24:  # + tokenizer, config and reports
+        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about "
+                         f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+    if plan.outdir.parent.is_dir():
+        stale = sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.tmp-*"))
+        stale += sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.old-*"))
+        for path in stale:
+            env.warn(f"{path} was left by an interrupted run ('.old-' holds an earlier output); "
+                     f"remove it (or move it back) when you no longer need it")
+
+
+def check_outdir_apart(outdir: Path, model_dir: Path, a: argparse.Namespace) -> None:
+    """--outdir (which a run replaces) must not be the input model, lie inside it, or hold an input."""
+    out, model = outdir.resolve(), model_dir.resolve()
+    if out == model or model in out.parents:
+        where = "is the input model folder" if out == model else "is inside the input model folder"
+        raise UsageError(f"--outdir {outdir} {where} {a.model}; choose a folder outside it")
+    for what, path in (("the input model", model_dir), ("the forget data", Path(a.forget_data)),
+                       ("the retain data", Path(a.retain_data))):
+        if out in path.resolve().parents:
+            raise UsageError(f"--outdir {outdir} contains {what} ({path}); choose a folder that holds no input")
+
+
+def probe_writable(folder: Path, what: str) -> Path:
+    """Create ``folder`` (with its missing parents), write a file in it, then undo all of it.
+    UsageError in one line when that is impossible; returns the nearest folder that already existed."""
+    existing, missing = folder, []
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create {what}: {existing} is a file")
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write {what}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return existing
 
 
 def load_model(a: argparse.Namespace, arch: Arch, env: Env):
@@ -1517,8 +1587,14 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
         state = {k[len("model."):]: v for k, v in acc.get_state_dict(t.wrapped).items()}
     if env.main:
-        save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state, fp16=(env.dtype == "fp16"),
-                        files=files)
+        from safetensors import SafetensorError
+        try:
+            save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
+                            fp16=(env.dtype == "fp16"), files=files)
+        except (OSError, SafetensorError) as e:
+            kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
+            raise OutputError(f"cannot save the model to {plan.outdir} ({first_line(e)}); nothing was "
+                              f"written{kept}") from None
         print(f"saved {plan.outdir}", flush=True)
     acc.wait_for_everyone()
 
@@ -1648,11 +1724,15 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
                     files: dict | None = None) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml (+ ``files``: name → text, e.g.
     per_sample_nll.csv) into a temp dir next to ``outdir``, then swap it in (an existing ``outdir``
-    is replaced only once the new one is complete)."""
+    is replaced only once the new one is complete). On any failure, Ctrl-C included, the temp dir
+    and the parent folders made for it are removed and an earlier ``outdir`` is back in place. The
+    folder gets the mode of a new folder (0755 under umask 022)."""
     import yaml
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    made = [d for d in reversed(outdir.parents) if not d.exists()]
+    tmp = None
     try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
         if fp16:
             model = model.half()
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
@@ -1662,9 +1742,13 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         (tmp / "run_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        publish_folder(tmp, outdir)
+        publish_folder(tmp, outdir)  # modes 0755/0644 (umask), an earlier outdir swapped out only now
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
 
 
@@ -1672,12 +1756,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, NonFiniteLoss) as e:
+    except (UsageError, NonFiniteLoss, OutputError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr, flush=True)
-        return 130
+        print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -25,7 +25,7 @@ END = "# --- end shared helpers ---"
 # the canonical order; a script copies the ones it needs
 HELPERS = ["first_line", "normalise", "read_numbered_lines", "read_lines", "drop_duplicates", "pick_device",
            "pick_dtype", "hub_reachable", "HUB_ID_RE", "MODEL_FILES", "SKIP_FILES", "resolve_model_dir",
-           "_umask", "write_atomically", "publish_folder"]
+           "_umask", "check_outdir", "write_atomically", "publish_folder", "label_log_axis"]
 # names the helpers had before they were unified: none may come back as a drifting copy
 OLD_NAMES = ["resolve_device", "resolve_dtype", "normalise_text", "_hub_reachable", "_is_offline", "write_csv_atomic",
              "write_csvs_atomically", "publish"]
@@ -305,7 +305,7 @@ def test_write_atomically_fault_leaves_old_files_and_no_temp(cd, tmp_path, monke
 
         monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
         files = {old_a: "new a\n", old_b: "new b\n"}
-        expected = OSError
+        expected = cd.UsageError                                              # "cannot write ...: No space left"
     else:
         files = {old_a: "new a\n", old_b: bad_writer}
         expected = KeyboardInterrupt if fault == "ctrl_c" else ValueError
