@@ -67,12 +67,48 @@ def _umask() -> int:
     return mask
 
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -88,9 +124,11 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
 
@@ -533,9 +571,7 @@ def run(a: argparse.Namespace) -> dict:
         raise UsageError(f"--group-by {a.group_by!r} must list distinct settings, e.g. model,method")
     if "seed" in keys:
         raise UsageError("--group-by seed would put every run in a group of its own; seeds are what is aggregated")
-    outdir = Path(a.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"--outdir {outdir} exists and is not a folder")
+    outdir = check_outdir(a.outdir, "report.yaml", owned=("summary.csv", "tests.csv", "report.yaml"))
     runs = [read_run(d) for d in a.run_dirs]
     groups = make_groups(runs, keys)
     summary = summarise(groups, a.n_boot, a.seed)
@@ -543,10 +579,7 @@ def run(a: argparse.Namespace) -> dict:
     report = report_yaml(groups, summary, a.n_boot)
     files = {outdir / "summary.csv": to_csv(summary), outdir / "tests.csv": to_csv(tests),
              outdir / "report.yaml": report}
-    try:
-        write_atomically(files)
-    except OSError as e:
-        raise UsageError(f"cannot write into {outdir}: {e.strerror or first_line(e)}") from None
+    write_atomically(files)
     print(table(groups, summary, tests))
     for n, rs in groups.items():
         if len(rs) == 1:

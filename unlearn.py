@@ -1665,7 +1665,8 @@ def gpu_driver_version() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10)
-        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+        versions = out.stdout.split() if out.returncode == 0 else []  # one line per GPU
+        return versions[0] if versions else None
     except (OSError, subprocess.SubprocessError):
         return None
 

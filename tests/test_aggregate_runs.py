@@ -208,12 +208,22 @@ def corrupt_nan(run):
 def test_bad_input_is_one_error_line_and_keeps_what_exists(three, tmp_path, capsys, breakage, expect):
     out = tmp_path / "agg"
     out.mkdir()
-    (out / "summary.csv").write_text("old\n")
+    (out / "summary.csv").write_text("old\n")  # an earlier aggregation's files
+    (out / "report.yaml").write_text("old\n")
     breakage(three[1])
     assert run_cli([*three, "--outdir", out]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
-    assert sorted(os.listdir(out)) == ["summary.csv"] and (out / "summary.csv").read_text() == "old\n"
+    assert sorted(os.listdir(out)) == ["report.yaml", "summary.csv"] and (out / "summary.csv").read_text() == "old\n"
+
+
+def test_outdir_with_foreign_files_is_refused_before_reading(three, tmp_path, capsys):
+    out = tmp_path / "agg"
+    out.mkdir()
+    (out / "summary.csv").write_text("someone else's\n")
+    assert run_cli([*three, "--outdir", out]) == 1
+    assert "holds files that no earlier run of this tool wrote" in capsys.readouterr().err
+    assert (out / "summary.csv").read_text() == "someone else's\n"
 
 
 def test_missing_run_dir_and_unknown_baseline(three, tmp_path, capsys):
