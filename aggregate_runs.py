@@ -229,10 +229,11 @@ def pool_samples(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def format_pm(mean: float, std: float) -> str:
     """``"5.23 ± 0.15"``: the std to two significant digits (at least two decimals, at most six),
-    the mean to the same number of decimals; without a std (one seed) just the mean."""
+    the mean to the same number of decimals; a zero std with four decimals; without a std (one
+    seed) just the mean."""
     if not math.isfinite(std):
         return f"{mean:.4f}"
-    decimals = 2 if std <= 0 else min(6, max(2, 1 - math.floor(math.log10(std))))
+    decimals = 4 if std <= 0 else min(6, max(2, 1 - math.floor(math.log10(std))))
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 

@@ -166,7 +166,7 @@ def test_report_yaml_is_the_documented_format_with_mean_pm_std(three, tmp_path, 
 def test_format_pm_and_model_name():
     assert ag.format_pm(5.2313, 0.1534) == "5.23 ± 0.15"
     assert ag.format_pm(3.01234, 0.004217) == "3.0123 ± 0.0042"
-    assert ag.format_pm(1.0, 0.0) == "1.00 ± 0.00"
+    assert ag.format_pm(1.0, 0.0) == "1.0000 ± 0.0000"
     assert ag.format_pm(2.5, float("nan")) == "2.5000"
     assert ag.model_name("EleutherAI/deep-ignorance-unfiltered") == "EleutherAI_deep-ignorance-unfiltered"
     assert ag.model_name("demo/models/demo-unfiltered/") == "demo-unfiltered"
