@@ -842,7 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
     p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
     p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
-    p.add_argument("--outdir", default=None, help="where the model goes (default: outputs/<model>__<method>/unlearned_model)")
+    p.add_argument("--outdir", default=None,
+                   help="where the model goes (default: <outputs-dir>/<model>__<method>/unlearned_model)")
+    p.add_argument("--outputs-dir", default="outputs", help="the folder the default --outdir is made in")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: CUDA > MPS > CPU")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
@@ -875,7 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=1.0, help="clipping norm (0 disables)")
     p.add_argument("--seed", type=int, default=42, help="seed of training (initialisation, order, adversary)")
     p.add_argument("--seed-in-outdir", action="store_true",
-                   help="default folder outputs/<model>__<method>__seed<k>/unlearned_model (run_unlearn.sh SEEDS=...)")
+                   help="default folder <outputs-dir>/<model>__<method>__seed<k>/unlearned_model (run_unlearn.sh SEEDS=...)")
     p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb", "trackio"],
                    help="experiment tracker (accelerate's): loss, validation curve, settings; its package must be "
                         "installed (e.g. uv run --with tensorboard --script unlearn.py ...)")
@@ -886,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: layers for rmu/cb/lat/cb_lat, all for the others)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward to save memory (default: on for CUDA/MPS, off on CPU)")
-    p.add_argument("--max-samples", type=int, default=0, help="use only the first N forget and N retain samples (0: all)")
+    p.add_argument("--max-samples", type=int, default=0, help="use only the first N (distinct, non-empty) lines of each data file (0: all)")
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
@@ -939,10 +941,10 @@ def model_name(spec: str) -> str:
     return path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
 
 
-def default_outdir(model_id: str, method: str, seed: int | None = None) -> Path:
-    """outputs/<model name>__<method>[__seed<k>]/unlearned_model."""
+def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None) -> Path:
+    """<outputs_dir>/<model name>__<method>[__seed<k>]/unlearned_model."""
     tag = f"__seed{seed}" if seed is not None else ""
-    return Path("outputs") / f"{model_name(model_id)}__{method}{tag}" / "unlearned_model"
+    return Path(outputs_dir) / f"{model_name(model_id)}__{method}{tag}" / "unlearned_model"
 
 
 def warn(msg: str, warnings: list, main_process: bool = True) -> None:
@@ -1092,7 +1094,8 @@ def make_plan(a: argparse.Namespace) -> Plan:
     check_args(a)
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
-    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.seed if a.seed_in_outdir else None)
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir,
+                                                            a.seed if a.seed_in_outdir else None)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--outdir {outdir} exists and is not a directory")
     if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
