@@ -533,16 +533,30 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
     G_dw, G_w = GramSum(side, device), GramSum(side, device)
     fro_dw = torch.zeros((), dtype=torch.float64, device=acc)
     fro_w = torch.zeros((), dtype=torch.float64, device=acc)
-    for rows, cols in gram_blocks(shape, chunk_elems):
-        wa = a.read(name, rows, cols).to(device=device, dtype=torch.float32)
+    blocks = gram_blocks(shape, chunk_elems)
+    # two fp32 slice buffers reused for every slice: a fresh 4 MB tensor per slice costs a page
+    # fault per 4 kB page on first write (and an fp32 slice handed out by safetensors may be a
+    # copy-on-write view of the file, so writing into it faults and copies every page)
+    numel = max(len(range(shape[0])[r]) * len(range(shape[1])[c]) for r, c in blocks)
+    buf_a, buf_dw = (torch.empty(numel, dtype=torch.float32, device=device) for _ in range(2))
+    for rows, cols in blocks:
+        ra, rb = a.read(name, rows, cols), b.read(name, rows, cols)
         # the bf16/fp16 → fp32 casts are exact, so the only rounding is the fp32 subtraction
-        # (in place on B's fresh slice: 4× faster than a mixed-dtype torch.sub on the CPU)
-        dw = b.read(name, rows, cols).to(device=device, dtype=torch.float32).sub_(wa)
+        # (in place on B's fp32 copy: 4× faster than a mixed-dtype torch.sub on the CPU)
+        if ra.dtype == torch.float32 and device.type == "cpu":
+            wa = ra  # read-only use: no copy
+        else:
+            wa = buf_a[:ra.numel()].view(ra.shape).copy_(ra)
+        dw = buf_dw[:rb.numel()].view(rb.shape)
+        if rb.dtype == torch.float32 and device.type == "cpu":
+            torch.sub(rb, wa, out=dw)
+        else:
+            dw.copy_(rb).sub_(wa)
         G_dw.add(dw, tall)
         G_w.add(wa, tall)
         fro_dw += sum_of_squares(dw.to(acc))
         fro_w += sum_of_squares(wa.to(acc))
-        del wa, dw
+        del ra, rb, wa, dw
     spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter, seed)
     spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter, seed)
     fro_dw, fro_w = float(fro_dw), float(fro_w)
