@@ -220,7 +220,12 @@ def main() -> None:
     p.add_argument("--tool-args", default="", help="extra arguments for collect_param_stats.py (quoted)")
     p.add_argument("--tool", type=Path, default=TOOL, help="the script to time (e.g. an older copy, for before/after)")
     p.add_argument("--exact-run", nargs=4, metavar=("A", "B", "OUT_JSON", "SVD"), help=argparse.SUPPRESS)
+    p.add_argument("--build-only", nargs=2, metavar=("DIR", "SHAPE_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.build_only:
+        d, want = Path(args.build_only[0]), json.loads(args.build_only[1])
+        build_pair(d, want["hidden"], want["layers"], want["vocab"], want["inter"], want["dtype"], want["noise"])
+        return
     if args.exact_run:
         a, b, out, svd = args.exact_run
         exact_run(Path(a), Path(b), Path(out), svd)
@@ -242,7 +247,9 @@ def main() -> None:
                 "noise": args.noise}
         if not (stamp.is_file() and json.loads(stamp.read_text()) == want):
             t = time.perf_counter()
-            build_pair(workdir, hidden, layers, vocab, inter, args.dtype, args.noise)
+            # in a child process: a forked child inherits its parent's peak RSS (ru_maxrss), so this
+            # process must stay small for the tool's peak memory to be read from wait4
+            subprocess.run([sys.executable, __file__, "--build-only", str(workdir), json.dumps(want)], check=True)
             stamp.write_text(json.dumps(want))
             print(f"built the pair in {time.perf_counter() - t:.0f} s", flush=True)
         ckpt = checkpoint_bytes(a_dir)
