@@ -772,7 +772,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
     p.add_argument("--dense-max", type=int, default=DENSE_MAX,
                    help="Gram matrices up to this size get a dense fp32 eigensolver, larger ones block "
-                        "Lanczos (default: where the measured costs of the two cross)")
+                        "Lanczos; the default is where their measured costs cross")
     p.add_argument("--chunk-mb", type=float, default=4.0,
                    help="large tensors are read in slices of about this many MB (fp32)")
     return p.parse_args(argv)
