@@ -481,7 +481,22 @@ def sum_of_squares(x: torch.Tensor, piece: int = 1 << 18) -> torch.Tensor:
     return total
 
 
-def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-5, max_iter: int = 300,
+# Which solver for the top eigenvalue of an n×n Gram matrix: a cost model measured on the CPU
+# (OpenBLAS, one thread, 2-core AMD EPYC; `bench/bench_param_stats.py` shapes), on Gram matrices of
+# Gaussian matrices, whose Marchenko–Pastur edge is the slow case for Lanczos:
+#     n        dense ssyevx (top eigenvalue)     block Lanczos, k = 16, tol 1e-5
+#     1024      33 ms                             51 ms   (19 products)
+#     2048     261 ms                            141 ms   (24 products)
+#     4096     3.2 s                             0.75 s   (38 products)
+# The dense solve costs ~DENSE_S_PER_N3·n³ (Householder tridiagonalisation, 4/3·n³ flops), block
+# Lanczos ~LANCZOS_S_PER_N2·n² (a few dozen n×k products with G and the re-orthogonalisation
+# against an n×b basis); the dense solver is used while it is the cheaper one.
+DENSE_S_PER_N3, LANCZOS_S_PER_N2 = 3.1e-11, 4.5e-8
+DENSE_MAX = int(LANCZOS_S_PER_N2 / DENSE_S_PER_N3)  # 1451: the crossover of the two costs
+BLOCK_SIZE = 16  # fastest of 8/16/32 at n = 1024, 2048 and 4096 in the measurements above
+
+
+def top_eigenvalue(G: torch.Tensor, block_size: int = BLOCK_SIZE, tol: float = 1e-5, max_iter: int = 300,
                    seed: int = 42) -> tuple[float, int, bool]:
     """λ_max of a symmetric positive semi-definite G (here ‖M‖_2² = λ_max(MᵀM)).
 
@@ -511,6 +526,16 @@ def top_eigenvalue(G: torch.Tensor, block_size: int = 8, tol: float = 1e-5, max_
         torch.set_num_threads(threads)
 
 
+def _ritz(T: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` largest eigenpairs of the small symmetric float64 T (ascending). On the CPU
+    LAPACK `dsyevr` for that subset only (scipy): 3-10× cheaper than every eigenvector."""
+    T = 0.5 * (T + T.T)
+    b = T.shape[0]
+    evals, evecs = scipy.linalg.eigh(T.numpy(), subset_by_index=[b - count, b - 1], driver="evr",
+                                     check_finite=False)
+    return torch.from_numpy(evals), torch.from_numpy(evecs)
+
+
 def _block_lanczos(G, block_size, tol, max_iter, seed):
     n = G.shape[0]
     if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
@@ -522,18 +547,19 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
     # every leading slice Q[:, :b] is one contiguous block of memory for the BLAS
     Q = torch.empty(max_basis + k, n, **opts).T
     GQ = torch.empty(max_basis + k, n, **opts).T
-    T = torch.empty(max_basis + k, max_basis + k, dtype=torch.float64)  # QᵀGQ, on the CPU
+    T = torch.zeros(max_basis + k, max_basis + k, dtype=torch.float64)  # QᵀGQ, on the CPU
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the same start block on any device
     start, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64).to(**opts))
     Q[:, :k] = start
     GQ[:, :k] = G @ start
     T[:k, :k] = (start.T @ GQ[:, :k]).cpu()
-    b, new, products, checked_at = k, k, 1, 0  # basis size, newest block's width, products with G
+    b, new, prev, products, checked_at = k, k, 0, 1, 0  # basis size, newest/previous block widths, products
     while True:
         if b >= n or products >= max_iter or products <= 3 or b >= 1.25 * checked_at \
                 or b + k > max_basis:
             checked_at = b
-            evals, evecs = torch.linalg.eigh(0.5 * (T[:b, :b] + T[:b, :b].T))
+            restart = b + k > max_basis and b < n and products < max_iter
+            evals, evecs = _ritz(T[:b, :b], k if restart else 1)
             theta = float(evals[-1])
             y = evecs[:, -1].to(**opts)
             residual = float(torch.linalg.vector_norm(GQ[:, :b] @ y - theta * (Q[:, :b] @ y)))
@@ -541,25 +567,35 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
                 return theta, products, True
             if products >= max_iter:
                 return theta, products, False
-            if b + k > max_basis:  # restart from the k best Ritz vectors
-                Y = evecs[:, -k:].to(**opts)
+            if restart:  # restart from the k best Ritz vectors
+                Y = evecs.to(**opts)
                 Q[:, :k], GQ[:, :k] = Q[:, :b] @ Y, GQ[:, :b] @ Y
-                T[:k, :k] = torch.diag(evals[-k:])
-                b, new, checked_at = k, k, k
-        # next block: G times the newest block, orthogonalised against the whole basis twice
+                T[:k, :k] = torch.diag(evals)
+                T[:k, k:] = 0
+                T[k:, :k] = 0
+                b, new, prev, checked_at = k, k, 0, k
+        # next block: G times the newest block, orthogonalised against the whole basis. First
+        # against the last two blocks (cheap: that is where almost all of G·Q_new lies, the block
+        # three-term recurrence), then against all of it once, and once more only when that pass
+        # removed a large part of a column (Kahan–Parlett "twice is enough" test, Parlett 1998 §6-9)
         W = GQ[:, b - new:b]
+        lo = b - new - prev
+        W = W - Q[:, lo:b] @ (Q[:, lo:b].T @ W)
         for _ in range(2):
+            before = torch.linalg.vector_norm(W, dim=0)
             W = W - Q[:, :b] @ (Q[:, :b].T @ W)
+            if bool((torch.linalg.vector_norm(W, dim=0) >= 0.7 * before).all()):
+                break
         U, s, _ = torch.linalg.svd(W, full_matrices=False)
         s = s.cpu()
         keep = s > 1e-12 * float(T[:b, :b].diagonal().max())
         keep[n - b:] = False
         if not bool(keep.any()):  # K is invariant under G: its Ritz values are exact eigenvalues
-            return float(torch.linalg.eigvalsh(0.5 * (T[:b, :b] + T[:b, :b].T))[-1]), products, True
+            return float(_ritz(T[:b, :b], 1)[0][-1]), products, True
         W = U[:, keep.to(U.device)]
         if float(s[keep].min()) < 1e-4 * float(s[0]):  # tiny directions: restore orthogonality
             W, _ = torch.linalg.qr(W - Q[:, :b] @ (Q[:, :b].T @ W))
-        new = W.shape[1]
+        prev, new = new, W.shape[1]
         Q[:, b:b + new] = W
         GQ[:, b:b + new] = G @ W
         off = (Q[:, :b].T @ GQ[:, b:b + new]).cpu()
@@ -569,7 +605,7 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
         products += 1
 
 
-def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = 1024, block_size: int = 8,
+def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = DENSE_MAX, block_size: int = BLOCK_SIZE,
                         tol: float = 1e-5, max_iter: int = 300, seed: int = 42) -> tuple[float, int, bool]:
     """λ_max of a small-side Gram matrix G = MᵀM, i.e. ‖M‖_2². Only G's upper triangle (and
     diagonal) is read, so G may come straight from BLAS syrk, which fills nothing else.
@@ -611,8 +647,8 @@ def stable_rank(fro_sq: float, spec_sq: float) -> float:
 
 
 def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, *,
-                 chunk_elems: int = 1 << 20, block_size: int = 8, tol: float = 1e-5,
-                 max_iter: int = 300, seed: int = 42, dense_max: int = 1024) -> dict:
+                 chunk_elems: int = 1 << 20, block_size: int = BLOCK_SIZE, tol: float = 1e-5,
+                 max_iter: int = 300, seed: int = 42, dense_max: int = DENSE_MAX) -> dict:
     """One per_matrix.csv row: ΔW = W_b − W_a in fp32, norms accumulated in float64."""
     layer, group = parse_layer_group(name)
     shape = a.shapes[name]
@@ -622,16 +658,30 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
     G_dw, G_w = GramSum(side, device), GramSum(side, device)
     fro_dw = torch.zeros((), dtype=torch.float64, device=acc)
     fro_w = torch.zeros((), dtype=torch.float64, device=acc)
-    for rows, cols in gram_blocks(shape, chunk_elems):
-        wa = a.read(name, rows, cols).to(device=device, dtype=torch.float32)
+    blocks = gram_blocks(shape, chunk_elems)
+    # two fp32 slice buffers reused for every slice: a fresh 4 MB tensor per slice costs a page
+    # fault per 4 kB page on first write (and an fp32 slice handed out by safetensors may be a
+    # copy-on-write view of the file, so writing into it faults and copies every page)
+    numel = max(len(range(shape[0])[r]) * len(range(shape[1])[c]) for r, c in blocks)
+    buf_a, buf_dw = (torch.empty(numel, dtype=torch.float32, device=device) for _ in range(2))
+    for rows, cols in blocks:
+        ra, rb = a.read(name, rows, cols), b.read(name, rows, cols)
         # the bf16/fp16 → fp32 casts are exact, so the only rounding is the fp32 subtraction
-        # (in place on B's fresh slice: 4× faster than a mixed-dtype torch.sub on the CPU)
-        dw = b.read(name, rows, cols).to(device=device, dtype=torch.float32).sub_(wa)
+        # (in place on B's fp32 copy: 4× faster than a mixed-dtype torch.sub on the CPU)
+        if ra.dtype == torch.float32 and device.type == "cpu":
+            wa = ra  # read-only use: no copy
+        else:
+            wa = buf_a[:ra.numel()].view(ra.shape).copy_(ra)
+        dw = buf_dw[:rb.numel()].view(rb.shape)
+        if rb.dtype == torch.float32 and device.type == "cpu":
+            torch.sub(rb, wa, out=dw)
+        else:
+            dw.copy_(rb).sub_(wa)
         G_dw.add(dw, tall)
         G_w.add(wa, tall)
         fro_dw += sum_of_squares(dw.to(acc))
         fro_w += sum_of_squares(wa.to(acc))
-        del wa, dw
+        del ra, rb, wa, dw
     for what, fro in (("model A", fro_w), ("model B", fro_dw)):
         if not math.isfinite(float(fro)):
             raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ‖ΔW‖ and its spectrum "
@@ -718,10 +768,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="seed of the Lanczos start block (bit-reproducible)")
     p.add_argument("--tol", type=float, default=1e-5,
                    help="stop when the top Ritz pair's residual ‖Gv − θv‖ ≤ tol·θ (relative error bound on ‖·‖_2²)")
-    p.add_argument("--block-size", type=int, default=8, help="Lanczos block size")
+    p.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="Lanczos block size")
     p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
-    p.add_argument("--dense-max", type=int, default=1024,
-                   help="Gram matrices up to this size get a dense fp32 eigensolver, larger ones block Lanczos")
+    p.add_argument("--dense-max", type=int, default=DENSE_MAX,
+                   help="Gram matrices up to this size get a dense fp32 eigensolver, larger ones block "
+                        "Lanczos; the default is where their measured costs cross")
     p.add_argument("--chunk-mb", type=float, default=4.0,
                    help="large tensors are read in slices of about this many MB (fp32)")
     return p.parse_args(argv)

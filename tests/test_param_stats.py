@@ -185,6 +185,51 @@ def test_gram_top_eigenvalue_in_fp32_matches_exact_svd(case, dense_max):
     assert cps.gram_top_eigenvalue(zero, dense_max=dense_max) == (0.0, 0, True)
 
 
+@pytest.mark.parametrize("block_size", [1, 2, 16])
+@pytest.mark.parametrize("case", ["flat_bulk_0.999", "gaussian", "rank2_tied"])
+def test_lanczos_block_sizes_and_restarts_match_exact_svd(case, block_size):
+    """Block sizes 1 and 2 fill the 48-block basis before converging on the flat spectra, so the
+    thick restart (top-k Ritz vectors, T reset to their Ritz values) is exercised too."""
+    M = _spectrum_cases()[case]
+    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    exact = float(torch.linalg.svdvals(M)[0]) ** 2
+    lam, products, converged = cps.top_eigenvalue(G.float(), block_size=block_size, tol=1e-5, max_iter=2000, seed=1)
+    assert converged
+    assert abs(lam - exact) / exact < 1e-5
+    assert lam <= exact * (1 + 1e-6)  # a Ritz value never exceeds λ_max (up to fp32 rounding)
+
+
+def test_solver_choice_is_the_cost_crossover():
+    """Dense up to DENSE_MAX, where the cost model's dense n³ term overtakes Lanczos' n² term."""
+    def dense_cost(n):
+        return cps.DENSE_S_PER_N3 * n**3
+
+    def lanczos_cost(n):
+        return cps.LANCZOS_S_PER_N2 * n**2
+    n = cps.DENSE_MAX
+    assert dense_cost(n) <= lanczos_cost(n) and dense_cost(n + 1) > lanczos_cost(n + 1)
+    assert 1024 <= n < 2048  # the measured costs: dense wins at 1024, Lanczos at 2048
+    G = torch.eye(8) * 3.0
+    assert cps.gram_top_eigenvalue(G)[1] == 0  # small: dense, no Krylov products
+
+
+def test_many_fp32_slices_match_exact_svd(pairs, tmp_path):
+    """fp32 checkpoints streamed in many slices: ΔW is formed straight from the file's slices into a
+    reused buffer (torch.sub(out=)), which must leave the values exact and the files untouched."""
+    a_dir, b_dir = pairs["gpt_neox", "fp32"]
+    before = {p.name: p.read_bytes() for d in (a_dir, b_dir) for p in d.glob("*.safetensors")}
+    assert run_tool(a_dir, b_dir, tmp_path, "--chunk-mb", "0.01", "--block-size", "2") == 0
+    got = pd.read_csv(tmp_path / "per_matrix.csv")
+    ref = reference(a_dir, b_dir)
+    for row in got.itertuples():
+        want = ref[row.name]
+        assert abs(row.dW_fro - want["dW_fro"]) <= 1e-6 * max(want["dW_fro"], 1e-30)
+        assert abs(row.W_stable_rank - want["W_stable_rank"]) <= 1e-4 * want["W_stable_rank"]
+        if want["dW_fro"] > 0:
+            assert abs(row.dW_stable_rank - want["dW_stable_rank"]) <= 1e-4 * want["dW_stable_rank"]
+    assert before == {p.name: p.read_bytes() for d in (a_dir, b_dir) for p in d.glob("*.safetensors")}
+
+
 def test_top_eigenvalue_of_zero_and_stable_rank_nan():
     assert cps.top_eigenvalue(torch.zeros(6, 6, dtype=torch.float64)) == (0.0, 0, True)
     assert math.isnan(cps.stable_rank(0.0, 0.0))
