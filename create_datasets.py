@@ -690,10 +690,15 @@ def load_mmlu(args) -> tuple[list[dict] | None, tuple[str, str]]:
 
 def mcq_sets(candidates: dict, forget_train: list[str], n_mcq: int, seed: int) -> dict:
     """The forget and retain MCQ items to write: forget candidates whose sample is a training line are
-    dropped (the benchmark must not be contaminated by the unlearning data); at most ``n_mcq`` of each,
+    dropped (the benchmark must not be contaminated by the unlearning data), and repeated questions
+    (after normalisation); at most ``n_mcq`` of each,
     drawn with ``seeded_sample``. A set with no candidates is None."""
-    train_keys = {normalise(s) for s in forget_train}
-    forget = [item for sample, item in candidates["forget"] if sample is None or normalise(sample) not in train_keys]
+    train_keys, seen, forget = {normalise(s) for s in forget_train}, set(), []
+    for sample, item in candidates["forget"]:
+        key = normalise(item["question"])
+        if (sample is None or normalise(sample) not in train_keys) and key not in seen:
+            seen.add(key)
+            forget.append(item)
     out = {"forget": seeded_sample(forget, n_mcq, seed, "forget_mcq") if forget else None}
     retain = candidates.get("retain")
     out["retain"] = seeded_sample(retain, n_mcq, seed, "retain_mcq") if retain else None
@@ -718,15 +723,17 @@ def build_sets(forget_pool: list[str], retain_pool: list[str], n_forget: int, n_
     first (``seeded_sample``, names ``forget_test`` / ``retain_test``), then ``n_forget`` / ``n_retain``
     training lines from what is left. Every line is drawn once from deduplicated, disjoint pools, so
     the four sets are pairwise disjoint after normalisation, and the test lines do not depend on
-    ``n_forget`` / ``n_retain``. Returns the two training sets, the counts of what was dropped, and
+    ``n_forget`` / ``n_retain`` (unless the pool is too small for both: the training set comes first,
+    the test split gets at most what is left). Returns the two training sets, the counts of what was dropped, and
     ``{"forget_test": [...], "retain_test": [...]}``.
     """
     forget_pool, dup_f = dedupe(forget_pool)
     retain_pool, dup_r = dedupe(retain_pool)
     retain_pool, overlap = remove_overlap(retain_pool, forget_pool)
     tests = {}
-    for name, pool in (("forget", forget_pool), ("retain", retain_pool)):
-        test = seeded_sample(pool, n_test, seed, f"{name}_test") if n_test else []
+    for name, pool, n_train in (("forget", forget_pool, n_forget), ("retain", retain_pool, n_retain)):
+        n = min(n_test, max(0, len(pool) - n_train))  # the training set comes first when the pool is short
+        test = seeded_sample(pool, n, seed, f"{name}_test") if n else []
         keys = {normalise(t) for t in test}
         tests[f"{name}_test"] = test
         if name == "forget":
