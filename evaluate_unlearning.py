@@ -71,11 +71,9 @@ LOCAL_TASKS = {"forget": "model_diffs_forget_mcq", "retain": "model_diffs_retain
 PER_SAMPLE_COLUMNS = ["split", "index", "n_tokens", "nll", "mink", "minkpp", "zlib"]
 
 
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
-
-
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
 # (the ones this script needs, verbatim, in the canonical order; they use the script's imports
 # and its UsageError, which main() turns into one `error:` line and exit status 1)
 def first_line(exc: BaseException) -> str:
@@ -85,7 +83,6 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
-
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
     """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
@@ -109,11 +106,9 @@ def read_numbered_lines(path) -> list[tuple[int, str]]:
         raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
     return lines
 
-
 def read_lines(path) -> list[str]:
     """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
     return [s for _, s in read_numbered_lines(path)]
-
 
 def pick_device(name: str) -> str:
     """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
@@ -128,11 +123,9 @@ def pick_device(name: str) -> str:
         raise UsageError("--device mps was asked for but MPS is not available")
     return name
 
-
 def pick_dtype(name: str, device: str) -> str:
     """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
     return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
-
 
 @functools.lru_cache(maxsize=None)
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -155,14 +148,14 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except (OSError, ValueError):
         return False
 
-
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
-
 
 def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
     """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
@@ -196,20 +189,53 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
 
-
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
 
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -225,11 +251,17 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
+
+
+class UsageError(Exception):
+    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -822,9 +854,7 @@ def check_args(args) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"two models would share the results folder {dup[0]}; evaluate them in separate --outdir")
-    out = Path(args.outdir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--outdir {out} exists and is not a folder")
+    check_outdir(args.outdir, "summary.csv", owned=("summary.csv",))
 
 
 def mcq_sets(args) -> dict:

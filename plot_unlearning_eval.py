@@ -30,26 +30,32 @@ ATTACKS = ("loss", "zlib", "mink", "minkpp")
 ATTACK_LABELS = {"loss": "LOSS", "zlib": "ZLib", "mink": "Min-K%", "minkpp": "Min-K%++"}
 
 
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
-
-
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
 # (the ones this script needs, verbatim, in the canonical order; they use the script's imports
 # and its UsageError, which main() turns into one `error:` line and exit status 1)
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
-
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
     writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
     the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was."""
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
     temps: dict[Path, str] = {}
     try:
         for path, content in files.items():
@@ -65,11 +71,17 @@ def write_atomically(files: dict) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for tmp in temps.values():
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
 # --- end shared helpers ---
+
+
+class UsageError(Exception):
+    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
 
 
 def read_summaries(indir: Path) -> list[dict]:
