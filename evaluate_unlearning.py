@@ -6,6 +6,7 @@
 #     "tokenizers>=0.21",
 #     "safetensors>=0.4",
 #     "huggingface_hub>=0.30",
+#     "accelerate>=1.0",
 #     "numpy>=1.24",
 #     "scipy>=1.11",
 #     "scikit-learn>=1.3",
