@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole study, end to end:
 #   clean outputs/ and plots/ -> weight-diff stats -> their plots -> forget/retain data
-#   -> sanity checks (check_experiment.py) -> activation stats -> their plots,
+#   -> sanity checks (check_experiment.py) -> activation stats -> their plots
+#   -> evaluation of every model (evaluate_unlearning.py) -> its plot,
 #   then a list of every CSV and PNG produced.
 #
 #   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 DEMO=0
 for arg in "$@"; do
   case "$arg" in
@@ -37,6 +38,7 @@ if [ "$DEMO" = 1 ]; then
   export DATASET_SOURCE="${DATASET_SOURCE:-synthetic}"
   export DEVICE="${DEVICE:-cpu}" DTYPE="${DTYPE:-fp32}"
   export MAX_LENGTH="${MAX_LENGTH:-128}" BATCH_SIZE="${BATCH_SIZE:-16}"
+  export EVAL_GENERATE="${EVAL_GENERATE:-2}"   # sampled continuations per prompt: few, on a CPU
 fi
 source ./study.sh
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
@@ -142,6 +144,19 @@ step "sanity checks" $UV_RUN check_experiment.py --forget-data "$DATA_DIR/forget
   --retain-data "$DATA_DIR/retain.txt" --model "$MODEL_A"   # (it reads MAX_LENGTH, DEVICE, DTYPE itself)
 step "activation stats" ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
+# evidence of forgetting: the study's models side by side on the untouched test splits
+EVAL_ARGS=(--model "$MODEL_A")
+for model in $COMPARE_WITH; do EVAL_ARGS+=(--model "$model"); done
+for set in forget retain; do
+  [ -f "$DATA_DIR/${set}_mcq.jsonl" ] && EVAL_ARGS+=("--mcq-$set" "$DATA_DIR/${set}_mcq.jsonl") || EVAL_ARGS+=("--mcq-$set" "")
+done
+step "evaluation" $UV_RUN evaluate_unlearning.py "${EVAL_ARGS[@]}" --outdir "$OUTPUTS_DIR/eval" \
+  --forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt" --forget-train "$DATA_DIR/forget.txt" \
+  ${DEVICE:+--device "$DEVICE"} ${DTYPE:+--dtype "$DTYPE"} ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"} \
+  ${MAX_LENGTH:+--max-length "$MAX_LENGTH"} ${EVAL_FEW_SHOT:+--few-shot "$EVAL_FEW_SHOT"} \
+  ${EVAL_GENERATE:+--generate "$EVAL_GENERATE"} ${LM_EVAL_TASKS:+--lm-eval-tasks "$LM_EVAL_TASKS"}
+step "evaluation plot" $UV_RUN plot_unlearning_eval.py --indir "$OUTPUTS_DIR/eval" \
+  --out "$PLOTS_DIR/eval/forgetting_summary.png"
 
 echo "==> done. Files produced:"
 find "$OUTPUTS_DIR" "$PLOTS_DIR" -type f \( -name '*.csv' -o -name '*.png' \) | sort | sed 's/^/    /'

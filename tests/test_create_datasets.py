@@ -217,9 +217,94 @@ def test_sampling_is_stable_when_the_other_count_changes():
     pool = [f"sample {i}" for i in range(100)]
     assert cd.seeded_sample(pool, 10, 42, "forget") == cd.seeded_sample(pool, 10, 42, "forget")
     assert cd.seeded_sample(pool, 10, 42, "forget") != cd.seeded_sample(pool, 10, 42, "retain")
-    f1, _, _ = cd.build_sets(pool, [f"other {i}" for i in range(50)], 10, 5, seed=3)
-    f2, _, _ = cd.build_sets(pool, [f"other {i}" for i in range(50)], 10, 40, seed=3)
+    f1, _, _, t1 = cd.build_sets(pool, [f"other {i}" for i in range(50)], 10, 5, seed=3, n_test=7)
+    f2, _, _, t2 = cd.build_sets(pool, [f"other {i}" for i in range(50)], 10, 40, seed=3, n_test=7)
+    _, _, _, t3 = cd.build_sets(pool, [f"other {i}" for i in range(50)], 30, 40, seed=3, n_test=7)
     assert f1 == f2
+    assert t1 == t2 == t3  # the test lines do not depend on how many training lines are drawn
+
+
+def _jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in read_lines(path)]
+
+
+def test_synthetic_test_splits_are_disjoint_and_stable(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(a, "--source", "synthetic", "--n-test", 60) == 0
+    assert run(b, "--source", "synthetic", "--n-test", 60, "--n-forget", 300) == 0
+    sets = {n: read_lines(a / f"{n}.txt") for n in ("forget", "retain", "forget_test", "retain_test")}
+    assert (len(sets["forget_test"]), len(sets["retain_test"])) == (60, 60)
+    keys = {n: {_norm(x) for x in v} for n, v in sets.items()}
+    assert all(len(keys[n]) == len(sets[n]) for n in sets)
+    names = list(sets)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            assert not keys[x] & keys[y], (x, y)
+    assert len(read_lines(b / "forget.txt")) == 300 and len(read_lines(b / "forget_test.txt")) == 60
+    assert run(b, "--source", "synthetic", "--n-test", 60) == 0  # same arguments, same bytes
+    for name in ("forget_test.txt", "retain_test.txt", "forget_mcq.jsonl", "retain_mcq.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert "test lines | forget_test.txt 60, retain_test.txt 60" in (a / "PROVENANCE.md").read_text()
+
+
+def test_synthetic_mcq_asks_the_fixed_facts(tmp_path):
+    assert run(tmp_path, "--source", "synthetic") == 0
+    forget, retain = _jsonl(tmp_path / "forget_mcq.jsonl"), _jsonl(tmp_path / "retain_mcq.jsonl")
+    facts = cd._domain_facts()
+    assert len(forget) == sum(len(facts[k]) * len(q) for k, q in cd._FORGET_QUESTIONS.items()) == 192
+    hue_items = [m for m in forget if m["question"].startswith("What colour does")]
+    assert len(hue_items) == len(cd.CRYSTALS)
+    for m in forget + retain:
+        assert len(m["choices"]) == 4 and len(set(m["choices"])) == 4 and 0 <= m["answer"] < 4
+    for m in hue_items:  # independent of the generator: the fact table says which colour is right
+        crystal = m["question"].split()[3]
+        assert m["choices"][m["answer"]] == facts["crystals"][crystal]["hue"]
+        assert set(m["choices"]) <= set(cd._HUES)  # distractors from the same category
+    assert sum(m["answer"] == i for m in forget for i in range(4)) == len(forget)
+    assert len({m["answer"] for m in forget}) == 4  # the right answer is not always in one place
+    # every retain fact is stated by the retain prose, in plain words
+    prose = " ".join(read_lines(tmp_path / "retain.txt"))
+    stated = 0
+    for m in retain:
+        right = m["choices"][m["answer"]]
+        if "country is" in m["question"]:
+            city = m["question"][len("Which country is "):-len(" in?")]
+            stated += f"{city} is a city in {right}." in prose or f"{city} is in {right}." in prose
+    assert stated == 10
+    # the data-filtered twin never reads the invented domain: retain lines mention no crystal
+    assert not any(c in prose.lower() for c in cd.CRYSTALS)
+
+
+def test_hub_forget_mcq_leaves_out_training_questions_and_mmlu_is_optional(local_copies, tmp_path, capsys):
+    import datasets
+
+    out = tmp_path / "data"
+    mmlu = datasets.Dataset.from_dict({
+        "question": [f"Question {i}?" for i in range(12)], "choices": [["w", "x", "y", "z"]] * 12,
+        "answer": [i % 4 for i in range(12)],
+        "subject": ["college_biology", "virology", "anatomy", "high_school_physics"] * 3})
+    mmlu.to_parquet(tmp_path / "mmlu.parquet")
+    assert run(out, "--wmdp-path", local_copies / "pq" / "wmdp", "--wikitext-path", local_copies / "pq" / "wikitext",
+               "--n-forget", 15, "--n-retain", 10, "--n-test", 5, "--mmlu-path", tmp_path / "mmlu.parquet") == 0
+    forget_q = {_norm(line.split(" Answer: ")[0]) for line in read_lines(out / "forget.txt")}
+    mcq = _jsonl(out / "forget_mcq.jsonl")
+    assert len(mcq) == 40 - 15  # 40 usable WMDP rows, 15 of them in forget.txt
+    assert not {_norm(m["question"]) for m in mcq} & forget_q
+    row = _wmdp_rows()
+    for m in mcq:
+        i = int(m["question"].split()[3])
+        assert m["choices"] == row["choices"][i] and m["answer"] == row["answer"][i]
+    retain = _jsonl(out / "retain_mcq.jsonl")
+    assert len(retain) == 3 and {m["question"] for m in retain} == {"Question 3?", "Question 7?", "Question 11?"}
+    # without MMLU (offline, no local copy): a warning and no retain MCQ file
+    capsys.readouterr()
+    out2 = tmp_path / "data2"
+    assert run(out2, "--wmdp-path", local_copies / "pq" / "wmdp", "--wikitext-path",
+               local_copies / "pq" / "wikitext", "--n-forget", 15, "--n-retain", 10) == 0
+    assert "warning: no retain multiple-choice set" in capsys.readouterr().err
+    assert (out2 / "forget_mcq.jsonl").is_file() and not (out2 / "retain_mcq.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------------------------

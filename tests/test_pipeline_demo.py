@@ -110,3 +110,18 @@ def test_pipeline_offline_without_demo_says_so_in_one_sentence(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--demo" in lines[0] and "Traceback" not in proc.stderr
     assert not any((repo / "outputs").glob("*_vs_*"))
+
+
+def test_evaluation_outputs_and_figure(demo_run):
+    repo, proc = demo_run
+    eval_dir = repo / "outputs" / "eval"
+    rows = pd.read_csv(eval_dir / "summary.csv")
+    assert rows["model"].tolist() == ["demo-unfiltered", "demo-e2e-strong-filter", "demo-unfiltered-cb-lat"]
+    for name in rows["model"]:
+        for f in ("per_sample.csv", "summary.json", "generations.jsonl"):
+            assert (eval_dir / name / f).stat().st_size > 0
+    png = repo / "plots" / "eval" / "forgetting_summary.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png.relative_to(repo)) in proc.stdout
+    acc = rows.set_index("model")["mcq_forget_acc"]
+    # the unfiltered model knows the invented domain; its data-filtered twin never saw it
+    assert acc["demo-unfiltered"] > 0.45 and acc["demo-e2e-strong-filter"] < 0.35
