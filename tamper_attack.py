@@ -216,6 +216,7 @@ class MCQ:
     """The forget MCQ set as an lm-eval task, built once and scored on whatever model is given."""
 
     def __init__(self, items: list[dict], workdir: Path):
+        self._lm = None
         import logging
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -231,9 +232,10 @@ class MCQ:
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
         with quiet():
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-                      max_length=max_length)
-            res = evaluate(lm, self.task_dict, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+            if self._lm is None or self._lm.model is not model:     # one wrapper per model, reused
+                self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+                                max_length=max_length)
+            res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
         return float(res["results"][MCQ_TASK]["acc,none"])
 
 
@@ -493,7 +495,7 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warm))
     checkpoints = set(eval_steps(a.steps, a.eval_every))
     digest = hashlib.sha256()
-    curve, t_eval, t_train = [], 0.0, 0.0
+    curve, t_eval, step_times = [], 0.0, []
 
     def evaluate(step):
         nonlocal t_eval
@@ -509,7 +511,7 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
         ids, mask = ids_of(batch)
         digest.update(ids.numpy().tobytes())
         loss = train_step(trainable_model, opt, sched, ids.to(device), mask.to(device), params)
-        t_train += time.perf_counter() - t0
+        step_times.append(time.perf_counter() - t0)
         if not math.isfinite(loss):
             bar.close()
             raise UsageError(f"the attack loss of {spec} became {loss} at step {step}; try a smaller --lr")
@@ -520,10 +522,12 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
     bar.close()
     if a.save_attacked:
         save_attacked(trainable_model, tok, a, stage / model_name(spec) / "attacked_model")
+    if evaluator.mcq is not None:
+        evaluator.mcq._lm = None                       # the lm-eval wrapper holds the model
     del trainable_model, model, opt, params
     release_memory()
-    return {"curve": curve, "batches_sha256": digest.hexdigest(), "train_seconds": t_train,
-            "eval_seconds": t_eval}
+    return {"curve": curve, "batches_sha256": digest.hexdigest(), "train_seconds": math.fsum(step_times),
+            "eval_seconds": t_eval, "step_times": step_times}
 
 
 def train_step(model, opt, sched, input_ids, attention_mask, params) -> float:

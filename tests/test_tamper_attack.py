@@ -197,6 +197,8 @@ def test_attack_learns_and_input_folders_untouched(files, run_a):
         # the attacked model is saved and its forget NLL is the curve's last point
         assert float(curve[-1]["forget_nll"]) == pytest.approx(plain_nll(out / m / "attacked_model", FORGET_TEST),
                                                                abs=1e-5)
+        assert float(curve[-1]["mcq_forget_acc"]) == pytest.approx(plain_mcq_acc(out / m / "attacked_model", MCQ))
+        assert float(curve[-1]["forget_nll"]) < float(curve[0]["forget_nll"])   # the attack taught it
 
 
 def test_same_seed_identical_curves(files, run_a, tmp_path):
