@@ -55,8 +55,10 @@ import platform
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -741,14 +743,24 @@ def make_report(a, device, dtype, ref_nll, results, summary) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:                                   # `kill` cleans up like Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except OSError as e:                              # a full disk, a read-only folder, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
