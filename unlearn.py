@@ -30,11 +30,16 @@ trains on one device and ``accelerate launch unlearn.py ...`` trains data-parall
 changes. After training it writes the model (safetensors + tokenizer), ``metrics.json``
 (forget/retain NLL and their gap on a held-out split, before and after) and ``run_report.yaml``
 into ``--outdir``, atomically.
+
+Reading the code: what each method needs (reference log-probs, a truncated forward, target layers,
+a frozen copy, the settings it records) and its loss is one row of ``METHOD_TABLE``; ``run()`` is
+a list of phases, plan → data → model → method setup → train → save.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -45,17 +50,189 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LOSS_METHODS = ("ga_simple", "ga", "grad_diff", "dpo", "npo", "simnpo")
-REPR_METHODS = ("rmu", "cb", "lat", "cb_lat")
-METHODS = LOSS_METHODS + REPR_METHODS
-REF_METHODS = ("dpo", "npo")          # need log π_ref, precomputed once
-TRUNK_METHODS = ("rmu", "cb", "cb_lat")  # losses read hidden states only: forward stops at max(layer)
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def normalise(text: str) -> str:
+    """The key under which two samples count as the same text (duplicates, forget/retain overlap):
+    Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+def read_lines(path) -> list[str]:
+    """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
+    return [s for _, s in read_numbered_lines(path)]
+
+
+def drop_duplicates(samples: list[str]) -> tuple[list[str], int]:
+    """The samples without repeats under ``normalise`` (the first is kept, order unchanged) and
+    how many were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for s in samples:
+        key = normalise(s)
+        if key not in seen:
+            seen.add(key)
+            kept.append(s)
+    return kept, len(samples) - len(kept)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` (made beside ``final``, e.g. by mkdtemp) to ``final``,
+    with ordinary modes: folders 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700). An
+    existing ``final`` is moved aside first and deleted only once the new folder is in place; if
+    the rename fails it is put back."""
+    mask = _umask()
+    for root, _, names in os.walk(tmp):
+        os.chmod(root, 0o777 & ~mask)
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}") if os.path.lexists(final) else None
+    if old is not None:
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
+# --- end shared helpers ---
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
@@ -67,6 +244,11 @@ class UsageError(Exception):
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN/inf: the run stops and nothing is saved."""
+
+
+class OutputError(Exception):
+    """Saving failed (disk full, permissions): one ``error:`` line, exit status 1; nothing
+    half-written is left and an earlier --outdir is kept as it was."""
 
 
 class StopForward(Exception):
@@ -261,38 +443,137 @@ def pgd_update(delta: torch.Tensor, grad: torch.Tensor, step_size: float, eps: f
 
 
 # ----------------------------------------------------------------------------------------------
+# The method table: what each method needs, and its loss on one (forget, retain) micro-batch
+# ----------------------------------------------------------------------------------------------
+# A step function gets the run's Trainer ``t`` and the forget and retain micro-batches ``f``, ``r``
+# (Batch: ids, mask, idx = positions in the training split) and returns the loss to minimise:
+#   t.logprobs(b) → (log π(y) [B], |y| [B])      t.nll(b) → mean_nll of those
+#   t.hidden(b)   → h_l at the target layers (truncated forward)    t.h_orig(b) → the same, initial weights
+#   t.adversary(b) → LAT's δ* at the target layers                  t.ref[split][b.idx] → log π_ref
+#   t.control     → the steering vector c·r                          t.a → the command-line flags
+def ga_simple_step(t, f, r):
+    return ga_simple_loss(t.nll(f))
+
+
+def ga_step(t, f, r):
+    return ga_loss(t.nll(f), t.nll(r))
+
+
+def grad_diff_step(t, f, r):
+    return grad_diff_loss(t.nll(f), t.nll(r), t.a.forget_weight)
+
+
+def dpo_step(t, f, r):
+    lp_f, _ = t.logprobs(f)
+    lp_r, _ = t.logprobs(r)
+    return dpo_loss(lp_r, t.ref["retain"][r.idx], lp_f, t.ref["forget"][f.idx], t.a.beta)
+
+
+def npo_step(t, f, r):
+    lp_f, _ = t.logprobs(f)
+    return npo_loss(lp_f, t.ref["forget"][f.idx], t.nll(r), t.a.beta)
+
+
+def simnpo_step(t, f, r):
+    lp_f, n_f = t.logprobs(f)
+    return simnpo_loss(lp_f, n_f, t.nll(r), t.a.beta)
+
+
+def rmu_step(t, f, r):
+    h_f, h_r = t.hidden(f), t.hidden(r)
+    return rmu_loss(h_f, h_r, t.h_orig(r), f.mask, r.mask, t.control, t.a.alpha)
+
+
+def cb_step(t, f, r, deltas=None):
+    with t.runner.perturb(deltas):  # cb_lat: the adversary's δ* on the forget pass
+        h_f = t.hidden(f)
+    h_r = t.hidden(r)
+    h_r0 = t.h_orig(r)
+    if t.a.cb_loss == "rr":
+        return cb_rr_loss(h_f, t.h_orig(f), h_r, h_r0, f.mask, r.mask, t.a.alpha)
+    return cb_cos_loss(h_f, h_r, h_r0, f.mask, r.mask, t.control, t.a.alpha)
+
+
+def cb_lat_step(t, f, r):
+    return cb_step(t, f, r, deltas=t.adversary(f))
+
+
+def lat_step(t, f, r):
+    deltas = t.adversary(f)
+    with t.runner.perturb(deltas):
+        nll_f = t.nll(f)
+    return lat_loss(nll_f, t.nll(r))
+
+
+@dataclass(frozen=True)
+class Method:
+    """What an unlearning method needs from the run, besides its ``step`` (the loss of a micro-batch).
+
+    family     "loss": acts on token log-likelihoods; "repr": on the hidden states of the --layer-id
+               decoder layers (which are then also the default --trainable)
+    ref        splits whose log π_ref is computed once, up front, with the initial weights
+    truncated  the loss reads hidden states only: the forward stops after the top target layer
+               (so DDP must allow trainable parameters above it to get no gradient)
+    frozen     h_orig comes from a frozen copy of the trainable parameters up to the top target layer
+    embedding_fallback  on an architecture whose decoder layers are unknown, perturb the input
+               embeddings instead of refusing
+    settings   the flags recorded under Training in run_report.yaml (besides the common ones)
+    """
+    step: Callable
+    family: str
+    ref: tuple[str, ...] = ()
+    truncated: bool = False
+    frozen: bool = False
+    embedding_fallback: bool = False
+    settings: tuple[str, ...] = ()
+
+    @property
+    def uses_layers(self) -> bool:
+        return self.family == "repr"
+
+    def default_trainable(self) -> str:
+        return "layers" if self.uses_layers else "all"
+
+    def find_unused_parameters(self, trainable: str) -> bool:
+        """DDP's flag: a truncated forward leaves trainable parameters above the top layer without a gradient."""
+        return self.truncated and trainable != "layers"
+
+
+_CB = ("layer_id", "alpha", "steering_coeff", "cb_loss")
+METHOD_TABLE: dict[str, Method] = {
+    "ga_simple": Method(ga_simple_step, "loss"),
+    "ga":        Method(ga_step, "loss"),
+    "grad_diff": Method(grad_diff_step, "loss", settings=("forget_weight",)),
+    "dpo":       Method(dpo_step, "loss", ref=("forget", "retain"), settings=("beta",)),
+    "npo":       Method(npo_step, "loss", ref=("forget",), settings=("beta",)),
+    "simnpo":    Method(simnpo_step, "loss", settings=("beta",)),
+    "rmu":       Method(rmu_step, "repr", truncated=True, frozen=True, settings=_CB[:3]),
+    "cb":        Method(cb_step, "repr", truncated=True, frozen=True, settings=_CB),
+    "lat":       Method(lat_step, "repr", embedding_fallback=True, settings=("layer_id", "lat_eps", "lat_steps")),
+    "cb_lat":    Method(cb_lat_step, "repr", truncated=True, frozen=True, settings=_CB + ("lat_eps", "lat_steps")),
+}
+METHODS = tuple(METHOD_TABLE)
+LOSS_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "loss")
+REPR_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "repr")
+
+
+# ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def normalise_text(s: str) -> str:
-    """Lower-case, whitespace collapsed: the key under which two samples count as the same."""
-    return " ".join(s.lower().split())
-
-
 def read_samples(path: str, what: str) -> tuple[list[str], int]:
-    """One sample per non-empty line; duplicates (after normalising) dropped. Returns (samples, n_dropped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} data {path} does not exist (create it with create_datasets.py)")
+    """One sample per non-empty line (``read_lines``); duplicates (after ``normalise``) dropped. Returns (samples, n_dropped)."""
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} data {path} is not UTF-8 text") from None
-    seen, out = set(), []
-    lines = [ln.strip() for ln in lines if ln.strip()]
-    for ln in lines:
-        key = normalise_text(ln)
-        if key not in seen:
-            seen.add(key)
-            out.append(ln)
-    if not out:
-        raise UsageError(f"{what} data {path} is empty")
-    return out, len(lines) - len(out)
+        lines = read_lines(path)
+    except UsageError as e:
+        hint = " (create it with create_datasets.py)" if not Path(path).exists() else ""
+        raise UsageError(f"{what} data {e}{hint}") from None
+    return drop_duplicates(lines)
 
 
 def count_overlap(forget: list[str], retain: list[str]) -> int:
-    """Number of forget samples that also occur in retain, after normalising case and whitespace."""
-    r = {normalise_text(s) for s in retain}
-    return sum(normalise_text(s) in r for s in forget)
+    """Number of forget samples that also occur in retain, after ``normalise`` (case, Unicode form, whitespace)."""
+    r = {normalise(s) for s in retain}
+    return sum(normalise(s) in r for s in forget)
 
 
 def split_eval(samples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -522,63 +803,6 @@ def check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be finite")
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
-    return dtype
-
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
-# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
-SKIP_FILES = ["*/*", "consolidated*"]
-
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
-
-    snapshot_download returns the cached snapshot when there is one and fails within a second when the
-    hub cannot be reached, so a missing model is one sentence instead of from_pretrained's retries.
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"--model {spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
-
-
 def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
     """AutoConfig of a resolved model directory (``model_id``: what --model said), as one sentence on failure."""
     from transformers import AutoConfig
@@ -587,7 +811,7 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
-        raise UsageError(f"cannot read the config of {model_id}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
 def default_outdir(model_id: str, method: str) -> Path:
@@ -601,22 +825,131 @@ def warn(msg: str, warnings: list, main_process: bool = True) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The run
+# The run, in phases: plan → data → model → method setup → train → save
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """The flags, checked and resolved before anything is read or loaded."""
+    method: str
+    spec: Method
+    layer_ids: list[int]
+    trainable: str
+    outdir: Path
+
+
+@dataclass
+class Data:
+    """The forget and retain lines (duplicates dropped) and their seeded train / held-out split."""
+    forget: list[str]
+    retain: list[str]
+    train_f: list[str]
+    train_r: list[str]
+    eval_f: list[str]
+    eval_r: list[str]
+    dropped: tuple[int, int]
+
+    def sizes(self) -> dict:
+        return {"forget_size": len(self.forget), "retain_size": len(self.retain),
+                "forget_train": len(self.train_f), "retain_train": len(self.train_r),
+                "forget_eval": len(self.eval_f), "retain_eval": len(self.eval_r)}
+
+
+@dataclass
+class Arch:
+    """What the model's structure (built on the meta device, no weights) says about the run."""
+    model_dir: Path
+    layers_path: str | None
+    trainable: str
+    trainable_names: list[str]
+    warnings: list[str]
+    n_params: int
+
+
+@dataclass
+class Env:
+    """Device, precision and processes (accelerate), plus the warnings the run records."""
+    accelerator: object
+    device: str
+    dtype: str
+    weight_dtype: torch.dtype
+    warnings: list[str]
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def warn(self, msg: str) -> None:
+        warn(msg, self.warnings, self.main)
+
+
+@dataclass
+class Tokens:
+    """Token ids of the training and held-out samples (samples shorter than 2 tokens dropped)."""
+    train_f: list[list[int]]
+    train_r: list[list[int]]
+    eval_f: list[list[int]]
+    eval_r: list[list[int]]
+
+
+@dataclass
+class RunInfo:
+    """What run_report.yaml states besides the flags and the metrics."""
+    n_params: int
+    dtype: str
+    device: str
+    processes: int
+    trainable: str
+    layer_ids: list[int]
+    gradient_checkpointing: bool
+    sizes: dict
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor
+    mask: torch.Tensor
+    idx: list[int]
+
+
 def run(a: argparse.Namespace) -> dict:
     """Validate, train, save. Returns the metrics dict. Raises UsageError / NonFiniteLoss."""
     t_start = time.time()
+    plan = make_plan(a)                                   # flags, method, layers, output folder
+    data = load_data(a)                                   # forget/retain lines and the held-out split
+    arch = inspect_architecture(a, plan)                  # decoder layers and trainable names (no weights)
+    env = start_accelerator(a, plan, arch, data)          # device, precision, processes, warnings
+    check_output(a, plan, arch, env)                      # --outdir: allowed, writable, room for the model
+    model, tokenizer, pad_id = load_model(a, arch, env)
+    tokens = tokenize_data(tokenizer, data, a.max_length)
+    gc_on = prepare_for_training(model, arch.trainable_names, a, env)
+    trainer = setup_method(a, plan, model, tokens, pad_id, env)   # what METHOD_TABLE says it needs
+    history = train(a, trainer, env)
+    metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
+    info = RunInfo(n_params=sum(p.numel() for p in model.parameters()), dtype=env.dtype, device=env.device,
+                   processes=env.accelerator.num_processes, trainable=arch.trainable, layer_ids=plan.layer_ids,
+                   gradient_checkpointing=gc_on, sizes=data.sizes())
+    save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics))
+    metrics["outdir"] = str(plan.outdir)
+    return metrics
+
+
+def make_plan(a: argparse.Namespace) -> Plan:
+    """Numeric flags, layer ids, method and output folder: cheap checks before anything is read."""
     check_args(a)
-    method = a.method
-    is_repr = method in REPR_METHODS
-    trainable_spec = a.trainable or ("layers" if is_repr else "all")
+    spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
-    uses_layers = is_repr or trainable_spec == "layers"
-    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, method)
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--outdir {outdir} exists and is not a directory")
+    if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
+        check_outdir_apart(outdir, Path(a.model).expanduser(), a)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "run_report.yaml").is_file():
+        raise UsageError(f"--outdir {outdir} already exists and is not an earlier unlearn.py output (it has no "
+                         f"run_report.yaml); choose a new folder, or empty this one")
+    return Plan(a.method, spec, layer_ids, a.trainable or spec.default_trainable(), outdir)
 
-    # ---- data (cheap checks first: nothing heavy happens before all of these pass) ----
+
+def load_data(a: argparse.Namespace) -> Data:
+    """Read both files, refuse overlap, keep --max-samples, split off the held-out samples."""
     forget, dup_f = read_samples(a.forget_data, "forget")
     retain, dup_r = read_samples(a.retain_data, "retain")
     overlap = count_overlap(forget, retain)
@@ -631,11 +964,14 @@ def run(a: argparse.Namespace) -> dict:
         which = "forget" if not train_f else "retain"
         raise UsageError(f"--eval-split {a.eval_split} leaves no {which} samples to train on "
                          f"({len(forget) if which == 'forget' else len(retain)} in total)")
+    return Data(forget, retain, train_f, train_r, eval_f, eval_r, (dup_f, dup_r))
 
-    # ---- model structure, on the meta device (no weights loaded yet) ----
+
+def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
+    """Build the model on the meta device (no weights): find its decoder layers, check --layer-id,
+    choose the trainable parameters. A hub ID is resolved to its local snapshot once, here."""
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    # a hub ID is resolved to its local snapshot once, here (a.model stays the name in reports)
+    from transformers import AutoModelForCausalLM
     model_dir = resolve_model_dir(a.model, a.trust_remote_code)
     config = load_config(model_dir, a.model, a.trust_remote_code)
     try:
@@ -643,97 +979,158 @@ def run(a: argparse.Namespace) -> dict:
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"{a.model} is not a causal language model transformers can build "
-                         f"({str(e).splitlines()[0]})") from None
+                         f"({first_line(e)})") from None
     found = find_decoder_layers(skeleton)
-    early_warnings: list[str] = []
-    layers_path = n_layers = None
-    if found is not None:
-        layers_path, n_layers = found[0], len(found[1])
-    if uses_layers:
-        if found is None:
-            arch = type(skeleton).__name__
-            if method == "lat" and a.trainable != "layers":
-                trainable_spec = a.trainable or "all"
-                early_warnings.append(
-                    f"lat: cannot find the decoder layers of {arch} (known: {', '.join(KNOWN_LAYER_PATHS)}); "
-                    f"falling back to perturbing the input embeddings and training --trainable {trainable_spec}; "
-                    f"--layer-id is ignored")
-            else:
-                raise UsageError(f"{method} needs the decoder layers, and {arch} is not a supported architecture "
-                                 f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
-        else:
-            bad = [i for i in layer_ids if i >= n_layers]
-            if bad:
-                raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} decoder layers "
-                                 f"(0–{n_layers - 1})")
-    trainable_names = select_trainable(skeleton, trainable_spec, layers_path, layer_ids)
-    if not trainable_names:
-        raise UsageError(f"--trainable {trainable_spec!r} selects no parameters")
-    del skeleton
+    layers_path, trainable, warnings = (found[0] if found else None), plan.trainable, []
+    if (plan.spec.uses_layers or trainable == "layers") and found is None:
+        arch = type(skeleton).__name__
+        if not (plan.spec.embedding_fallback and a.trainable != "layers"):
+            raise UsageError(f"{plan.method} needs the decoder layers, and {arch} is not a supported architecture "
+                             f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
+        trainable = a.trainable or "all"
+        warnings.append(f"{plan.method}: cannot find the decoder layers of {arch} (known: "
+                        f"{', '.join(KNOWN_LAYER_PATHS)}); falling back to perturbing the input embeddings and "
+                        f"training --trainable {trainable}; --layer-id is ignored")
+    elif plan.spec.uses_layers or trainable == "layers":
+        n_layers = len(found[1])
+        bad = [i for i in plan.layer_ids if i >= n_layers]
+        if bad:
+            raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} decoder layers "
+                             f"(0–{n_layers - 1})")
+    names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
+    if not names:
+        raise UsageError(f"--trainable {trainable!r} selects no parameters")
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    return Arch(model_dir, layers_path, trainable, names, warnings, n_params)
 
-    # ---- accelerate: devices, mixed precision, data parallel ----
+
+def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data) -> Env:
+    """Device and precision, accelerate (data parallel when launched so), the seed, the warnings.
+
+    bf16/fp32: the weights live (and train) in that dtype. fp16: fp32 master weights + fp16 autocast
+    with loss scaling (pure fp16 AdamW training overflows)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
-    device = resolve_device(a.device)
-    dtype = resolve_dtype(a.dtype, device)
-    # bf16/fp32: the weights live (and train) in that dtype. fp16: fp32 master weights + fp16
-    # autocast with loss scaling (pure fp16 AdamW training overflows).
+    device = pick_device(a.device)
+    dtype = pick_dtype(a.dtype, device)
     weight_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[dtype]
     accelerator = Accelerator(
         cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
         gradient_accumulation_steps=a.grad_accum_steps,
-        # rmu/cb compute nothing above the top target layer: trainable parameters there get no gradient
         kwargs_handlers=[DistributedDataParallelKwargs(
-            find_unused_parameters=method in TRUNK_METHODS and trainable_spec != "layers")])
-    main_process = accelerator.is_main_process
-    warnings: list[str] = []
-    for w in early_warnings:
-        warn(w, warnings, main_process)
+            find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    env = Env(accelerator, device, dtype, weight_dtype, [])
+    for w in arch.warnings:
+        env.warn(w)
+    dup_f, dup_r = data.dropped
     if dup_f or dup_r:
-        warn(f"dropped duplicate lines: {dup_f} in the forget data, {dup_r} in the retain data", warnings, main_process)
+        env.warn(f"dropped duplicate lines: {dup_f} in the forget data, {dup_r} in the retain data")
     if a.grad_accum_steps > 1:
-        warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger batch "
-             f"(per-sample means, clipping and the token-weighted representation losses differ); results will "
-             f"not match a run with --batch-size {a.batch_size * a.grad_accum_steps}", warnings, main_process)
-    if method == "cb" and a.cb_loss == "rr":
-        warn("cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
-             "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
-             "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once",
-             warnings, main_process)
+        env.warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger "
+                 f"batch (per-sample means, clipping and the token-weighted representation losses differ); results "
+                 f"will not match a run with --batch-size {a.batch_size * a.grad_accum_steps}")
+    if plan.method == "cb" and a.cb_loss == "rr":
+        env.warn("cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
+                 "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
+                 "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once")
     if dtype == "fp16":
-        warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from fp32/bf16 "
-             "runs and overflow can skip steps", warnings, main_process)
+        env.warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from "
+                 "fp32/bf16 runs and overflow can skip steps")
     set_seed(a.seed)
+    return env
 
-    # ---- load ----
+
+def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> None:
+    """Before any weights are loaded: --outdir is not the input model, not inside it and holds no
+    input; it can be created and written; its disk has room for the model (≈ parameter bytes).
+    Folders left by a killed run next to it are named."""
+    check_outdir_apart(plan.outdir, arch.model_dir, a)
+    existing = probe_writable(plan.outdir.parent, f"--outdir {plan.outdir}")
+    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
+    free = shutil.disk_usage(existing).free
+    if free < need + 2**24:  # + tokenizer, config and reports
+        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about "
+                         f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+    if plan.outdir.parent.is_dir():
+        stale = sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.tmp-*"))
+        stale += sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.old-*"))
+        for path in stale:
+            env.warn(f"{path} was left by an interrupted run ('.old-' holds an earlier output); "
+                     f"remove it (or move it back) when you no longer need it")
+
+
+def check_outdir_apart(outdir: Path, model_dir: Path, a: argparse.Namespace) -> None:
+    """--outdir (which a run replaces) must not be the input model, lie inside it, or hold an input."""
+    out, model = outdir.resolve(), model_dir.resolve()
+    if out == model or model in out.parents:
+        where = "is the input model folder" if out == model else "is inside the input model folder"
+        raise UsageError(f"--outdir {outdir} {where} {a.model}; choose a folder outside it")
+    for what, path in (("the input model", model_dir), ("the forget data", Path(a.forget_data)),
+                       ("the retain data", Path(a.retain_data))):
+        if out in path.resolve().parents:
+            raise UsageError(f"--outdir {outdir} contains {what} ({path}); choose a folder that holds no input")
+
+
+def probe_writable(folder: Path, what: str) -> Path:
+    """Create ``folder`` (with its missing parents), write a file in it, then undo all of it.
+    UsageError in one line when that is impossible; returns the nearest folder that already existed."""
+    existing, missing = folder, []
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create {what}: {existing} is a file")
+    created = []
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=a.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weight_dtype, use_safetensors=True,
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write {what}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return existing
+
+
+def load_model(a: argparse.Namespace, arch: Arch, env: Env):
+    """Tokenizer and weights (safetensors only); the padding id. Returns (model, tokenizer, pad_id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(arch.model_dir, trust_remote_code=a.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(arch.model_dir, dtype=env.weight_dtype, use_safetensors=True,
                                                      trust_remote_code=a.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"cannot load {a.model} (safetensors weights and a tokenizer are required): "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        pad_id = 0
-    n_params = sum(p.numel() for p in model.parameters())
-    layers = find_decoder_layers(model)
-    layers = layers[1] if layers is not None else None
+    return model, tokenizer, 0 if pad_id is None else pad_id
 
-    def tokenize(texts):
+
+def tokenize_data(tokenizer, data: Data, max_length: int) -> Tokens:
+    """Token ids, truncated to ``max_length``; samples shorter than 2 tokens have no next-token target."""
+    def ids(texts):
         if not texts:
             return []
-        ids = tokenizer(texts, truncation=True, max_length=a.max_length)["input_ids"]
-        return [x for x in ids if len(x) >= 2]
-    tok_f, tok_r = tokenize(train_f), tokenize(train_r)
-    tok_ef, tok_er = tokenize(eval_f), tokenize(eval_r)
-    if not tok_f or not tok_r:
+        return [x for x in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if len(x) >= 2]
+    tokens = Tokens(ids(data.train_f), ids(data.train_r), ids(data.eval_f), ids(data.eval_r))
+    if not tokens.train_f or not tokens.train_r:
         raise UsageError("every training sample of the forget or retain set is shorter than 2 tokens")
+    return tokens
 
+
+def prepare_for_training(model: nn.Module, trainable_names: list[str], a: argparse.Namespace, env: Env) -> bool:
+    """Freeze all but the trainable parameters; gradient checkpointing (default on for CUDA/MPS).
+    Returns whether checkpointing is on."""
     trainable = set(trainable_names)
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
-    gc_on = a.gradient_checkpointing if a.gradient_checkpointing is not None else device in ("cuda", "mps")
+    gc_on = a.gradient_checkpointing if a.gradient_checkpointing is not None else env.device in ("cuda", "mps")
     if gc_on and getattr(model, "supports_gradient_checkpointing", False):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
@@ -742,172 +1139,200 @@ def run(a: argparse.Namespace) -> dict:
         if hasattr(model, "disable_input_require_grads"):
             model.disable_input_require_grads()
     elif gc_on:
-        warn(f"{type(model).__name__} does not support gradient checkpointing; training without it",
-             warnings, main_process)
+        env.warn(f"{type(model).__name__} does not support gradient checkpointing; training without it")
         gc_on = False
     model.train()
+    return gc_on
 
+
+def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: Tokens, pad_id: int, env: Env):
+    """What the method needs (METHOD_TABLE): hooks on the target layers (and the stop of a truncated
+    forward), the optimizer, log π_ref once with the initial weights, the frozen copy for h_orig."""
+    spec, layer_ids = plan.spec, plan.layer_ids
+    found = find_decoder_layers(model)
+    layers_path, layers = found if found is not None else (None, None)
     targets, stop_before = {}, None
-    if is_repr and layers is not None:
+    if spec.uses_layers and layers is not None:
         targets = {l: layers[l] for l in layer_ids}
-        if method in TRUNK_METHODS and max(layer_ids) + 1 < len(layers):
+        if spec.truncated and max(layer_ids) + 1 < len(layers):
             stop_before = layers[max(layer_ids) + 1]
-    elif is_repr:  # lat fallback (warned above): perturb the input embeddings
+    elif spec.uses_layers:  # embedding fallback (warned about): perturb the input embeddings
         targets = {"emb": model.get_input_embeddings()}
     runner = Runner(model, targets, stop_before)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
-    wrapped, optimizer = accelerator.prepare(runner, optimizer)
-    dev = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
+    wrapped, optimizer = env.accelerator.prepare(runner, optimizer)
+    t = Trainer(a, spec, runner, wrapped, optimizer, params, env.accelerator, tokens, pad_id)
+    for split in spec.ref:
+        t.ref[split] = t.precompute_ref(split)
+    if spec.frozen:  # only the trainable parameters the truncated forward reaches
+        above = tuple(f"{layers_path}.{i}." for i in range(max(layer_ids) + 1, len(layers)))
+        t.frozen = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()
+                    if p.requires_grad and not n.startswith(above)}
+    t.control = random_control_vector(t.hidden_size, a.steering_coeff, a.seed).to(t.dev)
+    return t
 
-    def batch(tok, idx):
-        return pad_batch([tok[i] for i in idx], pad_id, dev)
 
-    # ---- π_ref log-probs, once, with the initial weights (no second model) ----
-    ref_f = ref_r = None
-    if method in REF_METHODS:
-        ref_f = precompute_logprobs(runner, tok_f, pad_id, dev, a.batch_size, accelerator, main_process, "log π_ref forget")
-        if method == "dpo":
-            ref_r = precompute_logprobs(runner, tok_r, pad_id, dev, a.batch_size, accelerator, main_process, "log π_ref retain")
+class Trainer:
+    """One run's model, optimizer and method state. ``loss(fi, ri)`` is the method's loss on the
+    micro-batch of training samples fi (forget) and ri (retain); the step functions of
+    METHOD_TABLE call the passes below."""
 
-    # ---- h_orig: a frozen copy of only the trainable parameters the truncated forward reaches ----
-    frozen = None
-    if method in ("rmu", "cb", "cb_lat"):
-        top = max(layer_ids)
-        above = tuple(f"{layers_path}.{i}." for i in range(top + 1, len(layers)))
-        frozen = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()
-                  if p.requires_grad and not n.startswith(above)}
-    hidden = model.get_input_embeddings().embedding_dim
-    control = random_control_vector(hidden, a.steering_coeff, a.seed).to(dev)
+    def __init__(self, a, spec: Method, runner: Runner, wrapped, optimizer, params, accelerator, tokens: Tokens,
+                 pad_id: int):
+        self.a, self.spec, self.runner, self.wrapped = a, spec, runner, wrapped
+        self.optimizer, self.params, self.accelerator = optimizer, params, accelerator
+        self.tokens, self.pad_id, self.dev = tokens, pad_id, accelerator.device
+        self.hidden_size = runner.model.get_input_embeddings().embedding_dim
+        self.ref: dict[str, torch.Tensor] = {}
+        self.frozen: dict | None = None
+        self.control: torch.Tensor | None = None
 
-    def h_orig(ids, mask):
-        with torch.no_grad(), accelerator.autocast(), eval_mode(model):
-            return torch.func.functional_call(runner, frozen, args=(ids, mask), kwargs={"mode": "trunk"}, strict=False)
+    def batch(self, tok: list[list[int]], idx: list[int]) -> Batch:
+        return Batch(*pad_batch([tok[i] for i in idx], self.pad_id, self.dev), idx)
 
-    def adversary(ids, mask):
+    def loss(self, fi: list[int], ri: list[int]) -> torch.Tensor:
+        return self.spec.step(self, self.batch(self.tokens.train_f, fi), self.batch(self.tokens.train_r, ri))
+
+    def logprobs(self, b: Batch):
+        return sequence_logprobs(self.wrapped(b.ids, b.mask, mode="lm"), b.ids, b.mask)
+
+    def nll(self, b: Batch) -> torch.Tensor:
+        return mean_nll(*self.logprobs(b))
+
+    def hidden(self, b: Batch):
+        return self.wrapped(b.ids, b.mask, mode="trunk")
+
+    def h_orig(self, b: Batch):
+        with torch.no_grad(), self.accelerator.autocast(), eval_mode(self.runner.model):
+            return torch.func.functional_call(self.runner, self.frozen, args=(b.ids, b.mask),
+                                              kwargs={"mode": "trunk"}, strict=False)
+
+    def adversary(self, b: Batch) -> dict:
         """PGD on δ at the target layers, minimising the forget NLL; returns δ* (detached)."""
-        deltas = {k: torch.zeros(ids.shape + (hidden,), device=dev, requires_grad=True) for k in runner.target_ids}
+        a = self.a
+        deltas = {k: torch.zeros(b.ids.shape + (self.hidden_size,), device=self.dev, requires_grad=True)
+                  for k in self.runner.target_ids}
         step = 2.5 * a.lat_eps / max(a.lat_steps, 1)
         for _ in range(a.lat_steps):
-            with runner.perturb(deltas), accelerator.autocast():
-                nll = mean_nll(*sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask))
+            with self.runner.perturb(deltas), self.accelerator.autocast():
+                nll = mean_nll(*sequence_logprobs(self.runner(b.ids, b.mask, mode="lm"), b.ids, b.mask))
             grads = torch.autograd.grad(nll, list(deltas.values()))
-            deltas = {k: pgd_update(d.detach(), g, step, a.lat_eps, mask).requires_grad_()
+            deltas = {k: pgd_update(d.detach(), g, step, a.lat_eps, b.mask).requires_grad_()
                       for (k, d), g in zip(deltas.items(), grads)}
         return {k: d.detach() for k, d in deltas.items()}
 
-    def compute_loss(fi, ri):
-        f_ids, f_mask = batch(tok_f, fi)
-        r_ids, r_mask = batch(tok_r, ri)
-        if method in LOSS_METHODS:
-            lp_f, n_f = sequence_logprobs(wrapped(f_ids, f_mask, mode="lm"), f_ids, f_mask)
-            nll_f = mean_nll(lp_f, n_f)
-            if method == "ga_simple":
-                return ga_simple_loss(nll_f)
-            lp_r, n_r = sequence_logprobs(wrapped(r_ids, r_mask, mode="lm"), r_ids, r_mask)
-            nll_r = mean_nll(lp_r, n_r)
-            if method == "ga":
-                return ga_loss(nll_f, nll_r)
-            if method == "grad_diff":
-                return grad_diff_loss(nll_f, nll_r, a.forget_weight)
-            if method == "dpo":
-                return dpo_loss(lp_r, ref_r[ri], lp_f, ref_f[fi], a.beta)
-            if method == "npo":
-                return npo_loss(lp_f, ref_f[fi], nll_r, a.beta)
-            return simnpo_loss(lp_f, n_f, nll_r, a.beta)
-        if method == "lat":
-            deltas = adversary(f_ids, f_mask)
-            with runner.perturb(deltas):
-                nll_f = mean_nll(*sequence_logprobs(wrapped(f_ids, f_mask, mode="lm"), f_ids, f_mask))
-            nll_r = mean_nll(*sequence_logprobs(wrapped(r_ids, r_mask, mode="lm"), r_ids, r_mask))
-            return lat_loss(nll_f, nll_r)
-        deltas = adversary(f_ids, f_mask) if method == "cb_lat" else None
-        with runner.perturb(deltas):
-            h_f = wrapped(f_ids, f_mask, mode="trunk")
-        h_r = wrapped(r_ids, r_mask, mode="trunk")
-        h_r0 = h_orig(r_ids, r_mask)
-        if method == "rmu":
-            return rmu_loss(h_f, h_r, h_r0, f_mask, r_mask, control, a.alpha)
-        if a.cb_loss == "rr":
-            return cb_rr_loss(h_f, h_orig(f_ids, f_mask), h_r, h_r0, f_mask, r_mask, a.alpha)
-        return cb_cos_loss(h_f, h_r, h_r0, f_mask, r_mask, control, a.alpha)
+    def precompute_ref(self, split: str) -> torch.Tensor:
+        tok = self.tokens.train_f if split == "forget" else self.tokens.train_r
+        return precompute_logprobs(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator,
+                                   self.accelerator.is_main_process, f"log π_ref {split}")
 
-    def evaluate():
-        if not tok_ef:  # no held-out split: report on the training data
-            return eval_nll(runner, tok_f, tok_r, pad_id, dev, a.batch_size, accelerator)
-        return eval_nll(runner, tok_ef, tok_er, pad_id, dev, a.batch_size, accelerator)
+    def evaluate(self) -> dict:
+        tk = self.tokens
+        if not tk.eval_f:  # no held-out split: report on the training data
+            return eval_nll(self.runner, tk.train_f, tk.train_r, self.pad_id, self.dev, self.a.batch_size,
+                            self.accelerator)
+        return eval_nll(self.runner, tk.eval_f, tk.eval_r, self.pad_id, self.dev, self.a.batch_size,
+                        self.accelerator)
 
-    # ---- train ----
-    schedule = make_schedule(len(tok_f), len(tok_r), a.batch_size, world, a.grad_accum_steps, a.epochs, a.seed)
-    before = evaluate()
-    curve = [{"step": 0, **before}]
-    losses = []
+
+@dataclass
+class History:
+    """What training produced besides the weights: held-out NLLs, losses, step times."""
+    before: dict
+    after: dict
+    curve: list[dict]
+    losses: list[float]
+    step_times: list[float]
+    train_s: float
+    steps: int
+
+
+def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
+    """The optimisation loop (accelerate: accumulation, mixed precision, data parallel), with the
+    held-out NLL before, after and every --eval-interval steps."""
     from tqdm.auto import tqdm
-    bar = tqdm(schedule, desc=f"unlearn {method}", disable=not main_process, dynamic_ncols=True)
+    acc, world, rank = env.accelerator, env.accelerator.num_processes, env.accelerator.process_index
+    schedule = make_schedule(len(t.tokens.train_f), len(t.tokens.train_r), a.batch_size, world,
+                             a.grad_accum_steps, a.epochs, a.seed)
+    before = t.evaluate()
+    curve, losses, step_times = [{"step": 0, **before}], [], []
+    bar = tqdm(schedule, desc=f"unlearn {a.method}", disable=not env.main, dynamic_ncols=True)
     t_train, t_eval = time.perf_counter(), 0.0
-    step_times = []
     for step, micro in enumerate(bar, start=1):
         t_step = time.perf_counter()
-        step_loss = torch.zeros((), device=dev)
+        step_loss = torch.zeros((), device=t.dev)
         for fi_global, ri_global in micro:
             fi = fi_global[rank * a.batch_size:(rank + 1) * a.batch_size]
             ri = ri_global[rank * a.batch_size:(rank + 1) * a.batch_size]
-            with accelerator.accumulate(wrapped):
-                with accelerator.autocast():
-                    loss = compute_loss(fi, ri)
+            with acc.accumulate(t.wrapped):
+                with acc.autocast():
+                    loss = t.loss(fi, ri)
                 step_loss += loss.detach() / len(micro)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    loss_value = accelerator.reduce(step_loss, "mean").item()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    loss_value = acc.reduce(step_loss, "mean").item()
                     if not math.isfinite(loss_value):
-                        raise NonFiniteLoss(f"the {method} loss became {loss_value} at step {step}; nothing was saved "
-                                            f"(try a lower --lr than {a.lr:g}, or fp32)")
+                        raise NonFiniteLoss(f"the {a.method} loss became {loss_value} at step {step}; nothing was "
+                                            f"saved (try a lower --lr than {a.lr:g}, or fp32)")
                     if a.grad_clip > 0:
-                        accelerator.clip_grad_norm_(params, a.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                        acc.clip_grad_norm_(t.params, a.grad_clip)
+                t.optimizer.step()
+                t.optimizer.zero_grad(set_to_none=True)
         losses.append(loss_value)  # .item() above synchronises, so the step time is real
         step_times.append(time.perf_counter() - t_step)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if a.eval_interval and step % a.eval_interval == 0 and step < len(schedule):
             t0 = time.perf_counter()
-            curve.append({"step": step, **evaluate()})
+            curve.append({"step": step, **t.evaluate()})
             t_eval += time.perf_counter() - t0
     train_s = time.perf_counter() - t_train - t_eval
-    after = evaluate()
+    after = t.evaluate()
     curve.append({"step": len(schedule), **after})
-    runtime = time.time() - t_start
+    return History(before, after, curve, losses, step_times, train_s, len(schedule))
 
+
+def make_metrics(a: argparse.Namespace, h: History, held_out: bool, runtime: float, env: Env) -> dict:
+    """metrics.json: NLLs before/after (held-out split, or the training data without one), the
+    curve, the training losses, timings and the run's warnings; prints the one-line summary."""
+    before, after = h.before, h.after
     metrics = {
-        "method": method,
-        "eval_set": "held-out" if tok_ef else "train (no held-out split: --eval-split 0)",
+        "method": a.method,
+        "eval_set": "held-out" if held_out else "train (no held-out split: --eval-split 0)",
         "forget_NLL": after["forget_NLL"], "retain_NLL": after["retain_NLL"],
         "gap": after["forget_NLL"] - after["retain_NLL"],
         "before": {**before, "gap": before["forget_NLL"] - before["retain_NLL"]},
-        "eval_curve": curve, "train_loss": losses, "steps": len(schedule),
-        "runtime_s": round(runtime, 3), "train_s": round(train_s, 4),
-        "s_per_step": round(train_s / len(schedule), 4), "step_s": [round(t, 5) for t in step_times],
-        "warnings": warnings,
+        "eval_curve": h.curve, "train_loss": h.losses, "steps": h.steps,
+        "runtime_s": round(runtime, 3), "train_s": round(h.train_s, 4),
+        "s_per_step": round(h.train_s / h.steps, 4), "step_s": [round(s, 5) for s in h.step_times],
+        "warnings": env.warnings,
     }
-    if main_process:
+    if env.main:
         print(f"forget_NLL {before['forget_NLL']:.4f} -> {after['forget_NLL']:.4f}   "
               f"retain_NLL {before['retain_NLL']:.4f} -> {after['retain_NLL']:.4f}   "
               f"gap {metrics['before']['gap']:.4f} -> {metrics['gap']:.4f}   ({runtime:.1f} s)", flush=True)
-
-    # ---- save, atomically ----
-    report = run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_ids, gc_on,
-                        len(forget), len(retain), len(train_f), len(train_r), len(eval_f), len(eval_r), metrics)
-    accelerator.wait_for_everyone()
-    state = None
-    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        state = {k[len("model."):]: v for k, v in accelerator.get_state_dict(wrapped).items()}
-    if main_process:
-        save_atomically(model, tokenizer, outdir, metrics, report, state, fp16=(dtype == "fp16"))
-        print(f"saved {outdir}", flush=True)
-    accelerator.wait_for_everyone()
-    metrics["outdir"] = str(outdir)
     return metrics
+
+
+def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dict) -> None:
+    """The main process writes model, tokenizer, metrics and report into --outdir, atomically
+    (FSDP/DeepSpeed: the full state dict is gathered from every process first)."""
+    acc = env.accelerator
+    acc.wait_for_everyone()
+    state = None
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        state = {k[len("model."):]: v for k, v in acc.get_state_dict(t.wrapped).items()}
+    if env.main:
+        from safetensors import SafetensorError
+        try:
+            save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
+                            fp16=(env.dtype == "fp16"))
+        except (OSError, SafetensorError) as e:
+            kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
+            raise OutputError(f"cannot save the model to {plan.outdir} ({first_line(e)}); nothing was "
+                              f"written{kept}") from None
+        print(f"saved {plan.outdir}", flush=True)
+    acc.wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -952,42 +1377,34 @@ def eval_nll(runner, tok_f, tok_r, pad_id, dev, batch_size, accelerator) -> dict
     return res
 
 
-def run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_ids, gc_on,
-               n_forget, n_retain, n_train_f, n_train_r, n_eval_f, n_eval_r, metrics) -> dict:
-    """The reporting format of the project (Model / Dataset / Training / Hardware / Results)."""
+def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
+    """The reporting format of the project (Model / Dataset / Training / Hardware / Results); the
+    method's own settings are those METHOD_TABLE lists for it."""
     import accelerate
     import transformers
     training = {
-        "method": method, "learning_rate": a.lr, "batch_size": a.batch_size, "epochs": a.epochs,
+        "method": a.method, "learning_rate": a.lr, "batch_size": a.batch_size, "epochs": a.epochs,
         "gradient_clip": a.grad_clip, "seed": a.seed, "optimizer": "AdamW (weight_decay 0, constant lr)",
-        "grad_accum_steps": a.grad_accum_steps, "global_batch_size": a.batch_size * world * a.grad_accum_steps,
+        "grad_accum_steps": a.grad_accum_steps,
+        "global_batch_size": a.batch_size * info.processes * a.grad_accum_steps,
         "max_length": a.max_length, "eval_split": a.eval_split, "eval_interval": a.eval_interval,
-        "trainable": trainable_spec, "gradient_checkpointing": gc_on, "steps": metrics["steps"],
+        "trainable": info.trainable, "gradient_checkpointing": info.gradient_checkpointing, "steps": metrics["steps"],
     }
-    if method in ("dpo", "npo", "simnpo"):
-        training["beta"] = a.beta
-    if method == "grad_diff":
-        training["forget_weight"] = a.forget_weight
-    if method in REPR_METHODS:
-        training["layer_id"] = layer_ids
-    if method in ("rmu", "cb", "cb_lat"):
-        training.update(alpha=a.alpha, steering_coeff=a.steering_coeff)
-    if method in ("cb", "cb_lat"):
-        training["cb_loss"] = a.cb_loss
-    if method in ("lat", "cb_lat"):
-        training.update(lat_eps=a.lat_eps, lat_steps=a.lat_steps)
+    for name in METHOD_TABLE[a.method].settings:
+        training[name] = info.layer_ids if name == "layer_id" else getattr(a, name)
+    cuda = info.device == "cuda"
     return {
-        "Model": {"base": a.model, "parameters": n_params, "dtype": dtype},
-        "Dataset": {"forget_size": n_forget, "retain_size": n_retain,
+        "Model": {"base": a.model, "parameters": info.n_params, "dtype": info.dtype},
+        "Dataset": {"forget_size": info.sizes["forget_size"], "retain_size": info.sizes["retain_size"],
                     "forget_domain": a.forget_domain or Path(a.forget_data).name,
                     "retain_domain": a.retain_domain or Path(a.retain_data).name,
-                    "forget_train": n_train_f, "retain_train": n_train_r,
-                    "forget_eval": n_eval_f, "retain_eval": n_eval_r},
+                    **{k: info.sizes[k] for k in ("forget_train", "retain_train", "forget_eval", "retain_eval")}},
         "Training": training,
-        "Hardware": {"device": device if device != "cuda" else f"cuda ({torch.cuda.get_device_name()})",
-                     "processes": world, "cuda": str(torch.version.cuda) if device == "cuda" else "none", "pytorch": str(torch.__version__),
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "python": platform.python_version(), "platform": platform.platform()},
+        "Hardware": {"device": f"cuda ({torch.cuda.get_device_name()})" if cuda else info.device,
+                     "processes": info.processes, "cuda": str(torch.version.cuda) if cuda else "none",
+                     "pytorch": str(torch.__version__), "transformers": transformers.__version__,
+                     "accelerate": accelerate.__version__, "python": platform.python_version(),
+                     "platform": platform.platform()},
         "Results": {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],
                     "gap": metrics["gap"], "forget_nll_before": metrics["before"]["forget_NLL"],
                     "retain_nll_before": metrics["before"]["retain_NLL"], "runtime": metrics["runtime_s"],
@@ -997,12 +1414,15 @@ def run_report(a, method, n_params, dtype, device, world, trainable_spec, layer_
 
 def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml into a temp dir next to ``outdir``,
-    then swap it in (an existing ``outdir`` is replaced only once the new one is complete)."""
+    then swap it in (an existing ``outdir`` is replaced only once the new one is complete). On any
+    failure, Ctrl-C included, the temp dir and the parent folders made for it are removed and an
+    earlier ``outdir`` is back in place. The folder gets the mode of a new folder (0755 under umask 022)."""
     import yaml
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
-    old = None
+    made = [d for d in reversed(outdir.parents) if not d.exists()]
+    tmp = None
     try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
         if fp16:
             model = model.half()
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
@@ -1010,29 +1430,26 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "run_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
-        if outdir.exists():
-            old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
-            os.replace(outdir, old)
-        os.replace(tmp, outdir)
+        publish_folder(tmp, outdir)  # modes 0755/0644 (umask), an earlier outdir swapped out only now
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not outdir.exists():
-            os.replace(old, outdir)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, NonFiniteLoss) as e:
+    except (UsageError, NonFiniteLoss, OutputError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr, flush=True)
-        return 130
+        print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
