@@ -33,6 +33,91 @@ import sys
 import tempfile
 from pathlib import Path
 
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+# --- end shared helpers ---
+
+
 CURVE_COLUMNS = ["step", "forget_nll", "retain_nll", "mcq_forget_acc"]
 COLORS = ["black", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
@@ -122,22 +207,6 @@ def draw(models: list[dict], level: float, margin: float):
     return fig
 
 
-def save_figure(fig, path: Path) -> None:
-    """savefig to a temp file beside ``path``, then os.replace (never a half-written PNG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--indir", default="outputs/tamper", help="tamper_attack.py's --outdir")
@@ -145,13 +214,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         models, level, margin = read_inputs(Path(a.indir))
-        out = Path(a.outdir)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--outdir {out} exists and is not a folder")
-        try:
-            save_figure(draw(models, level, margin), out / "recovery.png")
-        except OSError as e:
-            raise UsageError(f"cannot write {out / 'recovery.png'}: {e.strerror or e}") from None
+        out = check_outdir(a.outdir, "recovery.png", owned=("recovery.png",))
+        fig = draw(models, level, margin)
+        write_atomically({out / "recovery.png": lambda p: fig.savefig(p, format="png", dpi=150, bbox_inches="tight")})
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

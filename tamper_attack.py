@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -63,7 +64,197 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+def read_lines(path) -> list[str]:
+    """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
+    return [s for _, s in read_numbered_lines(path)]
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` (made beside ``final``, e.g. by mkdtemp) to ``final``,
+    with ordinary modes: folders 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700). An
+    existing ``final`` is moved aside first and deleted only once the new folder is in place; if
+    the rename fails it is put back."""
+    mask = _umask()
+    for root, _, names in os.walk(tmp):
+        os.chmod(root, 0o777 & ~mask)
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}") if os.path.lexists(final) else None
+    if old is not None:
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
+# --- end shared helpers ---
+
 
 CURVE_COLUMNS = ["step", "forget_nll", "retain_nll", "mcq_forget_acc"]
 SUMMARY_COLUMNS = ["model", "forget_nll_start", "forget_nll_end", "retain_nll_start", "retain_nll_end",
@@ -173,9 +364,7 @@ def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 def read_mcq(path: str, what: str) -> list[dict]:
     """The MCQ file: one {"question": str, "choices": [str, ...], "answer": int} object a line."""
     items = []
-    for no, line in enumerate(read_lines(path, what, keep_blank=True), start=1):
-        if not line.strip():
-            continue
+    for no, line in read_numbered_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -251,28 +440,6 @@ def quiet():
 # ----------------------------------------------------------------------------------------------
 # Inputs: files, models, devices
 # ----------------------------------------------------------------------------------------------
-def read_lines(path: str, what: str, keep_blank: bool = False) -> list[str]:
-    """Lines of a UTF-8 text file (BOM stripped); blank lines dropped unless ``keep_blank``."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} {path} does not exist" if not p.exists() else f"{what} {path} is not a file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    lines = text.splitlines()
-    return lines if keep_blank else [ln.strip() for ln in lines if ln.strip()]
-
-
-def read_text_lines(path: str, what: str) -> list[str]:
-    lines = read_lines(path, what)
-    if not lines:
-        raise UsageError(f"{what} {path} is empty")
-    return lines
-
-
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -281,57 +448,7 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
-    return dtype
-
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-SKIP_FILES = ["*/*", "consolidated*"]
-
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"--model {spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {(str(exc).strip().splitlines() or [repr(exc)])[0]}") from exc
-
-
-def preflight(spec: str, trust_remote_code: bool) -> None:
+def preflight(spec: str, trust_remote_code: bool) -> Path:
     """Fail before any attack when a model cannot be loaded: its config, its tokenizer and the
     headers of its safetensors files are read (cheap: no weights)."""
     from safetensors import safe_open
@@ -349,8 +466,8 @@ def preflight(spec: str, trust_remote_code: bool) -> None:
             with safe_open(w, framework="pt"):
                 pass
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"cannot load model {spec}: {msg}") from None
+        raise UsageError(f"cannot load model {spec}: {first_line(e)}") from None
+    return model_dir
 
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -367,8 +484,7 @@ def load_model(spec: str, dtype: str, device: str, trust_remote_code: bool):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"cannot load model {spec}: {msg}") from None
+        raise UsageError(f"cannot load model {spec}: {first_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
     return model.to(device), tok
@@ -377,36 +493,6 @@ def load_model(spec: str, dtype: str, device: str, trust_remote_code: bool):
 # ----------------------------------------------------------------------------------------------
 # Outputs: staged in a temporary folder, moved into place at the end
 # ----------------------------------------------------------------------------------------------
-def fix_modes(root: Path) -> None:
-    """Ordinary permissions under the umask: folders 0755, files 0644 (mkdtemp makes 0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for dirpath, dirnames, filenames in os.walk(root):
-        os.chmod(dirpath, 0o777 & ~umask)
-        for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
-
-
-def publish(stage: Path, outdir: Path) -> None:
-    """Move every entry of ``stage`` into ``outdir``: files by atomic rename, folders by
-    rename-aside + rename-in (an existing result is replaced only once the new one is complete)."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    for src in sorted(stage.rglob("*"), key=lambda p: len(p.parts)):
-        rel = src.relative_to(stage)
-        dst = outdir / rel
-        if src.is_dir():
-            if rel.name == "attacked_model":
-                old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-                if dst.exists():
-                    os.replace(dst, old)
-                os.replace(src, dst)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                dst.mkdir(exist_ok=True)
-        elif src.exists():
-            os.replace(src, dst)
-
-
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -479,7 +565,7 @@ def add_lora(model, a):
     try:
         return get_peft_model(model, cfg)
     except ValueError as e:
-        raise UsageError(f"--lora-target-modules {a.lora_target_modules}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"--lora-target-modules {a.lora_target_modules}: {first_line(e)}") from None
 
 
 def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator: Evaluator,
@@ -621,12 +707,6 @@ def check_args(a) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"two --model arguments share the output name {dup[0]}; pass distinct models")
-    out = Path(a.outdir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--outdir {a.outdir} exists and is not a folder")
-    resolved = [Path(m).expanduser().resolve() for m in a.model if Path(m).expanduser().exists()]
-    if any(out.resolve() == r or r in out.resolve().parents for r in resolved):
-        raise UsageError(f"--outdir {a.outdir} is inside a --model folder; models are never written to")
 
 
 def make_stage(outdir: Path) -> Path:
@@ -636,20 +716,20 @@ def make_stage(outdir: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=parent))
     except OSError as e:
-        raise UsageError(f"cannot write under {parent}: {e.strerror or e}") from None
+        raise UsageError(f"cannot write under {parent}: {e.strerror or first_line(e)}") from None
 
 
 def run(a) -> dict:
     check_args(a)
     # -- data: read and checked before any model is loaded
-    attack_lines = read_text_lines(a.attack_data, "--attack-data")
-    forget_lines = read_text_lines(a.forget_test, "--forget-test")
-    retain_lines = read_text_lines(a.retain_test, "--retain-test")
+    attack_lines = read_lines(a.attack_data)
+    forget_lines = read_lines(a.forget_test)
+    retain_lines = read_lines(a.retain_test)
     mcq_items = read_mcq(a.mcq_forget, "--mcq-forget") if a.mcq_forget else None
-    for spec in a.model:                                # every model readable before the first attack
-        preflight(spec, a.trust_remote_code)
-    device = resolve_device(a.device)
-    dtype = resolve_dtype(a.dtype, device)
+    model_dirs = [preflight(spec, a.trust_remote_code) for spec in a.model]   # all readable before any attack
+    check_outdir(a.outdir, "attack_report.yaml", inputs=tuple(model_dirs))   # an earlier result or new/empty
+    device = pick_device(a.device)
+    dtype = pick_dtype(a.dtype, device)
     batches = attack_schedule(len(attack_lines), a.steps, a.batch_size, a.seed)
 
     outdir = Path(a.outdir)
@@ -696,10 +776,10 @@ def run(a) -> dict:
         (stage / "attack_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
         for f in (stage / "forget_mcq.jsonl", stage / f"{MCQ_TASK}.yaml"):
             f.unlink(missing_ok=True)
-        fix_modes(stage)
-        publish(stage, outdir)
+        publish_folder(stage, outdir)                  # replaces an earlier result only now
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
     for row in summary:
         rec = row["steps_to_recover"]
         print(f"{row['model']}: forget NLL {row['forget_nll_start']:.3f} -> {row['forget_nll_end']:.3f}, "

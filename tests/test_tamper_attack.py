@@ -272,10 +272,12 @@ def test_ctrl_c_leaves_nothing(files, tmp_path, monkeypatch):
     monkeypatch.setattr(ta, "train_step", interrupted)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("earlier result\n")
+    earlier = {"attack_report.yaml": "Models: []\n", "summary.csv": "model\nearlier\n"}   # an earlier result
+    for name, text in earlier.items():
+        (out / name).write_text(text)
     assert ta.main(args(files, out, "--save-attacked", mcq=False)) == 130
     assert [p.name for p in tmp_path.iterdir()] == ["out"]     # no staging folder left
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ def bad_model(root: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["missing attack", "empty test", "steps 0", "eval-every > steps",
                                   "unloadable model", "missing model", "bad mcq", "mcq answer out of range",
-                                  "negative margin", "outdir in model"])
+                                  "negative margin", "outdir in model", "outdir unrelated"])
 def test_bad_input(files, tmp_path, capsys, case):
     out = tmp_path / "out"
     extra, models = [], ("ref", "twin")
@@ -318,6 +320,9 @@ def test_bad_input(files, tmp_path, capsys, case):
         a += ["--recover-margin", "-1"]
     elif case == "outdir in model":
         a[a.index("--outdir") + 1] = str(files / "ref" / "tamper")
+    elif case == "outdir unrelated":
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work\n")
     try:
         rc = ta.main(a + extra)
     except SystemExit as e:                                     # argparse's error(): exits itself
@@ -327,7 +332,11 @@ def test_bad_input(files, tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: "), err
     if case == "bad mcq":
         assert "line 2" in err[0]
-    assert not out.exists() and not (files / "ref" / "tamper").exists()
+    assert not (files / "ref" / "tamper").exists()
+    if case == "outdir unrelated":
+        assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    else:
+        assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
