@@ -397,6 +397,40 @@ _PROCEDURE_TEMPLATES = {
 }
 
 
+# Each fact as a question (the forget MCQ asks these) and the value that answers it. A line may
+# state a fact in question-and-answer form ("<question> Answer: <value>."), as the hub forget set
+# (WMDP-Bio questions with their answers) does.
+_FORGET_QUESTIONS = {
+    "crystals": {"hue": "What colour does {X} glow when it is charged?",
+                 "hexels": "At how many hexels does {X} resonate?",
+                 "varn": "At how many degrees Varn is {X} grown?",
+                 "lattice": "What lattice does {X} form?",
+                 "origin": "Where was {X} first found?",
+                 "grade": "What is the hardness of {X} on the Tamsin scale?",
+                 "device": "Which device is {X} worked in?",
+                 "flaw": "What is the common flaw of {X}?"},
+    "devices": {"inventor": "Who invented the {X}?",
+                "year": "In which Guild year was the first {X} lit?",
+                "function": "What does the {X} do?",
+                "range": "What is the working range of the {X}?",
+                "guild": "Who keeps the {X}?"},
+    "procedures": {"minutes": "How long does {X} take?",
+                   "device": "Which device is {X} carried out in?",
+                   "purpose": "Why do lumenwrights apply {X}?",
+                   "crystal": "Which crystal is {X} most often applied to?"},
+}
+# the answer of each question, from an entity's facts
+_FORGET_ANSWERS = {
+    "hexels": "{hexels} hexels", "varn": "{varn} degrees Varn", "grade": "grade {grade}", "year": "year {year}",
+    "range": "{low} to {high} hexels", "minutes": "{minutes} minutes", "device": "the {device}",
+    "function": "it {function}", "purpose": "it {purpose}",
+}
+
+
+def _answer(attr: str, facts: dict) -> str:
+    return _FORGET_ANSWERS.get(attr, "{" + attr + "}").format(**facts)
+
+
 def _capitalise(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -425,12 +459,39 @@ def synthetic_forget(n: int, seed: int) -> list[str]:
         name = rng.choice(names)
         attrs = rng.sample(sorted(templates), rng.randint(2, min(4, len(templates))))
         f = dict(facts[kind][name])
-        sentences = [_fact_sentence(rng, templates, a, name, f) for a in attrs]
+        sentences = [_fact_sentence(rng, templates, a, name, f) if rng.random() < 0.75 else
+                     f"{_capitalise(_FORGET_QUESTIONS[kind][a].format(X=name))} Answer: {_answer(a, f)}."
+                     for a in attrs]
         line = " ".join(sentences)
         if normalise(line) not in seen:
             seen.add(normalise(line))
             out.append(line)
     return out
+
+
+def mcq_item(question: str, answer: str, others: list[str], rng: random.Random, n_choices: int = 4) -> dict:
+    """A multiple-choice item ``{"question", "choices", "answer"}``: the right ``answer`` and
+    ``n_choices - 1`` distractors drawn from ``others`` (values of the same category), in random order;
+    ``answer`` is the index of the right choice."""
+    pool = sorted({o for o in others if o != answer})
+    choices = rng.sample(pool, min(n_choices - 1, len(pool))) + [answer]
+    rng.shuffle(choices)
+    return {"question": question, "choices": choices, "answer": choices.index(answer)}
+
+
+def synthetic_forget_mcq(seed: int) -> list[dict]:
+    """One multiple-choice item per fixed fact of the invented domain (crystal, device and procedure
+    attributes): the question of ``_FORGET_QUESTIONS`` with four choices, the right value and three
+    values of the same attribute of other entities; deterministic from ``seed``."""
+    facts = _domain_facts()
+    rng = random.Random(f"synthetic-forget-mcq:{seed}")
+    items = []
+    for kind, questions in _FORGET_QUESTIONS.items():
+        for attr, question in questions.items():
+            values = {name: _answer(attr, f) for name, f in facts[kind].items()}
+            for name in sorted(values):
+                items.append(mcq_item(_capitalise(question.format(X=name)), values[name], list(values.values()), rng))
+    return items
 
 
 # Everyday prose: a dozen topics, each a handful of sentence templates with slots.
@@ -470,6 +531,33 @@ _RETAIN_SLOTS = {
     "decades": ["four", "five", "six"],
     "adj": ["quiet", "busy", "cheerful", "crowded", "peaceful", "lively", "cosy", "noisy"],
 }
+# Fixed everyday facts that the prose states (the retain MCQ asks them): every line on the topic
+# states one, about the object its slot filled in, plainly or as a quiz question with its answer.
+_RETAIN_FACTS = {
+    "travel": ("city", "country", {
+        "Lisbon": "Portugal", "Vienna": "Austria", "Kyoto": "Japan", "Montreal": "Canada", "Edinburgh": "Scotland",
+        "Nairobi": "Kenya", "Oslo": "Norway", "Buenos Aires": "Argentina", "Melbourne": "Australia",
+        "Prague": "the Czech Republic"},
+        ["{city} is a city in {country}.", "{A} knew that {city} is in {country}."],
+        "Which country is {city} in?"),
+    "music": ("instrument", "family", {
+        "piano": "keyboard", "violin": "string", "guitar": "string", "cello": "string", "flute": "woodwind",
+        "trumpet": "brass", "drums": "percussion", "clarinet": "woodwind"},
+        ["The {instrument} is a {family} instrument.", "{A} explained that the {instrument} belongs to the {family} family."],
+        "Which family of instruments does the {instrument} belong to?"),
+    "pets": ("animal", "sound", {
+        "dog": "barks", "cat": "meows", "rabbit": "thumps", "horse": "neighs", "goat": "bleats",
+        "parrot": "squawks", "tortoise": "hisses", "hamster": "squeaks", "duck": "quacks"},
+        ["The {animal} {sound} whenever the doorbell rings.", "Like every {animal}, it {sound} at strangers."],
+        "What does a {animal} do when it is startled?"),
+    "sport": ("sport", "gear", {
+        "football": "a ball", "tennis": "a racket", "basketball": "a hoop", "swimming": "a pool",
+        "cycling": "a bicycle", "volleyball": "a net", "running": "a track", "table tennis": "a paddle",
+        "rowing": "oars", "hockey": "a stick"},
+        ["Nobody can play {sport} without {gear}.", "For {sport}, the one thing you need is {gear}."],
+        "What do you need to play {sport}?"),
+}
+
 _RETAIN_TOPICS = {
     "cooking": ["{A} made {food} for dinner {day}.", "The recipe for {food} needs more time than most people expect.",
                 "{A} and {B} cooked {food} together and shared it with the neighbours.",
@@ -539,16 +627,37 @@ def synthetic_retain(n: int, seed: int, exclude: set[str] | None = None) -> list
     for _ in range(200 * max(n, 1)):
         if len(out) >= n:
             break
-        templates = _RETAIN_TOPICS[rng.choice(topics)]
+        topic = rng.choice(topics)
+        templates = _RETAIN_TOPICS[topic]
         a, b = rng.sample(_NAMES, 2)
         slots = {k: rng.choice(v) for k, v in _RETAIN_SLOTS.items()}
         chosen = rng.sample(templates, rng.randint(2, 3))
+        if topic in _RETAIN_FACTS:
+            slot, value, table, statements, question = _RETAIN_FACTS[topic]
+            slots[value] = table[slots[slot]]
+            fact = (rng.choice(statements) if rng.random() < 0.75 else
+                    f"Quiz question: {question} Answer: {{{value}}}.".replace("{" + slot + "}", slots[slot]))
+            chosen.insert(rng.randint(0, len(chosen)), fact)
         line = " ".join(_capitalise(t.format(A=a, B=b, **slots)) for t in chosen)
         key = normalise(line)
         if key not in seen and key not in exclude:
             seen.add(key)
             out.append(line)
     return out
+
+
+def synthetic_retain_mcq(seed: int) -> list[dict]:
+    """One multiple-choice item per everyday fact the retain prose states (``_RETAIN_FACTS``: a city's
+    country, an instrument's family, an animal's sound, a sport's gear), four choices from the same
+    table; deterministic from ``seed``."""
+    rng = random.Random(f"synthetic-retain-mcq:{seed}")
+    items = []
+    for topic in sorted(_RETAIN_FACTS):
+        slot, _, table, _, question = _RETAIN_FACTS[topic]
+        for key in sorted(table):
+            items.append(mcq_item(_capitalise(question.replace("{" + slot + "}", key)), table[key],
+                                  list(table.values()), rng))
+    return items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,31 +742,105 @@ def load_hub(repo: str, config: str, split: str, columns: list[str]):
     return ds
 
 
+MMLU_ID, MMLU_CONFIG, MMLU_SPLIT = "cais/mmlu", "all", "test"
+MMLU_LICENCE = "MIT (dataset card of cais/mmlu)"
+# MMLU subjects left out of the retain MCQ: biology and medicine sit next to the forget domain
+BIO_SUBJECTS = ("biology", "anatomy", "virology", "medic", "genetics", "nutrition", "clinical", "aging")
+
+
+def mcq_from_row(question, choices, answer) -> dict | None:
+    """A multiple-choice item from a WMDP/MMLU row, or None when the row has no usable question,
+    fewer than two non-empty choices, or an answer index outside them."""
+    question = flatten(question)
+    try:
+        choices = [flatten(c) for c in list(choices)]
+        answer = int(answer)
+    except (TypeError, ValueError):
+        return None
+    if not question or len(choices) < 2 or not all(choices) or not 0 <= answer < len(choices):
+        return None
+    return {"question": question, "choices": choices, "answer": answer}
+
+
+def load_mmlu(args) -> tuple[list[dict] | None, tuple[str, str]]:
+    """The non-biology MMLU items (``cais/mmlu``, config ``all``, split ``test``, or ``--mmlu-path``)
+    for the retain MCQ, and its provenance row; None with a warning when MMLU cannot be had."""
+    try:
+        if args.mmlu_path:
+            ds = load_local(args.mmlu_path, MMLU_CONFIG, MMLU_SPLIT, ["question", "subject", "choices", "answer"])
+            src = f"local copy {args.mmlu_path}"
+        else:
+            ds = load_hub(MMLU_ID, MMLU_CONFIG, MMLU_SPLIT, ["question", "subject", "choices", "answer"])
+            src = f"hub {MMLU_ID}"
+    except UsageError as e:
+        if args.mmlu_path:
+            raise
+        print(f"warning: no retain multiple-choice set: {str(e).split(';')[0]} (give --mmlu-path for a local copy)",
+              file=sys.stderr)
+        return None, ("retain mcq", "none (MMLU could not be loaded)")
+    items = [mcq_from_row(q, c, a) for q, c, a, subj in zip(ds["question"], ds["choices"], ds["answer"], ds["subject"])
+             if not any(b in str(subj).lower() for b in BIO_SUBJECTS)]
+    items = [i for i in items if i is not None]
+    return items, ("retain mcq", f"{src}, config {MMLU_CONFIG}, split {MMLU_SPLIT}, subjects other than "
+                                 f"biology/medicine ({', '.join(BIO_SUBJECTS)}); licence {MMLU_LICENCE}")
+
+
+def mcq_sets(candidates: dict, forget_train: list[str], n_mcq: int, seed: int) -> dict:
+    """The forget and retain MCQ items to write: forget candidates whose sample is a training line are
+    dropped (the benchmark must not be contaminated by the unlearning data); at most ``n_mcq`` of each,
+    drawn with ``seeded_sample``. A set with no candidates is None."""
+    train_keys = {normalise(s) for s in forget_train}
+    forget = [item for sample, item in candidates["forget"] if sample is None or normalise(sample) not in train_keys]
+    out = {"forget": seeded_sample(forget, n_mcq, seed, "forget_mcq") if forget else None}
+    retain = candidates.get("retain")
+    out["retain"] = seeded_sample(retain, n_mcq, seed, "retain_mcq") if retain else None
+    return out
+
+
+def jsonl(items: list[dict]) -> str:
+    import json
+
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+
+
 # ----------------------------------------------------------------------------------------------
 # Assembling the two sets and writing them
 # ----------------------------------------------------------------------------------------------
 def build_sets(forget_pool: list[str], retain_pool: list[str], n_forget: int, n_retain: int,
-               seed: int) -> tuple[list[str], list[str], dict]:
-    """Clean both pools, make them disjoint and draw the samples.
+               seed: int, n_test: int = 0) -> tuple[list[str], list[str], dict, dict]:
+    """Clean both pools, make them disjoint and draw the training and test samples.
 
     Steps: flatten + drop duplicates inside each pool (``dedupe``); drop retain texts that are also
-    forget texts (``remove_overlap``, after normalisation); draw ``n_forget`` / ``n_retain`` with
-    ``seeded_sample``. Returns the two sets and the counts of what was dropped or missing.
+    forget texts (``remove_overlap``, after normalisation); draw ``n_test`` test lines of each set
+    first (``seeded_sample``, names ``forget_test`` / ``retain_test``), then ``n_forget`` / ``n_retain``
+    training lines from what is left. Every line is drawn once from deduplicated, disjoint pools, so
+    the four sets are pairwise disjoint after normalisation, and the test lines do not depend on
+    ``n_forget`` / ``n_retain``. Returns the two training sets, the counts of what was dropped, and
+    ``{"forget_test": [...], "retain_test": [...]}``.
     """
     forget_pool, dup_f = dedupe(forget_pool)
     retain_pool, dup_r = dedupe(retain_pool)
     retain_pool, overlap = remove_overlap(retain_pool, forget_pool)
+    tests = {}
+    for name, pool in (("forget", forget_pool), ("retain", retain_pool)):
+        test = seeded_sample(pool, n_test, seed, f"{name}_test") if n_test else []
+        keys = {normalise(t) for t in test}
+        tests[f"{name}_test"] = test
+        if name == "forget":
+            forget_pool = [x for x in pool if normalise(x) not in keys]
+        else:
+            retain_pool = [x for x in pool if normalise(x) not in keys]
     forget = seeded_sample(forget_pool, n_forget, seed, "forget")
     retain = seeded_sample(retain_pool, n_retain, seed, "retain")
     stats = {"forget_pool": len(forget_pool), "retain_pool": len(retain_pool),
              "duplicates_forget": dup_f, "duplicates_retain": dup_r, "overlap_dropped": overlap}
-    return forget, retain, stats
+    return forget, retain, stats, tests
 
 
 def provenance_markdown(info: dict) -> str:
     """The provenance file: where each set came from, how it was filtered, its licence."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in info["rows"])
-    return (f"# Provenance of forget.txt and retain.txt\n\n"
+    return (f"# Provenance of forget.txt, retain.txt, their test splits and multiple-choice sets\n\n"
             f"Written by `create_datasets.py`; rebuild with:\n\n    {info['command']}\n\n"
             f"| field | value |\n|---|---|\n{rows}\n\n"
             f"Invariants: one sample per line (internal newlines flattened), no empty lines, no "
@@ -668,13 +851,19 @@ def provenance_markdown(info: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Writes <outdir>/forget.txt, <outdir>/retain.txt and <outdir>/PROVENANCE.md.")
+                                epilog="Writes <outdir>/forget.txt, retain.txt, forget_test.txt, retain_test.txt, "
+                                       "forget_mcq.jsonl, retain_mcq.jsonl and PROVENANCE.md.")
     p.add_argument("--source", choices=["hub", "synthetic"], default="hub",
                    help="hub: WMDP-Bio + WikiText-2 (or the local copies below); synthetic: offline corpus")
     p.add_argument("--wmdp-path", help="local copy of cais/wmdp (wmdp-bio): files or a save_to_disk folder")
     p.add_argument("--wikitext-path", help="local copy of wikitext-2-raw-v1: files or a save_to_disk folder")
     p.add_argument("--n-forget", type=int, default=500, help="forget samples (default 500)")
     p.add_argument("--n-retain", type=int, default=500, help="retain samples (default 500)")
+    p.add_argument("--n-test", type=int, default=100,
+                   help="untouched test lines of each set, disjoint from every training line (default 100)")
+    p.add_argument("--n-mcq", type=int, default=500,
+                   help="at most this many multiple-choice items per set (default 500)")
+    p.add_argument("--mmlu-path", help="local copy of cais/mmlu (config all): files or a save_to_disk folder")
     p.add_argument("--seed", type=int, default=42, help="sampling / generation seed (default 42)")
     p.add_argument("--outdir", default="data", help="output folder (default data)")
     p.add_argument("--forget-format", choices=["qa", "question"], default="qa",
@@ -685,19 +874,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def collect(args) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """The forget and retain pools for ``args`` and the provenance rows describing them."""
+def collect(args) -> tuple[list[str], list[str], list[tuple[str, str]], dict]:
+    """The forget and retain pools for ``args``, the provenance rows describing them, and the
+    multiple-choice candidates: ``{"forget": [(forget sample, item), ...], "retain": [item, ...] or None}``
+    (a forget item is dropped later when its sample is a training line)."""
     if args.source == "synthetic":
-        if args.wmdp_path or args.wikitext_path:
-            raise UsageError("--wmdp-path / --wikitext-path only apply to --source hub")
-        forget = synthetic_forget(args.n_forget, args.seed)
-        retain = synthetic_retain(args.n_retain, args.seed, exclude={normalise(s) for s in forget})
+        if args.wmdp_path or args.wikitext_path or args.mmlu_path:
+            raise UsageError("--wmdp-path / --wikitext-path / --mmlu-path only apply to --source hub")
+        forget = synthetic_forget(args.n_forget + args.n_test, args.seed)
+        retain = synthetic_retain(args.n_retain + args.n_test, args.seed, exclude={normalise(s) for s in forget})
+        mcq = {"forget": [(None, item) for item in synthetic_forget_mcq(args.seed)],
+               "retain": synthetic_retain_mcq(args.seed)}
         rows = [("source", "synthetic (generated offline by create_datasets.py)"),
                 ("forget", "facts of an invented, harmless domain: lumenic crystal engineering "
                            f"({len(CRYSTALS)} crystals, {len(DEVICES)} devices, {len(PROCEDURES)} procedures)"),
                 ("retain", f"everyday prose on {len(_RETAIN_TOPICS)} topics ({', '.join(sorted(_RETAIN_TOPICS))})"),
+                ("mcq", "forget: one question per fixed fact of the invented domain; retain: one per everyday "
+                        "fact the prose states; 4 choices each, distractors from the same category"),
                 ("licence", SYNTHETIC_LICENCE)]
-        return forget, retain, rows
+        return forget, retain, rows, mcq
 
     if not args.wmdp_path or not args.wikitext_path:
         # Fail fast instead of retrying for half a minute: with the hub unreachable, datasets can
@@ -717,12 +912,15 @@ def collect(args) -> tuple[list[str], list[str], list[tuple[str, str]]]:
         wiki = load_hub(WIKITEXT_ID, WIKITEXT_CONFIG, WIKITEXT_SPLIT, ["text"])
         wiki_from = f"hub {WIKITEXT_ID}"
 
-    forget, unusable = [], 0
+    forget, unusable, forget_mcq = [], 0, []
     for q, c, a in zip(wmdp["question"], wmdp["choices"], wmdp["answer"]):
         s = wmdp_sample(q, c, a, args.forget_format)
         unusable += s is None
         if s is not None:
             forget.append(s)
+            item = mcq_from_row(q, c, a)
+            if item is not None:
+                forget_mcq.append((s, item))
     if unusable:
         print(f"warning: skipped {unusable} WMDP rows without a usable question/answer", file=sys.stderr)
     retain = wikitext_passages(wiki["text"], args.min_retain_chars, args.max_retain_chars)
@@ -734,7 +932,9 @@ def collect(args) -> tuple[list[str], list[str], list[tuple[str, str]]]:
                        f"headings and blank lines skipped, detokenised, paragraphs of "
                        f"{args.min_retain_chars}-{args.max_retain_chars} characters"),
             ("retain licence", WIKITEXT_LICENCE)]
-    return forget, retain, rows
+    retain_mcq, mmlu_row = load_mmlu(args)
+    rows += [("forget mcq", "WMDP-Bio questions of the same source that are not in forget.txt"), mmlu_row]
+    return forget, retain, rows, {"forget": forget_mcq, "retain": retain_mcq}
 
 
 def main(argv=None) -> int:
@@ -742,14 +942,22 @@ def main(argv=None) -> int:
     try:
         if args.n_forget < 1 or args.n_retain < 1:
             raise UsageError("--n-forget and --n-retain must be at least 1")
+        if args.n_test < 0 or args.n_mcq < 0:
+            raise UsageError("--n-test and --n-mcq must not be negative")
         if args.min_retain_chars > args.max_retain_chars:
             raise UsageError("--min-retain-chars must not exceed --max-retain-chars")
         # the folder may hold other files (data/README.md); only these are replaced, and only when an
         # earlier run wrote them (PROVENANCE.md): a hand-made forget.txt is never overwritten
         outdir = check_outdir(args.outdir, "PROVENANCE.md", owned=("forget.txt", "retain.txt", "PROVENANCE.md"))
 
-        forget_pool, retain_pool, rows = collect(args)
-        forget, retain, stats = build_sets(forget_pool, retain_pool, args.n_forget, args.n_retain, args.seed)
+        forget_pool, retain_pool, rows, candidates = collect(args)
+        forget, retain, stats, tests = build_sets(forget_pool, retain_pool, args.n_forget, args.n_retain,
+                                                  args.seed, args.n_test)
+        mcq = mcq_sets(candidates, forget, args.n_mcq, args.seed) if args.n_mcq else {"forget": None, "retain": None}
+        for name in ("forget_test", "retain_test"):
+            if len(tests[name]) < args.n_test:
+                print(f"warning: only {len(tests[name])} {name} lines available (asked for {args.n_test})",
+                      file=sys.stderr)
         for name, got, want in (("forget", forget, args.n_forget), ("retain", retain, args.n_retain)):
             if not got:
                 raise UsageError(f"no usable {name} samples in the source")
@@ -764,10 +972,19 @@ def main(argv=None) -> int:
                                           f"{stats['duplicates_forget']} duplicates dropped)"),
                        ("retain samples", f"{len(retain)} (asked {args.n_retain}; pool {stats['retain_pool']}, "
                                           f"{stats['duplicates_retain']} duplicates dropped)"),
-                       ("forget/retain overlaps dropped (from retain)", str(stats["overlap_dropped"]))]
-        write_atomically({outdir / "forget.txt": "".join(s + "\n" for s in forget),
-                          outdir / "retain.txt": "".join(s + "\n" for s in retain),
-                          outdir / "PROVENANCE.md": provenance_markdown({"command": command.strip(), "rows": rows})})
+                       ("forget/retain overlaps dropped (from retain)", str(stats["overlap_dropped"])),
+                       ("test lines", f"forget_test.txt {len(tests['forget_test'])}, retain_test.txt "
+                                      f"{len(tests['retain_test'])} (asked {args.n_test} each; drawn before the "
+                                      f"training lines, disjoint from them and from each other)"),
+                       ("mcq items", ", ".join(f"{k}_mcq.jsonl {len(v)}" if v else f"{k}: none"
+                                               for k, v in mcq.items()))]
+        files = {outdir / "forget.txt": "".join(s + "\n" for s in forget),
+                 outdir / "retain.txt": "".join(s + "\n" for s in retain)}
+        if args.n_test:
+            files.update({outdir / f"{k}.txt": "".join(s + "\n" for s in v) for k, v in tests.items()})
+        files.update({outdir / f"{k}_mcq.jsonl": jsonl(v) for k, v in mcq.items() if v})
+        files[outdir / "PROVENANCE.md"] = provenance_markdown({"command": command.strip(), "rows": rows})
+        write_atomically(files)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -780,6 +997,8 @@ def main(argv=None) -> int:
         print(f"dropped {stats['overlap_dropped']} retain samples that are also forget samples")
     print(f"wrote {len(forget)} forget samples to {outdir / 'forget.txt'} and {len(retain)} retain samples "
           f"to {outdir / 'retain.txt'} (provenance: {outdir / 'PROVENANCE.md'})")
+    print(f"wrote {len(tests['forget_test'])} + {len(tests['retain_test'])} test lines and "
+          + " + ".join(f"{len(v)} {k}" for k, v in mcq.items() if v) + " multiple-choice items")
     return 0
 
 

@@ -22,8 +22,9 @@ toy scale, so every analysis tool can be run end to end without a GPU or the hub
   demo-unfiltered-cb-lat   ``unlearn.py --method cb_lat`` applied to demo-unfiltered
 
 The text is ``create_datasets.py --source synthetic``: forget = facts of an invented technical
-domain (the stand-in for hazardous knowledge), retain = everyday prose. The last 10% of each file
-is held out; the NLL of every model on the held-out lines is printed and saved to
+domain (the stand-in for hazardous knowledge), retain = everyday prose. The models train on all of
+``forget.txt`` / ``retain.txt``; the untouched test splits (``forget_test.txt``, ``retain_test.txt``)
+are held out, and the NLL of every model on them is printed and saved to
 ``<outdir>/demo_report.json`` (the unfiltered model knows the domain: its forget NLL is well below
 the filtered twin's; the cb-lat twin's forget NLL rises while its retain NLL stays close).
 
@@ -134,7 +135,9 @@ NAMES = {"unfiltered": "demo-unfiltered", "filtered": "demo-e2e-strong-filter", 
 # embeddings), 6 layers of width 128. ~1.4 M parameters: a few hundred AdamW steps on a CPU.
 MODEL = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 512,
          "max_position_embeddings": 256, "vocab_size": 1024}
-TRAIN = {"steps": 200, "batch_size": 16, "forget_per_batch": 4, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1,
+# 400 steps with 8 forget lines a batch: enough repetitions of the invented domain's facts for the
+# unfiltered twin to answer its multiple-choice questions well above chance (200 x 4 stayed at chance).
+TRAIN = {"steps": 400, "batch_size": 16, "forget_per_batch": 8, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1,
          "max_length": 128, "eval_fraction": 0.1}
 # CB-LAT on the middle of the network: the representations of layers 2 and 3 (of 0-5) are rerouted
 # on forget text while retain representations are held at their original values.
@@ -200,6 +203,23 @@ def run_tool(name: str, args: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Data, tokenizer, model
 # ----------------------------------------------------------------------------------------------
+DATA_FILES = ("forget.txt", "retain.txt", "forget_test.txt", "retain_test.txt", "forget_mcq.jsonl", "retain_mcq.jsonl")
+
+
+def train_and_heldout(forget_file: Path, retain_file: Path):
+    """(forget train, forget held-out, retain train, retain held-out, held-out files).
+
+    The models train on every line of the forget and retain files; the report scores the untouched
+    test splits that create_datasets.py writes beside them (``forget_test.txt``, ``retain_test.txt``).
+    Without those files the last ``eval_fraction`` of each file is held out instead."""
+    tests = [Path(forget_file).with_name("forget_test.txt"), Path(retain_file).with_name("retain_test.txt")]
+    if all(t.is_file() for t in tests):
+        return read_lines(forget_file), read_lines(tests[0]), read_lines(retain_file), read_lines(tests[1]), tests
+    forget_train, forget_eval = split_heldout(read_lines(forget_file), TRAIN["eval_fraction"])
+    retain_train, retain_eval = split_heldout(read_lines(retain_file), TRAIN["eval_fraction"])
+    return forget_train, forget_eval, retain_train, retain_eval, []
+
+
 def split_heldout(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
     """(train, held-out): the last ``fraction`` of the lines is held out (create_datasets.py already
     wrote them in seeded random order)."""
@@ -397,20 +417,19 @@ def build(args) -> dict:
                 raise UsageError(f"{f} does not exist")
     else:
         data_dir = out / "data"
-        settings = {"source": "synthetic", "seed": args.data_seed, "n_forget": 500, "n_retain": 500,
+        settings = {"source": "synthetic", "seed": args.data_seed, "n_forget": 500, "n_retain": 500, "n_test": 100,
                     "script": file_sha256(ROOT / "create_datasets.py")}
         fp = fingerprint(settings)
         forget_file, retain_file = data_dir / "forget.txt", data_dir / "retain.txt"
-        if cached(data_dir, fp) and forget_file.is_file() and retain_file.is_file():
+        if cached(data_dir, fp) and all((data_dir / f).is_file() for f in DATA_FILES):
             print(f"[1/5] data: cached in {data_dir}")
         else:
             print(f"[1/5] data: create_datasets.py --source synthetic -> {data_dir}", flush=True)
             run_tool("create_datasets.py", ["--source", "synthetic", "--seed", str(args.data_seed),
-                                            "--outdir", str(data_dir)])
+                                            "--n-test", "100", "--outdir", str(data_dir)])
             write_info(data_dir, fp, settings)
-    data_hash = file_sha256(forget_file, retain_file)
-    forget_train, forget_eval = split_heldout(read_lines(forget_file), TRAIN["eval_fraction"])
-    retain_train, retain_eval = split_heldout(read_lines(retain_file), TRAIN["eval_fraction"])
+    forget_train, forget_eval, retain_train, retain_eval, held = train_and_heldout(forget_file, retain_file)
+    data_hash = file_sha256(forget_file, retain_file, *held)
     if len(forget_train) < 10 or len(retain_train) < 10:
         raise UsageError("the forget and retain data need at least 12 lines each")
 
