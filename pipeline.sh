@@ -146,11 +146,14 @@ step "activation plots" ./plot_activation_norms.sh
 # Fine-tuning attack on the study's models, reference first (tamper_attack.py), and its figure.
 # TAMPER_STEPS, TAMPER_EVAL_EVERY, TAMPER_LR, TAMPER_BATCH_SIZE, TAMPER_LORA_R override the tool's
 # defaults (the real study's); the demo's miniature gets a short attack sized for it, one thread.
+# Demo: the test lines the demo twins were built around (no twin trained on them), when present.
+tamper_data="$DATA_DIR"
+[ "$DEMO" = 1 ] && [ -f "$DEMO_DIR/data/forget_test.txt" ] && tamper_data="$DEMO_DIR/data"
 tamper=(--model "$MODEL_A")
 for model in $COMPARE_WITH; do tamper+=(--model "$model"); done
-tamper+=(--attack-data "$DATA_DIR/forget.txt" --forget-test "$DATA_DIR/forget_test.txt"
-         --retain-test "$DATA_DIR/retain_test.txt" --outdir "$OUTPUTS_DIR/tamper")
-[ -f "$DATA_DIR/forget_mcq.jsonl" ] && tamper+=(--mcq-forget "$DATA_DIR/forget_mcq.jsonl")
+tamper+=(--attack-data "$tamper_data/forget.txt" --forget-test "$tamper_data/forget_test.txt"
+         --retain-test "$tamper_data/retain_test.txt" --outdir "$OUTPUTS_DIR/tamper")
+[ -f "$tamper_data/forget_mcq.jsonl" ] && tamper+=(--mcq-forget "$tamper_data/forget_mcq.jsonl")
 if [ "$DEMO" = 1 ]; then
   : "${TAMPER_STEPS:=60}" "${TAMPER_EVAL_EVERY:=5}" "${TAMPER_LR:=3e-4}" "${TAMPER_BATCH_SIZE:=8}"
   tamper=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" $UV_RUN tamper_attack.py "${tamper[@]}")
