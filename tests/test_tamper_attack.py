@@ -357,3 +357,28 @@ def test_unloadable_model_is_one_line_in_a_subprocess(files, tmp_path):
     assert p.returncode == 1, p.stderr
     assert lines[-1].startswith("error: cannot load model") and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# plot_tamper.py
+# ------------------------------------------------------------------------------------------------
+def test_plot_reads_the_attack_and_draws(run_a, tmp_path, capsys):
+    import plot_tamper as pt
+    out, _ = run_a
+    models, level, margin = pt.read_inputs(out)
+    assert [m["name"] for m in models] == ["ref", "twin"]
+    assert level == float(read_csv(out / "ref" / "attack_curve.csv")[0]["forget_nll"]) and margin == 0.1
+    assert models[1]["curve"]["forget_nll"] == [float(r["forget_nll"])
+                                                for r in read_csv(out / "twin" / "attack_curve.csv")]
+    fig = pt.draw(models, level, margin)
+    assert [ax.get_title().split(" ")[0] for ax in fig.axes] == ["Forget-test", "Forget", "Retain-test"]
+    assert pt.main(["--indir", str(out), "--outdir", str(tmp_path / "plots")]) == 0
+    png = tmp_path / "plots" / "recovery.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~umask
+    capsys.readouterr()
+    assert pt.main(["--indir", str(tmp_path / "nothing"), "--outdir", str(tmp_path / "p2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and not (tmp_path / "p2").exists()
