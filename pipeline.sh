@@ -155,7 +155,7 @@ tamper+=(--attack-data "$tamper_data/forget.txt" --forget-test "$tamper_data/for
          --retain-test "$tamper_data/retain_test.txt" --outdir "$OUTPUTS_DIR/tamper")
 [ -f "$tamper_data/forget_mcq.jsonl" ] && tamper+=(--mcq-forget "$tamper_data/forget_mcq.jsonl")
 if [ "$DEMO" = 1 ]; then
-  : "${TAMPER_STEPS:=60}" "${TAMPER_EVAL_EVERY:=5}" "${TAMPER_LR:=3e-4}" "${TAMPER_BATCH_SIZE:=8}"
+  : "${TAMPER_STEPS:=60}" "${TAMPER_EVAL_EVERY:=10}" "${TAMPER_LR:=3e-4}" "${TAMPER_BATCH_SIZE:=8}"
   tamper=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" $UV_RUN tamper_attack.py "${tamper[@]}")
 else
   tamper=($UV_RUN tamper_attack.py "${tamper[@]}")
