@@ -158,5 +158,33 @@ step "evaluation" $UV_RUN evaluate_unlearning.py "${EVAL_ARGS[@]}" --outdir "$OU
 step "evaluation plot" $UV_RUN plot_unlearning_eval.py --indir "$OUTPUTS_DIR/eval" \
   --out "$PLOTS_DIR/eval/forgetting_summary.png"
 
+# Fine-tuning attack on the study's models, reference first (tamper_attack.py), and its figure.
+# TAMPER_STEPS, TAMPER_EVAL_EVERY, TAMPER_LR, TAMPER_BATCH_SIZE, TAMPER_LORA_R override the tool's
+# defaults (the real study's); the demo's miniature gets a short attack sized for it, one thread.
+# Demo: the test lines the demo twins were built around (no twin trained on them), when present.
+tamper_data="$DATA_DIR"
+[ "$DEMO" = 1 ] && [ -f "$DEMO_DIR/data/forget_test.txt" ] && tamper_data="$DEMO_DIR/data"
+tamper=(--model "$MODEL_A")
+for model in $COMPARE_WITH; do tamper+=(--model "$model"); done
+tamper+=(--attack-data "$tamper_data/forget.txt" --forget-test "$tamper_data/forget_test.txt"
+         --retain-test "$tamper_data/retain_test.txt" --outdir "$OUTPUTS_DIR/tamper")
+[ -f "$tamper_data/forget_mcq.jsonl" ] && tamper+=(--mcq-forget "$tamper_data/forget_mcq.jsonl")
+if [ "$DEMO" = 1 ]; then
+  : "${TAMPER_STEPS:=60}" "${TAMPER_EVAL_EVERY:=10}" "${TAMPER_LR:=3e-4}" "${TAMPER_BATCH_SIZE:=8}"
+  tamper=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" $UV_RUN tamper_attack.py "${tamper[@]}")
+else
+  tamper=($UV_RUN tamper_attack.py "${tamper[@]}")
+fi
+for pair in STEPS:steps EVAL_EVERY:eval-every LR:lr BATCH_SIZE:batch-size LORA_R:lora-r; do
+  var="TAMPER_${pair%%:*}"
+  [ -n "${!var:-}" ] && tamper+=("--${pair#*:}" "${!var}")
+done
+for pair in DEVICE:device DTYPE:dtype MAX_LENGTH:max-length SEED:seed; do
+  var="${pair%%:*}"
+  [ -n "${!var:-}" ] && tamper+=("--${pair#*:}" "${!var}")
+done
+step "tamper attack" "${tamper[@]}"
+step "tamper plot" $UV_RUN plot_tamper.py --indir "$OUTPUTS_DIR/tamper" --outdir "$PLOTS_DIR/tamper"
+
 echo "==> done. Files produced:"
 find "$OUTPUTS_DIR" "$PLOTS_DIR" -type f \( -name '*.csv' -o -name '*.png' \) | sort | sed 's/^/    /'
