@@ -3,6 +3,7 @@
 # Every setting comes from the environment, with unlearn.py's defaults, e.g.
 #   DEVICE=mps EPOCHS=3 LR=2e-5 ./run_unlearn.sh npo
 #   MODEL=demo/models/demo-unfiltered LAYER_ID=1,2 ./run_unlearn.sh cb_lat
+#   LORA_R=16 LORA_LAYERS=0-30 LAYER_ID=10,20 ./run_unlearn.sh cb_lat --save-adapter   (LoRA, merged on save)
 # MODEL defaults to the study's base model ($MODEL_A, see study.sh); OUTDIR to
 # $OUTPUTS_DIR/<basename of MODEL>__METHOD/unlearned_model. For several GPUs run unlearn.py under
 # `accelerate launch` instead (see README).
@@ -47,4 +48,9 @@ exec $UV_RUN unlearn.py \
   --seed "${SEED:-42}" \
   --cb-loss "${CB_LOSS:-cos}" \
   ${TRAINABLE:+--trainable "$TRAINABLE"} \
+  ${LORA_R:+--lora-r "$LORA_R"} \
+  ${LORA_ALPHA:+--lora-alpha "$LORA_ALPHA"} \
+  ${LORA_DROPOUT:+--lora-dropout "$LORA_DROPOUT"} \
+  ${LORA_TARGET_MODULES:+--lora-target-modules "$LORA_TARGET_MODULES"} \
+  ${LORA_LAYERS:+--lora-layers "$LORA_LAYERS"} \
   "$@"

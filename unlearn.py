@@ -700,14 +700,21 @@ def resolve_lora(a: argparse.Namespace, spec: Method, layer_ids: list[int], skel
                         LORA_DROPOUT if a.lora_dropout is None else a.lora_dropout, targets, layers,
                         layers_path.split(".")[-1] if layers_path else None, a.save_adapter)
     if isinstance(targets, list):
-        names = [n for n, _ in skeleton.named_modules()]
+        from transformers.pytorch_utils import Conv1D
+        adaptable = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, Conv1D)
+        modules = dict(skeleton.named_modules())
         if layers is not None:
-            names = [n for n in names if n.startswith(tuple(f"{layers_path}.{i}." for i in layers))]
-        missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
-        if missing:
-            where = f" in decoder layers {layer_range_text(layers)}" if layers is not None else ""
-            raise UsageError(f"--lora-target-modules {missing[0]!r} matches no module of {type(skeleton).__name__}"
-                             f"{where} (e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in names if '.' in n})[:8])})")
+            modules = {n: m for n, m in modules.items() if n.startswith(tuple(f"{layers_path}.{i}." for i in layers))}
+        where = f" in decoder layers {layer_range_text(layers)}" if layers is not None else ""
+        for t in targets:
+            hits = [m for n, m in modules.items() if n == t or n.endswith(f".{t}")]
+            if not hits:
+                examples = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, adaptable)})
+                raise UsageError(f"--lora-target-modules {t!r} matches no module of {type(skeleton).__name__}{where} "
+                                 f"(its linear layers: {', '.join(examples[:8])})")
+            if not any(isinstance(m, adaptable) for m in hits):
+                raise UsageError(f"--lora-target-modules {t!r} is a {type(hits[0]).__name__}; LoRA adapts linear, "
+                                 f"embedding and convolution layers")
     return lora
 
 
