@@ -26,9 +26,11 @@ non-blank line, the format ``create_datasets.py`` writes and ``unlearn.py`` /
 
 Checks: files present, readable and non-empty; exact and normalised (case, Unicode form and
 whitespace) overlap between forget and retain; duplicates inside each set; size balance (beyond
-2:1); samples longer than ``--max-length`` tokens (they would be truncated); the environment
-(torch, CUDA/MPS, bf16, free disk versus the activation cache the next run needs, package
-versions); and settings that hurt reproducibility (gradient accumulation, fp16 activation cache).
+2:1); samples longer than ``--max-length`` tokens (they would be truncated); the model (a
+``--model`` that does not exist or cannot be loaded, i.e. no config.json or no complete safetensors
+weights, FAILs; a hub ID that cannot be looked up offline WARNs); the environment (torch,
+CUDA/MPS, bf16, free disk versus the activation cache the next run needs, package versions); and
+settings that hurt reproducibility (gradient accumulation, fp16 activation cache).
 
 Defaults follow the run scripts' environment ($DATA_DIR, $MODEL_A, $MAX_LENGTH, $CACHE_DIR,
 $DEVICE, $DTYPE, $GRAD_ACCUM, $CACHE_FP16), so the check describes the run they would start.
@@ -43,11 +45,13 @@ JSON object instead of text. torch is imported only for the environment checks, 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -55,6 +59,74 @@ import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def normalise(text: str) -> str:
+    """The key under which two samples count as the same text (duplicates, forget/retain overlap):
+    Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# --- end shared helpers ---
+
 
 DEFAULT_MODEL = "EleutherAI/deep-ignorance-unfiltered"
 # The three models of the reference study share one architecture, GPT-NeoX 6.9B (Pythia-6.9B
@@ -90,34 +162,14 @@ class Check:
 def read_samples(path: str | os.PathLike) -> tuple[list[tuple[int, str]] | None, str]:
     """Samples of a data file: ``([(line_number, text), ...], "")`` or ``(None, reason)``.
 
-    One sample per line, stripped, blank lines skipped: the reading of ``unlearn.py`` and
-    ``collect_activation_norms.py`` (``splitlines()`` + ``strip()``), plus dropping a UTF-8
-    byte-order mark. Never raises on a bad file: a missing, unreadable or non-UTF-8 file comes
-    back as ``None`` and a one-line reason.
+    The reading of every tool (``read_numbered_lines``: one sample per line, stripped, blank lines
+    and a UTF-8 byte-order mark dropped), except that it never raises on a bad file: a missing,
+    unreadable or non-UTF-8 file comes back as ``None`` and a one-line reason.
     """
-    p = Path(path)
-    if not p.exists():
-        return None, f"{p} not found"
-    if not p.is_file():
-        return None, f"{p} is not a file"
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        return None, f"{p} is not UTF-8 text (byte {e.start})"
-    except OSError as e:
-        return None, f"{p} cannot be read ({e.strerror or e})"
-    samples = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not samples:
-        return None, f"{p} is empty" if not text else f"{p} has only blank lines"
-    return samples, ""
-
-
-def normalise(text: str) -> str:
-    """Key for near-duplicate matching: Unicode NFKC, case-folded, whitespace runs collapsed.
-
-    "The  Cell\\tcycle " and "the cell cycle" share a key; punctuation and wording still count.
-    """
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+        return read_numbered_lines(path), ""
+    except UsageError as e:
+        return None, str(e)
 
 
 def shorten(text: str, width: int = 60) -> str:
@@ -279,30 +331,6 @@ def repro_settings(args_grad_accum: int | None, args_cache_fp16: bool, environ: 
 
 # ----------------------------------------------------------------------------- model files, offline-safe
 
-_HUB_REACHABLE: bool | None = None
-
-
-def _is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set, or the hub's host did not accept a connection within 3 s.
-
-    The probe runs once: without it every hub request of an offline machine would sit through
-    huggingface_hub's retry back-off (tens of seconds per file).
-    """
-    global _HUB_REACHABLE
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUTHY:
-        return True
-    if _HUB_REACHABLE is None:
-        import socket
-        from urllib.parse import urlparse
-        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-        try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
-            _HUB_REACHABLE = True
-        except (OSError, ValueError):
-            _HUB_REACHABLE = False
-    return not _HUB_REACHABLE
-
-
 def find_model_file(model: str, filename: str) -> str | None:
     """Path of ``filename`` for ``model``: a local directory, else the Hugging Face cache, else the hub.
 
@@ -321,7 +349,7 @@ def find_model_file(model: str, filename: str) -> str | None:
         cached = try_to_load_from_cache(model, filename)
         if isinstance(cached, str):
             return cached
-        if _is_offline():
+        if not hub_reachable():
             return None
         return hf_hub_download(model, filename)
     except Exception:
@@ -356,8 +384,81 @@ def load_token_counter(name: str):
         except Exception as e:
             return None, f"cannot load the tokenizer of {name} ({type(e).__name__})"
     where = "in that directory" if local.is_dir() else "locally or in the Hugging Face cache" + (
-        " (offline)" if _is_offline() else ", nor on the hub")
+        " (offline)" if not hub_reachable() else ", nor on the hub")
     return None, f"no tokenizer for {name} {where}"
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """Why the tools could not load the model folder ``folder``, or None when they can.
+
+    What ``from_pretrained(use_safetensors=True)`` needs, checked without importing torch:
+    a config.json (JSON naming a ``model_type``) and safetensors weights (every shard of
+    ``model.safetensors.index.json``, else every ``*.safetensors``), each with a readable header
+    (8-byte little-endian length + JSON) and at least as many bytes as its tensors' data offsets say.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        return "no config.json (not a Hugging Face model folder)"
+    try:
+        if not json.loads(config.read_text(encoding="utf-8")).get("model_type"):
+            return "its config.json names no model_type"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"its config.json cannot be read ({first_line(e)})"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"its {index.name} cannot be read ({first_line(e)})"
+    else:
+        shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not shards:
+        return "no .safetensors weights (the tools never load pickled .bin/.pt files)"
+    for name in shards:
+        shard = folder / name
+        if not shard.is_file():
+            return f"{name}, listed in {index.name}, is missing"
+        try:
+            with open(shard, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                size = shard.stat().st_size
+                if n <= 0 or 8 + n > size:
+                    return f"{name} is truncated or not a safetensors file"
+                header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"{name} is not a readable safetensors file ({first_line(e)})"
+        if 8 + n + end > size:
+            return f"{name} is truncated ({size} bytes, its header promises {8 + n + end})"
+    return None
+
+
+def check_model(model: str) -> Check:
+    """Can the next run load ``--model``? A local folder is checked in full (``model_folder_problem``);
+    a hub ID through its config.json, from the local cache or, when it can be reached, the hub."""
+    local = Path(model).expanduser()
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or not HUB_ID_RE.match(model):
+        if not local.exists():
+            return Check("FAIL", "model", f"{model} does not exist")
+        if not local.is_dir():
+            return Check("FAIL", "model", f"{model} is a file, not a model folder")
+        problem = model_folder_problem(local)
+        if problem:
+            return Check("FAIL", "model", f"{model} cannot be loaded: {problem}", {"model": model})
+        return Check("PASS", "model", f"{model}: config.json and safetensors weights readable", {"model": model})
+    config = find_model_file(model, "config.json")
+    if config is None:
+        if hub_reachable():
+            return Check("FAIL", "model", f"{model} is neither a local folder nor a model on the Hugging Face hub")
+        return Check("WARN", "model", f"{model} is not in the local Hugging Face cache and the hub cannot be reached "
+                                      "(offline): not verified", {"model": model})
+    try:
+        ok = bool(json.loads(Path(config).read_text(encoding="utf-8")).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        return Check("FAIL", "model", f"{model} cannot be loaded: its config.json is unreadable or names no model_type")
+    return Check("PASS", "model", f"{model}: config.json found (weights are fetched by the run)", {"model": model})
 
 
 def model_dims(model: str) -> tuple[dict | None, str]:
@@ -376,7 +477,7 @@ def model_dims(model: str) -> tuple[dict | None, str]:
             return dims, f"config.json of {model}"
     if model.rstrip("/") in STUDY_MODELS:
         return dict(STUDY_DIMS), "the reference study's GPT-NeoX 6.9B shape (assumed: config.json not available offline)"
-    return None, f"no config.json for {model} found locally" + ("" if _is_offline() else " or on the hub")
+    return None, f"no config.json for {model} found locally" + ("" if not hub_reachable() else " or on the hub")
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -582,6 +683,7 @@ def run_checks(args) -> dict:
     checks += repro_settings(args.grad_accum_steps, args.cache_fp16, os.environ)
     environment = {"python": platform.python_version(), "platform": platform.platform()}
     if not args.data_only:
+        checks.append(check_model(args.model))
         checks += check_environment(args, token_stats, dims, dims_source, environment)
     tally = Counter(c.status for c in checks)
     summary = {s.lower(): tally.get(s, 0) for s in ("PASS", "WARN", "FAIL", "INFO")}

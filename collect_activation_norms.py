@@ -28,7 +28,8 @@ Memory model: the two models are never in memory together (7B pairs on one GPU).
 over all texts and writes the hidden states of real tokens, every layer, to a temporary disk cache
 (one safetensors file per batch); model A is freed; pass 2 runs model B over the same token ids in the
 same batches and reads the cache back batch by batch. The cache is deleted on success, on error and
-on Ctrl-C. Only the base model (no LM head) is run: the logits are not needed.
+on Ctrl-C; one left by a killed run (SIGKILL) is removed by the next run. NaN or inf activations stop
+the run with an error (no CSV with blank cells). Only the base model (no LM head) is run: the logits are not needed.
 
 Usage:
     uv run --script collect_activation_norms.py --model-a A --model-b B --outdir outputs/A_vs_B/activation_stats
@@ -36,6 +37,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import os
 import re
@@ -44,9 +47,171 @@ import signal
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+def read_lines(path) -> list[str]:
+    """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
+    return [s for _, s in read_numbered_lines(path)]
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+# --- end shared helpers ---
+
 
 # The statistics accumulated per (split, hidden-state index); the CSV columns are their means.
 SUM_KEYS = ("a_l1", "a_l2", "b_l1", "b_l2", "dh_l1", "dh_l2", "cos")
@@ -64,80 +229,12 @@ class UsageError(Exception):
 
 
 def read_texts(path: str | os.PathLike, max_samples: int | None = None) -> list[str]:
-    """One sample per line (blank lines skipped), the first ``max_samples`` of them if given."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"text file {p} does not exist")
+    """One sample per line (``read_lines``: blank lines skipped), the first ``max_samples`` of them if given."""
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"text file {p} is not UTF-8 text") from None
-    texts = [line.strip() for line in lines if line.strip()]
-    if not texts:
-        raise UsageError(f"text file {p} is empty (one sample per line expected)")
+        texts = read_lines(path)
+    except UsageError as e:
+        raise UsageError(f"text file {e}") from None
     return texts[:max_samples] if max_samples else texts
-
-
-def pick_device(name: str) -> str:
-    """``auto`` -> CUDA > MPS > CPU; an explicit device must exist."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but CUDA is not available")
-    if name == "mps" and not mps:
-        raise UsageError("--device mps was requested but MPS is not available")
-    return name
-
-
-def pick_dtype(name: str, device: str):
-    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU."""
-    import torch
-
-    if name == "auto":
-        name = {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
-# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
-SKIP_FILES = ["*/*", "consolidated*"]
-
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
-
-    snapshot_download returns the cached snapshot when there is one and fails within a second when the
-    hub cannot be reached, so a missing model is one sentence instead of from_pretrained's retries.
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def load_config(path: Path, name: str, trust_remote_code: bool = False):
@@ -149,7 +246,7 @@ def load_config(path: Path, name: str, trust_remote_code: bool = False):
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:  # unknown architecture, remote code needed, ...
-        raise UsageError(f"cannot load the config of {name}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot load the config of {name}: {first_line(e)}") from None
     return config.get_text_config()
 
 
@@ -293,31 +390,20 @@ def stats_table(sums: dict, splits: list[str]):
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-def write_csv_atomic(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------
 # The two passes
 
 
 def load_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         # device_map puts the weights straight onto the device (no detour through CPU memory)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, device_map=device,
                                                      trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UsageError(f"cannot load model {name} as safetensors: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
     return model.eval()
 
 
@@ -352,15 +438,16 @@ def pass_one(body, batches, device, cache_dir: Path, cache_dtype, sums, n_states
                           f"{h.abs().amax().item():.3g}); cached in fp32 wherever that happens", file=sys.stderr)
                 tensors[f"layer_{layer}"] = h_cached.contiguous().cpu()
             acc = torch.stack(per_layer).to("cpu", torch.float64).numpy()
+            check_finite(acc, "A", split)
             sums[split]["a_l1"] += acc[:, 0]
             sums[split]["a_l2"] += acc[:, 1]
             sums[split]["n"] += int(mask.sum())
             if pending is not None:
-                pending.result()
+                cache_written(pending, cache_dir)
             pending = writer.submit(save_file, tensors, cache_file(cache_dir, b))
             del hs, tensors
         if pending is not None:
-            pending.result()
+            cache_written(pending, cache_dir)
     finally:
         writer.shutdown(wait=True, cancel_futures=True)
 
@@ -388,11 +475,33 @@ def pass_two(body, batches, device, cache_dir: Path, sums, n_states, progress):
                 h_a = cached[f"layer_{layer}"].to(device).float()
                 per_layer.append(torch.stack(diff_sums(h_a, h_b)))
             acc = torch.stack(per_layer).to("cpu", torch.float64).numpy()
+            check_finite(acc, "B", split)
             for j, key in enumerate(("b_l1", "b_l2", "dh_l1", "dh_l2", "cos")):
                 sums[split][key] += acc[:, j]
             del hs, cached
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
+
+
+def check_finite(acc, model: str, split: str) -> None:
+    """A NaN or inf in a batch's sums ([hidden state, statistic]) would make every mean of that
+    hidden state NaN (a blank CSV cell): stop with the first hidden state where it happens."""
+    bad = ~np.isfinite(acc).all(axis=1)
+    if bad.any():
+        raise UsageError(f"model {model}'s hidden state {int(np.argmax(bad))} is not finite (NaN or inf) on {split} "
+                         "text: its weights hold NaN/inf, or its dtype overflowed (try --dtype fp32); "
+                         "no CSV was written")
+
+
+def cache_written(future, cache_dir: Path) -> None:
+    """Wait for a cache file; a full disk (safetensors' I/O error) becomes one sentence."""
+    from safetensors import SafetensorError
+
+    try:
+        future.result()
+    except (OSError, SafetensorError) as e:
+        raise UsageError(f"cannot write the activation cache in {cache_dir.parent} ({first_line(e)}); pass "
+                         "--cache-dir on a disk with more room, or --max-samples / --cache-fp16 to cache less") from None
 
 
 def release_memory() -> None:
@@ -411,78 +520,170 @@ def human(n: float) -> str:
         n /= 1000
 
 
-def run(args) -> Path:
-    import torch
-    from tqdm.auto import tqdm
+# ----------------------------------------------------------------------------------------------------
+# The run, in phases: flags → texts → output folder → models → tokens → batches → cache → passes → CSV
 
+
+@dataclass
+class Models:
+    """The two resolved model folders and what their configs say, checked before anything runs."""
+    dir_a: Path
+    dir_b: Path
+    config_a: object
+    config_b: object
+    n_states: int  # hidden states per token: embeddings + one per decoder layer
+    hidden: int
+    device: str
+    dtype: object  # torch dtype the models run in
+
+
+def run(args) -> Path:
+    """Check everything that can be checked, run the two passes, write the CSV; returns its path."""
+    check_flags(args)
+    texts = {"forget": read_texts(args.forget_text, args.max_samples),
+             "retain": read_texts(args.retain_text, args.max_samples)}
+    out = check_outdir(Path(args.outdir))                 # exists as a file / cannot be created / read-only
+    models = inspect_models(args)                         # configs agree, weights readable, device, dtype
+    ids, pad_id = tokenize_texts(args, models, texts)     # model A's ids; B's tokenizer must agree
+    batches = make_batches(ids, pad_id, args.batch_size)
+    cache_root, cache_dtype = plan_cache(args, models, ids)   # room on disk, leftovers of killed runs
+    sums = two_passes(args, models, batches, cache_root, cache_dtype, list(texts))
+    write_csv(out, stats_table(sums, list(texts)))
+    return out
+
+
+def check_flags(args) -> None:
     if args.max_length <= 0:
         raise UsageError(f"--max-length must be positive, got {args.max_length}")
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if args.max_samples is not None and args.max_samples <= 0:
         raise UsageError(f"--max-samples must be positive, got {args.max_samples}")
-    texts = {"forget": read_texts(args.forget_text, args.max_samples),
-             "retain": read_texts(args.retain_text, args.max_samples)}
-    splits = list(texts)
-    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
-        raise UsageError(f"--outdir {args.outdir} exists and is not a directory")
-    cache_root = Path(args.cache_dir or tempfile.gettempdir())
-    if not cache_root.is_dir():
-        raise UsageError(f"--cache-dir {cache_root} is not a directory")
 
-    # Everything that can be checked without running a model is checked before pass 1.
-    # A hub ID is resolved to its local snapshot once, here; everything below reads that directory.
+
+def check_outdir(outdir: Path) -> Path:
+    """--outdir must be (or become) a folder we can write in: create it and a file in it, then undo
+    that. Returns the CSV's path. Nothing else in the folder is ever touched."""
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--outdir {outdir} exists and is not a directory")
+    out = outdir / "activation_stats.csv"
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; remove it or choose another --outdir")
+    existing, missing = outdir, []
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create --outdir {outdir}: {existing} is a file")
+    made = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=outdir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {outdir}: {e.strerror or first_line(e)}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from None
+    finally:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return out
+
+
+def inspect_models(args) -> Models:
+    """Resolve both models (a hub ID once, to its local snapshot), compare their configs and open
+    every weight file's header: a damaged model fails here, before pass 1, not after it."""
+    import torch
+
     dir_a = resolve_model_dir(args.model_a, args.trust_remote_code)
     dir_b = resolve_model_dir(args.model_b, args.trust_remote_code)
     config_a = load_config(dir_a, args.model_a, args.trust_remote_code)
     config_b = load_config(dir_b, args.model_b, args.trust_remote_code)
     n_layers, hidden = check_compatible(config_a, config_b)
-    n_states = n_layers + 1
+    check_weights(dir_a, args.model_a)
+    check_weights(dir_b, args.model_b)
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[pick_dtype(args.dtype, device)]
+    return Models(dir_a, dir_b, config_a, config_b, n_layers + 1, hidden, device, dtype)
 
+
+def check_weights(path: Path, name: str) -> None:
+    """Every ``*.safetensors`` file of a model folder opens (its header is whole and covers the file)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UsageError(f"model {name} has no *.safetensors weights (pickled .bin weights are not loaded)")
+    for f in files:
+        try:
+            with safe_open(f, framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean "cannot read this file"
+            raise UsageError(f"model {name}: {f.name} is damaged or truncated ({first_line(e)})") from None
+
+
+def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
+    """Model A's token ids of every text (B is fed the same ids; a tokenizer of B's own must agree on
+    every text, and B's vocabulary must hold every id). Returns ({split: ids}, pad id)."""
     try:
-        tok = load_tokenizer(dir_a, args.trust_remote_code)
+        tok = load_tokenizer(models.dir_a, args.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any failure here means "no usable tokenizer"
-        raise UsageError(f"cannot load the tokenizer of model A ({args.model_a}): {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot load the tokenizer of model A ({args.model_a}): {first_line(e)}") from None
     max_len = args.max_length
-    max_pos = getattr(config_a, "max_position_embeddings", None)
+    max_pos = getattr(models.config_a, "max_position_embeddings", None)
     if max_pos and max_len > max_pos:
         print(f"note: --max-length {max_len} exceeds model A's {max_pos} positions; texts are cut at {max_pos}",
               file=sys.stderr)
         max_len = max_pos
-    ids = {s: tokenize(tok, texts[s], max_len) for s in splits}
-    # Model B sees model A's token ids; if B ships a tokenizer, it must agree on every text.
+    ids = {s: tokenize(tok, t, max_len) for s, t in texts.items()}
     tok_b = None
-    if has_tokenizer(dir_b):
+    if has_tokenizer(models.dir_b):
         try:
-            tok_b = load_tokenizer(dir_b, args.trust_remote_code)
+            tok_b = load_tokenizer(models.dir_b, args.trust_remote_code)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot load the tokenizer of model B ({args.model_b}): "
-                             f"{str(e).splitlines()[0]}") from None
+                             f"{first_line(e)}") from None
     else:
         print("note: model B has no tokenizer of its own; it is fed model A's token ids", file=sys.stderr)
     if tok_b is not None:
-        for s in splits:
+        for s in texts:
             ids_b = tokenize(tok_b, texts[s], max_len)
             bad = [i for i, (x, y) in enumerate(zip(ids[s], ids_b)) if x != y]
             if bad:
                 raise UsageError(f"model B's tokenizer encodes {len(bad)} of {len(ids[s])} {s} texts differently "
                                  f"from model A's (first: {s} text {bad[0] + 1}); the models would see different tokens")
-    vocab_b = getattr(config_b, "vocab_size", None)
-    top = max(max((max(x) for x in ids[s] if x), default=0) for s in splits)
+    vocab_b = getattr(models.config_b, "vocab_size", None)
+    top = max(max((max(x) for x in ids[s] if x), default=0) for s in texts)
     if vocab_b is not None and top >= vocab_b:
         raise UsageError(f"model A's tokenizer produces token id {top}, beyond model B's vocabulary of {vocab_b}")
+    return ids, (tok.pad_token_id if tok.pad_token_id is not None else 0)
 
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+def make_batches(ids: dict, pad_id: int, batch_size: int) -> list:
+    """[(split, token-id lists, pad id), ...]: length-sorted batches of each split (empty texts dropped)."""
     batches = []
-    for s in splits:
-        seqs = [x for x in ids[s] if x]
-        for idx in length_sorted_batches([len(x) for x in seqs], args.batch_size):
+    for s, split_ids in ids.items():
+        seqs = [x for x in split_ids if x]
+        for idx in length_sorted_batches([len(x) for x in seqs], batch_size):
             batches.append((s, [seqs[i] for i in idx], pad_id))
+    return batches
 
-    # The cache: model A's dtype is lossless (bf16 on GPU: half of fp32 at no cost in accuracy);
-    # --cache-fp16 halves an fp32 model's cache at the price of fp16 rounding.
+
+def plan_cache(args, models: Models, ids: dict):
+    """The cache's dtype and folder, after removing caches of killed runs there; refuses when the
+    disk cannot hold it. Returns (cache root, cache dtype).
+
+    Model A's dtype is lossless (bf16 on GPU: half of fp32 at no cost in accuracy); --cache-fp16
+    halves an fp32 model's cache at the price of fp16 rounding."""
+    import torch
+
+    cache_root = Path(args.cache_dir or tempfile.gettempdir())
+    if not cache_root.is_dir():
+        raise UsageError(f"--cache-dir {cache_root} is not a directory")
+    dtype = models.dtype
     cache_dtype = torch.float16 if (args.cache_fp16 and dtype == torch.float32) else dtype
     if args.cache_fp16:
         if dtype == torch.float32:
@@ -492,44 +693,104 @@ def run(args) -> Path:
         else:
             print(f"note: model A runs in {str(dtype).split('.')[-1]}, so the cache is already 16-bit and "
                   "lossless; --cache-fp16 changes nothing", file=sys.stderr)
-    n_tokens = sum(len(x) for s in splits for x in ids[s])
+    clear_stale_caches(cache_root)
+    n_tokens = sum(len(x) for split_ids in ids.values() for x in split_ids)
     itemsize = torch.empty((), dtype=cache_dtype).element_size()
-    need = cache_bytes(n_tokens, n_states, hidden, itemsize)
+    need = cache_bytes(n_tokens, models.n_states, models.hidden, itemsize)
     free_bytes = shutil.disk_usage(cache_root).free
+    shape = f"{n_tokens:,} tokens x {models.n_states} hidden states x {models.hidden} x {itemsize} bytes"
     if need > free_bytes:
-        raise UsageError(f"the activation cache needs {human(need)} ({n_tokens:,} tokens x {n_states} hidden states "
-                         f"x {hidden} x {itemsize} bytes) but {cache_root} has {human(free_bytes)} free; pass "
-                         "--cache-dir on a bigger disk, --max-samples / --max-length to cache less, or --cache-fp16")
-    print(f"cache: {n_tokens:,} tokens x {n_states} hidden states x {hidden} x {itemsize} bytes = {human(need)} "
-          f"({str(cache_dtype).split('.')[-1]}) under {cache_root} ({human(free_bytes)} free)", file=sys.stderr)
+        raise UsageError(f"the activation cache needs {human(need)} ({shape}) but {cache_root} has "
+                         f"{human(free_bytes)} free; pass --cache-dir on a bigger disk, --max-samples / "
+                         "--max-length to cache less, or --cache-fp16")
+    print(f"cache: {shape} = {human(need)} ({str(cache_dtype).split('.')[-1]}) under {cache_root} "
+          f"({human(free_bytes)} free)", file=sys.stderr)
+    return cache_root, cache_dtype
+
+
+CACHE_PREFIX = "activation_cache_"
+CACHE_OWNER = "owner.txt"  # "<host> <pid>" of the run that made the cache
+
+
+def clear_stale_caches(cache_root: Path) -> None:
+    """Remove caches whose run (on this host) is gone, e.g. killed with SIGKILL; name the others."""
+    import socket
+
+    for d in sorted(cache_root.glob(f"{CACHE_PREFIX}*")):
+        if not d.is_dir():
+            continue
+        try:
+            host, pid = (d / CACHE_OWNER).read_text().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            host, pid = None, None
+        if host == socket.gethostname() and not pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            print(f"note: removed {d}, the activation cache of an earlier run (pid {pid}) that was killed",
+                  file=sys.stderr)
+        else:
+            who = f"run {pid} on {host}" if host else "an earlier run"
+            print(f"note: {d} ({human(folder_bytes(d))}) is the activation cache of {who}; "
+                  "remove it if no run is using it", file=sys.stderr)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def two_passes(args, models: Models, batches: list, cache_root: Path, cache_dtype, splits: list) -> dict:
+    """Pass 1: model A, its hidden states to the cache; pass 2: model B against the cache. One model
+    in memory at a time; the cache is removed whatever happens. Returns the sums per split."""
+    import socket
+
+    from tqdm.auto import tqdm
 
     def progress(items, desc):
         return tqdm(items, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True)
 
-    sums = {s: new_sums(n_states) for s in splits}
-    cache_dir = Path(tempfile.mkdtemp(prefix="activation_cache_", dir=cache_root))
+    sums = {s: new_sums(models.n_states) for s in splits}
+    cache_dir = Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=cache_root))
     try:
-        model = load_model(dir_a, args.model_a, dtype, device, args.trust_remote_code)
-        pass_one(base_of(model), batches, device, cache_dir, cache_dtype, sums, n_states, progress)
+        (cache_dir / CACHE_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        model = load_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        pass_one(base_of(model), batches, models.device, cache_dir, cache_dtype, sums, models.n_states, progress)
         del model  # model A is gone before model B is loaded: one model in memory at a time
         release_memory()
-        model = load_model(dir_b, args.model_b, dtype, device, args.trust_remote_code)
-        pass_two(base_of(model), batches, device, cache_dir, sums, n_states, progress)
+        model = load_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        pass_two(base_of(model), batches, models.device, cache_dir, sums, models.n_states, progress)
         del model
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+    return sums
 
-    out = Path(args.outdir) / "activation_stats.csv"
-    write_csv_atomic(stats_table(sums, splits), out)
-    return out
+
+def write_csv(out: Path, table) -> None:
+    """activation_stats.csv, atomically (mode 0666 & ~umask); a failure leaves the previous file as it was."""
+    try:
+        write_atomically({out: lambda p: table.to_csv(p, index=False)})
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror or first_line(e)}); "
+                         "an earlier file there is unchanged") from None
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-a", required=True, help="base model: local directory or hub ID")
     p.add_argument("--model-b", required=True, help="model compared with it: local directory or hub ID")
-    p.add_argument("--forget-text", default="data/forget.txt", help="forget texts, one per line (default: %(default)s)")
-    p.add_argument("--retain-text", default="data/retain.txt", help="retain texts, one per line (default: %(default)s)")
+    p.add_argument("--forget-text", "--forget-data", default="data/forget.txt",
+                   help="forget texts, one per line (default: %(default)s)")
+    p.add_argument("--retain-text", "--retain-data", default="data/retain.txt",
+                   help="retain texts, one per line (default: %(default)s)")
     p.add_argument("--outdir", required=True, help="where activation_stats.csv goes")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="default auto: CUDA > MPS > CPU")
@@ -560,8 +821,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the activation cache was removed and no CSV was written", file=sys.stderr)
-        return 130
+        print("error: interrupted; the activation cache was removed and no CSV was written", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
         return 1

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -63,6 +64,169 @@ from safetensors import SafetensorError, safe_open
 from scipy.linalg.blas import ssyrk
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+# --- end shared helpers ---
+
 
 PER_MATRIX_COLUMNS = ["name", "layer", "group", "shape0", "shape1", "dW_fro", "dW_stable_rank",
                       "W_stable_rank", "dW_spec", "W_fro", "W_spec", "rel_change", "dW_iters",
@@ -117,40 +281,6 @@ def parse_layer_group(name: str) -> tuple[int, str]:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: resolved, indexed and read lazily
 # ----------------------------------------------------------------------------------------------
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def resolve_model_dir(spec: str) -> Path:
-    """A local model directory, or a hub ID resolved through the Hugging Face cache.
-
-    Only safetensors weights and config.json are fetched; nothing is ever unpickled.
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    try:
-        return Path(snapshot_download(spec, allow_patterns=["*.safetensors", "*.json"]))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is "
-                         "not in the local cache; pass a local model directory, or try "
-                         "./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face "
-                         "hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
-
-
 def open_safetensors(path: Path):
     """`safe_open` in PyTorch mode. Opened per read and closed at once: the memory map, and with
     it the file pages it touched, is released, so scanning a checkpoint does not count the whole
@@ -158,17 +288,12 @@ def open_safetensors(path: Path):
     return safe_open(path, framework="pt")
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class Checkpoint:
     """Names, shapes and stored dtypes of a safetensors checkpoint; tensors read on demand."""
 
     def __init__(self, spec: str):
         self.spec = spec
-        self.dir = resolve_model_dir(spec)
+        self.dir = resolve_model_dir(spec, weights_only=True)
         self.files = self._weight_files()  # tensor name -> shard path
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
@@ -507,6 +632,10 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
         fro_dw += sum_of_squares(dw.to(acc))
         fro_w += sum_of_squares(wa.to(acc))
         del wa, dw
+    for what, fro in (("model A", fro_w), ("model B", fro_dw)):
+        if not math.isfinite(float(fro)):
+            raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ‖ΔW‖ and its spectrum "
+                             "are undefined; is the checkpoint corrupt or did its training diverge?")
     spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter, seed)
     spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter, seed)
     fro_dw, fro_w = float(fro_dw), float(fro_w)
@@ -546,21 +675,6 @@ def aggregate_per_layer(per_matrix: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    """auto: CUDA > MPS > CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but MPS is not available")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def thread_budget(device: torch.device):
     """On the CPU, give the threads (torch's count) to scipy's OpenBLAS, which does the heavy work
@@ -577,31 +691,6 @@ def thread_budget(device: torch.device):
             yield
         finally:
             torch.set_num_threads(threads)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_csvs_atomically(outdir: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write every table to a temp file beside its target, then os.replace them all."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    temps = {}
-    try:
-        for filename, table in tables.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=outdir)
-            temps[filename] = tmp
-            with os.fdopen(fd, "w", newline="") as fh:
-                table.to_csv(fh, index=False, na_rep="nan", lineterminator="\n")
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        for filename, tmp in temps.items():
-            os.replace(tmp, outdir / filename)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -646,12 +735,13 @@ def main(argv=None) -> int:
         if args.tol <= 0 or args.block_size < 1 or args.max_iter < 1 or args.chunk_mb <= 0 or args.dense_max < 0:
             raise UsageError("--tol and --chunk-mb must be positive, --block-size and --max-iter at least 1, "
                              "--dense-max at least 0")
-        device = pick_device(args.device)
+        device = torch.device(pick_device(args.device))
         if args.dtype in ("fp16", "bf16"):
             print(f"warning: --dtype {args.dtype} ignored: ΔW is always computed in fp32 from the stored "
                   "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
         torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
         a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
+        check_outdir(outdir, "per_*.csv", inputs=(a.dir, b.dir))  # before the work, not after it
         names, warnings = match_matrices(a, b)
         others = [n for n in names if parse_layer_group(n)[0] >= 0 and parse_layer_group(n)[1] == "other"]
         if others:
@@ -660,11 +750,12 @@ def main(argv=None) -> int:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
-        with thread_budget(device):
+        # the bar is closed (its line ended) before an error line is printed
+        with thread_budget(device), tqdm(names, desc="ΔW spectra", unit="matrix") as bar:
             rows = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
                                  tol=args.tol, max_iter=args.max_iter, seed=args.seed,
                                  dense_max=args.dense_max)
-                    for name in tqdm(names, desc="ΔW spectra", unit="matrix")]
+                    for name in bar]
         stalled = [r["name"] for r in rows if not r.pop("converged")]
         if stalled:
             print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "
@@ -672,7 +763,8 @@ def main(argv=None) -> int:
                   "ranks are upper bounds", file=sys.stderr)
         per_matrix = pd.DataFrame(rows, columns=PER_MATRIX_COLUMNS)
         per_layer = aggregate_per_layer(per_matrix)
-        write_csvs_atomically(outdir, {"per_matrix.csv": per_matrix, "per_layer.csv": per_layer})
+        write_atomically({outdir / "per_matrix.csv": lambda p: per_matrix.to_csv(p, index=False, na_rep="nan", lineterminator="\n"),
+                          outdir / "per_layer.csv": lambda p: per_layer.to_csv(p, index=False, na_rep="nan", lineterminator="\n")})
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -48,12 +48,141 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import re
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def normalise(text: str) -> str:
+    """The key under which two samples count as the same text (duplicates, forget/retain overlap):
+    Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def drop_duplicates(samples: list[str]) -> tuple[list[str], int]:
+    """The samples without repeats under ``normalise`` (the first is kept, order unchanged) and
+    how many were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for s in samples:
+        key = normalise(s)
+        if key not in seen:
+            seen.add(key)
+            kept.append(s)
+    return kept, len(samples) - len(kept)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+# --- end shared helpers ---
+
 
 WMDP_ID, WMDP_CONFIG, WMDP_SPLIT = "cais/wmdp", "wmdp-bio", "test"
 WIKITEXT_ID, WIKITEXT_CONFIG, WIKITEXT_SPLIT = "Salesforce/wikitext", "wikitext-2-raw-v1", "train"
@@ -75,29 +204,12 @@ def flatten(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def normalise(text: str) -> str:
-    """The key under which two samples count as the same text: lowercase, collapsed whitespace."""
-    return " ".join(str(text).lower().split())
-
-
 def dedupe(samples: list[str]) -> tuple[list[str], int]:
-    """Flatten, drop empty samples and duplicates (after ``normalise``), keeping the first.
+    """Flatten, drop empty samples and duplicates (``drop_duplicates``: after ``normalise``), keeping the first.
 
     Returns the kept samples (in their original order) and how many duplicates were dropped.
     """
-    seen: set[str] = set()
-    kept, dropped = [], 0
-    for s in samples:
-        s = flatten(s)
-        if not s:
-            continue
-        key = normalise(s)
-        if key in seen:
-            dropped += 1
-            continue
-        seen.add(key)
-        kept.append(s)
-    return kept, dropped
+    return drop_duplicates([f for f in map(flatten, samples) if f])
 
 
 def remove_overlap(retain: list[str], forget: list[str]) -> tuple[list[str], int]:
@@ -504,21 +616,6 @@ def load_local(path: str, config: str, split: str, columns: list[str]):
     return ds
 
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens (skipped, i.e. True, behind a proxy)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_hub(repo: str, config: str, split: str, columns: list[str]):
     """``datasets.load_dataset(repo, config, split=split)``; offline and not cached -> UsageError."""
     import datasets
@@ -568,29 +665,6 @@ def provenance_markdown(info: dict) -> str:
             f"collapsed whitespace).\n")
 
 
-def write_atomically(files: dict[Path, str]) -> None:
-    """Write every file to a temporary file in its folder, then rename them all into place.
-
-    An existing file is only replaced once all new files are complete; on any error (or Ctrl-C)
-    the temporary files are removed and the old files stay as they were.
-    """
-    temps: dict[Path, str] = {}
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps[path] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        raise
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -628,7 +702,7 @@ def collect(args) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     if not args.wmdp_path or not args.wikitext_path:
         # Fail fast instead of retrying for half a minute: with the hub unreachable, datasets can
         # still load a cached copy in offline mode (HF_HUB_OFFLINE is read when datasets is imported).
-        if "datasets" not in sys.modules and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+        if "datasets" not in sys.modules and not hub_reachable():
             os.environ["HF_HUB_OFFLINE"] = "1"
     if args.wmdp_path:
         wmdp = load_local(args.wmdp_path, WMDP_CONFIG, WMDP_SPLIT, ["question", "choices", "answer"])
@@ -670,9 +744,9 @@ def main(argv=None) -> int:
             raise UsageError("--n-forget and --n-retain must be at least 1")
         if args.min_retain_chars > args.max_retain_chars:
             raise UsageError("--min-retain-chars must not exceed --max-retain-chars")
-        outdir = Path(args.outdir)
-        if outdir.exists() and not outdir.is_dir():
-            raise UsageError(f"--outdir {outdir} exists and is not a folder")
+        # the folder may hold other files (data/README.md); only these are replaced, and only when an
+        # earlier run wrote them (PROVENANCE.md): a hand-made forget.txt is never overwritten
+        outdir = check_outdir(args.outdir, "PROVENANCE.md", owned=("forget.txt", "retain.txt", "PROVENANCE.md"))
 
         forget_pool, retain_pool, rows = collect(args)
         forget, retain, stats = build_sets(forget_pool, retain_pool, args.n_forget, args.n_retain, args.seed)

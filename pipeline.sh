@@ -39,8 +39,56 @@ if [ "$DEMO" = 1 ]; then
   export MAX_LENGTH="${MAX_LENGTH:-128}" BATCH_SIZE="${BATCH_SIZE:-16}"
 fi
 source ./study.sh
-DATASET_SOURCE="${DATASET_SOURCE:-hub}"
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
+
+# Every setting is checked before anything is cleaned (the allowed values are the tools' choices;
+# the defaults of unset settings live in the tools).
+fail() { echo "pipeline: $*" >&2; exit 1; }
+one_of() {  # one_of NAME VALUE CHOICE...: an unset or empty VALUE is fine (the tool's default)
+  local name="$1" value="$2"; shift 2
+  [ -z "$value" ] && return 0
+  for choice in "$@"; do [ "$value" = "$choice" ] && return 0; done
+  fail "$name='$value' is not one of: $*"
+}
+whole_number() {  # whole_number NAME VALUE: unset or a positive whole number
+  [ -z "$2" ] || [[ "$2" =~ ^[1-9][0-9]*$ ]] || fail "$1='$2' must be a positive whole number"
+}
+one_of DATASET_SOURCE "${DATASET_SOURCE:-}" hub synthetic
+one_of DEVICE "${DEVICE:-}" auto cuda mps cpu
+one_of DTYPE "${DTYPE:-}" auto fp32 fp16 bf16
+for name in MAX_LENGTH BATCH_SIZE MAX_SAMPLES; do whole_number "$name" "${!name:-}"; done
+[ -z "${SEED:-}" ] || [[ "$SEED" =~ ^[0-9]+$ ]] || fail "SEED='$SEED' must be a whole number"
+[ -n "$MODEL_A" ] && [ -n "$COMPARE_WITH" ] || fail "MODEL_A and COMPARE_WITH must name models"
+
+# The cleaning step empties OUTPUTS_DIR and PLOTS_DIR: only folders of results qualify. Refused:
+# the home folder, the file system root, the checkout (or a folder above it), and any folder
+# holding a .git or a file git tracks here (outputs/.gitkeep and plots/.gitkeep aside).
+here="$(pwd -P)"
+tracked="$(git -C "$here" ls-files 2>/dev/null || true)"
+check_cleanable() {  # check_cleanable NAME DIR
+  local name="$1" dir="$2" real
+  [ -n "$dir" ] || fail "$name is empty"
+  [ -e "$dir" ] || return 0
+  [ -d "$dir" ] || fail "$name=$dir is not a folder"
+  real="$(cd "$dir" && pwd -P)"
+  case "$real" in /) fail "refusing to clean $name=$dir: it is the root folder" ;; esac
+  [ "$real" != "$(cd ~ 2>/dev/null && pwd -P)" ] || fail "refusing to clean $name=$dir: it is the home folder"
+  case "$here/" in "$real"/*) fail "refusing to clean $name=$dir: it holds this checkout" ;; esac
+  [ ! -e "$real/.git" ] || fail "refusing to clean $name=$dir: it holds a .git (a repository, not results)"
+  case "$real/" in "$here"/*)
+    local rel="${real#"$here"}"; rel="${rel#/}/"
+    if printf '%s\n' "$tracked" | awk -v p="$rel" 'index($0, p) == 1 && $0 != p ".gitkeep" {f = 1} END {exit !f}'; then
+      fail "refusing to clean $name=$dir: it holds the project's own files"
+    fi ;;
+  esac
+  if [ -z "$tracked" ]; then  # no git: look for the project's own files by name
+    for own in pipeline.sh study.sh pyproject.toml unlearn.py collect_param_stats.py; do
+      [ ! -e "$real/$own" ] || fail "refusing to clean $name=$dir: it holds the project's own files ($own)"
+    done
+  fi
+}
+check_cleanable OUTPUTS_DIR "$OUTPUTS_DIR"
+check_cleanable PLOTS_DIR "$PLOTS_DIR"
 
 # Offline without --demo: say so in one sentence instead of five failing steps.
 if [ "$DEMO" = 0 ]; then
@@ -73,7 +121,8 @@ step() {  # step NAME COMMAND... : announce, run with a log, name the failing st
   fi
 }
 
-# Clean results of earlier runs, but never an unlearned model (outputs/<model>__<method>/unlearned_model).
+# Clean results of earlier runs, but never an unlearned model (outputs/<model>__<method>/unlearned_model,
+# outputs/<model>__<method>__seed<k>/unlearned_model).
 echo "==> cleaning $OUTPUTS_DIR/ and $PLOTS_DIR/ (unlearned models are kept)"
 for entry in "$OUTPUTS_DIR"/* "$PLOTS_DIR"/*; do
   [ -e "$entry" ] || continue
@@ -87,9 +136,10 @@ if [ "$DEMO" = 1 ]; then
 fi
 step "weight-diff stats" ./run_params_local.sh
 step "weight-diff plots" ./plot_param_stats.sh
-step "datasets" $UV_RUN create_datasets.py --source "$DATASET_SOURCE" --outdir "$DATA_DIR" --seed "${SEED:-42}"
+step "datasets" $UV_RUN create_datasets.py ${DATASET_SOURCE:+--source "$DATASET_SOURCE"} --outdir "$DATA_DIR" \
+  ${SEED:+--seed "$SEED"}
 step "sanity checks" $UV_RUN check_experiment.py --forget-data "$DATA_DIR/forget.txt" \
-  --retain-data "$DATA_DIR/retain.txt" --model "$MODEL_A" --max-length "${MAX_LENGTH:-512}"
+  --retain-data "$DATA_DIR/retain.txt" --model "$MODEL_A"   # (it reads MAX_LENGTH, DEVICE, DTYPE itself)
 step "activation stats" ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
 

@@ -30,6 +30,108 @@ import sys
 import tempfile
 from pathlib import Path
 
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+
+
+def label_log_axis(axis) -> None:
+    """Enough labelled ticks on a log-scaled matplotlib axis (``ax.yaxis``, after its limits are
+    set): 1-2-5 in each decade (only powers of ten beyond four decades, every multiple within
+    one), written as plain numbers (0.5, 20, 1e+04) instead of 10^k alone."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 1.0
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades >= 1 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+# --- end shared helpers ---
+
+
 REQUIRED = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_norm_L1", "model_b_norm_L2",
             "mean_dh_L1", "mean_dh_L2"]
 SPLIT_STYLE = {"forget": dict(color="tab:red", marker="o"), "retain": dict(color="tab:blue", marker="s")}
@@ -59,44 +161,65 @@ def read_stats(path: str | os.PathLike):
 
 
 def save_atomic(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically({path: lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png")})
 
 
 def style_layer_axis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
+    """x axis: the hidden_states index (0 = embeddings) below, the decoder layer it comes out of
+    above (the numbering of the weight plots: hidden_states index i = output of decoder layer i − 1)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer (hidden_states index: 0 = embeddings, last = after final norm)")
+    ax.set_xlabel("hidden_states index (0 = embeddings; i = output of decoder layer i − 1)")
+    top = ax.secondary_xaxis("top", functions=(lambda x: x - 1, lambda x: x + 1))
+    top.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "emb" if round(v) == -1 else f"{v:g}"))
+    top.set_xlabel("output of decoder layer (as in the weight plots)", fontsize=8)
+    top.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
 
-def plot_norms(df, split: str, name: str, label_a: str, label_b: str):
-    """Mean ||h||_1 and ||h||_2 of both models over layers, on one split.
+def norm_axes(df) -> dict:
+    """One y axis per norm for all of the norm figures (forget and retain alike), so they compare:
+    ``{"L1": (log?, (low, high)), "L2": ...}`` over both models and every split.
 
     Norms in deep transformers grow by orders of magnitude from the embeddings to the last layers;
-    when they span more than a factor 100 the y axis is logarithmic so the early layers stay visible.
+    when they span more than a factor 100 the axis is logarithmic so the early layers stay visible.
     """
+    axes = {}
+    for p in ("L1", "L2"):
+        values = df[[f"model_a_norm_{p}", f"model_b_norm_{p}"]].to_numpy(dtype=float)
+        values = values[values == values]
+        positive = values[values > 0]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        log = positive.size == values.size > 0 and positive.max() > 100 * positive.min()
+        if log:
+            axes[p] = (True, (lo / 1.3, hi * 1.3))
+        else:
+            pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 1.0
+            axes[p] = (False, (lo - pad, hi + pad))
+    return axes
+
+
+def plot_norms(df, split: str, name: str, label_a: str, label_b: str, axes: dict | None = None):
+    """Mean ||h||_1 and ||h||_2 of both models over layers, on one split, on the y axes of
+    ``norm_axes`` (of the whole table when not given: the same for every split)."""
     import matplotlib.pyplot as plt
 
+    axes = axes or norm_axes(df)
     d = df[df["split"] == split]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, p in zip(axes, ("L1", "L2")):
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    for ax, p in zip(panels, ("L1", "L2")):
         ax.plot(d["layer"], d[f"model_a_norm_{p}"], "o-", color="tab:gray", label=f"A: {label_a}")
         ax.plot(d["layer"], d[f"model_b_norm_{p}"], "s--", color="tab:purple", label=f"B: {label_b}")
         sub = "₁" if p == "L1" else "₂"
-        values = d[[f"model_a_norm_{p}", f"model_b_norm_{p}"]].to_numpy()
-        positive = values[values > 0]
-        log = positive.size == values.size and positive.max() > 100 * positive.min()
+        log, limits = axes[p]
         if log:
             ax.set_yscale("log")
+        ax.set_ylim(*limits)
+        if log:
+            label_log_axis(ax.yaxis)
         ax.set_ylabel(f"mean ‖h‖{sub} per token" + (" (log scale)" if log else ""))
         ax.set_title(f"{p} norm of hidden states")
         style_layer_axis(ax)
@@ -105,15 +228,17 @@ def plot_norms(df, split: str, name: str, label_a: str, label_b: str):
 
 
 def plot_diffs(df, name: str, label_a: str, label_b: str):
-    """Mean ||h_B - h_A||_1 and _2 over layers, forget and retain as two lines."""
+    """Mean ||h_B - h_A||_1 and _2 over layers, forget and retain as two lines on one axis from 0."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, p in zip(axes, ("L1", "L2")):
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    for ax, p in zip(panels, ("L1", "L2")):
         for split, d in df.groupby("split", sort=True):
             style = SPLIT_STYLE.get(split, {})
             ax.plot(d["layer"], d[f"mean_dh_{p}"], "-", label=f"{split} text", **style)
         sub = "₁" if p == "L1" else "₂"
+        top = df[f"mean_dh_{p}"].max()
+        ax.set_ylim(0, 1.08 * top if top == top and top > 0 else 1.0)
         ax.set_ylabel(f"mean ‖h_B − h_A‖{sub} per token")
         ax.set_title(f"{p} norm of the activation difference")
         style_layer_axis(ax)
@@ -129,16 +254,18 @@ def make_plots(csv: str | os.PathLike, outdir: str | os.PathLike, name: str, lab
     import matplotlib.pyplot as plt
 
     df = read_stats(csv)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    splits = sorted(df["split"].unique())
+    names = [f"activation_norms_{split}.png" for split in splits] + ["activation_diffs_forget_vs_retain.png"]
+    out = check_outdir(outdir, "activation_*.png", owned=tuple(names))
     written = []
-    for split in sorted(df["split"].unique()):
-        fig = plot_norms(df, split, name, label_a, label_b)
-        written.append(out / f"activation_norms_{split}.png")
+    axes = norm_axes(df)  # one kind of axis, one range, for the forget and the retain figure
+    for split, png in zip(splits, names):
+        fig = plot_norms(df, split, name, label_a, label_b, axes)
+        written.append(out / png)
         save_atomic(fig, written[-1])
         plt.close(fig)
     fig = plot_diffs(df, name, label_a, label_b)
-    written.append(out / "activation_diffs_forget_vs_retain.png")
+    written.append(out / names[-1])
     save_atomic(fig, written[-1])
     plt.close(fig)
     return written
@@ -159,6 +286,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; the PNGs written so far are complete, none is half-written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -33,6 +33,108 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+
+
+def label_log_axis(axis) -> None:
+    """Enough labelled ticks on a log-scaled matplotlib axis (``ax.yaxis``, after its limits are
+    set): 1-2-5 in each decade (only powers of ten beyond four decades, every multiple within
+    one), written as plain numbers (0.5, 20, 1e+04) instead of 10^k alone."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 1.0
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades >= 1 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+# --- end shared helpers ---
+
+
 REQUIRED = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats"]
 STYLE = {"attn": dict(color="#1f77b4", marker="o", label="attention"),
          "mlp": dict(color="#d62728", marker="s", label="MLP"),
@@ -51,7 +153,7 @@ def load_per_layer(stats_dir: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from exc
+        raise UsageError(f"cannot read {path}: {first_line(exc)}") from exc
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise UsageError(f"{path} lacks the columns {', '.join(missing)}; was it written by collect_param_stats.py?")
@@ -61,27 +163,23 @@ def load_per_layer(stats_dir: Path) -> pd.DataFrame:
 
 
 def save_figure(fig, path: Path) -> None:
-    """savefig to a temp file beside `path`, then os.replace (never a half-written PNG)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """The figure as a PNG at `path`, written atomically (``write_atomically``), then closed."""
     try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
+        write_atomically({path: lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png")})
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
-def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path,
-                  log: bool = False, reference: float | None = None) -> None:
-    """NaN values (layers where nothing changed) are left as gaps; the x axis keeps every layer."""
-    """One line per group (attn, mlp, other) of `column` against the decoder-layer index."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+def figure_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, log: bool = False,
+                    reference: float | None = None):
+    """One line per group (attn, mlp, other) of `column` against the decoder-layer index.
+
+    NaN values (layers where nothing changed) are left as gaps; the x axis keeps every layer. A
+    linear y axis starts at 0 (a change is read against none); a log axis gets labelled 1-2-5
+    ticks. The top axis gives the same layers as the activation plots number them
+    (transformers' hidden_states index = decoder layer + 1, 0 being the embeddings).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for group in [g for g in STYLE if g in set(table["group"])] + sorted(set(table["group"]) - set(STYLE)):
         rows = table[table["group"] == group].sort_values("layer")
         ax.plot(rows["layer"], rows[column], linewidth=1.6, markersize=4,
@@ -93,15 +191,31 @@ def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, pat
         top = table[column].max()
         # stable ranks are ≥ 1: keep 1 in view and at least a factor 2 of range so the ticks read
         ax.set_ylim(0.8, max(2.0, 1.5 * top) if top == top else 2.0)
+        label_log_axis(ax.yaxis)
+    else:
+        top = table[column].max()
+        ax.set_ylim(0, 1.08 * top if top == top and top > 0 else 1.0)
     layers = sorted(set(table["layer"]))
     if len(layers) <= 40:
         ax.set_xticks(layers)
-    ax.set_xlabel("decoder layer index")
+    ax.set_xlim(layers[0] - 0.3, layers[-1] + 0.3)  # every layer in view, changed or not
+    ax.set_xlabel("decoder layer (0 = first block; hidden_states index = layer + 1)")
+    top_axis = ax.secondary_xaxis("top", functions=(lambda x: x + 1, lambda x: x - 1))
+    if len(layers) <= 40:
+        top_axis.set_xticks([layer + 1 for layer in layers])
+    top_axis.set_xlabel("hidden_states index, as in the activation plots", fontsize=8)
+    top_axis.tick_params(labelsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(frameon=False)
-    save_figure(fig, path)
+    return fig
+
+
+def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path,
+                  log: bool = False, reference: float | None = None) -> None:
+    """``figure_by_layer`` saved as a PNG at `path`."""
+    save_figure(figure_by_layer(table, column, ylabel, title, log, reference), path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,9 +236,10 @@ def main(argv=None) -> int:
         outdir = Path(args.outdir)
         pair = f"{args.model_a_label} → {args.model_b_label}"
         locality = outdir / f"layer_locality_{args.name}.png"
+        stable = outdir / f"stable_rank_{args.name}.png"
+        check_outdir(outdir, "layer_locality_*.png", owned=(locality.name, stable.name))
         plot_by_layer(table, "dW_fro_layer", "‖ΔW‖_F of the layer (weight units, √Σ over its matrices)",
                       f"Where the weights moved: ‖W_B − W_A‖_F per layer\n{pair}", locality)
-        stable = outdir / f"stable_rank_{args.name}.png"
         if table["mean_dW_stable_rank"].isna().all():
             print(f"warning: no layer changed between {pair}; {stable.name} shows no data", file=sys.stderr)
         plot_by_layer(table, "mean_dW_stable_rank", "mean stable rank ‖ΔW‖_F²/‖ΔW‖_2² (dimensionless)",

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Unlearn with one method: ./run_unlearn.sh METHOD   (ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat)
-# Every setting comes from the environment, with unlearn.py's defaults, e.g.
+# Unlearn with one method: ./run_unlearn.sh METHOD [EXTRA unlearn.py FLAGS]
+#   METHOD: ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat
+# Settings come from the environment; a variable that is not set passes no flag, so unlearn.py's
+# own default applies (`uv run --script unlearn.py --help` lists them). For example
 #   DEVICE=mps EPOCHS=3 LR=2e-5 ./run_unlearn.sh npo
-#   MODEL=demo/models/demo-unfiltered LAYER_ID=1,2 ./run_unlearn.sh cb_lat
-#   LORA_R=16 LORA_LAYERS=0-30 LAYER_ID=10,20 ./run_unlearn.sh cb_lat --save-adapter   (LoRA, merged on save)
-# MODEL defaults to the study's base model ($MODEL_A, see study.sh); OUTDIR to
-# $OUTPUTS_DIR/<basename of MODEL>__METHOD/unlearned_model. For several GPUs run unlearn.py under
-# `accelerate launch` instead (see README).
+#   MODEL=demo/models/demo-unfiltered LAYER_ID=1,2 MAX_SAMPLES=200 ./run_unlearn.sh cb_lat
+# MODEL (default: the study's $MODEL_A, see study.sh), OUTDIR, OUTPUTS_DIR, DATA_DIR or
+# FORGET_DATA / RETAIN_DATA, DEVICE, DTYPE, LR, EPOCHS, BATCH_SIZE, GRAD_ACCUM, MAX_LENGTH,
+# MAX_SAMPLES, BETA, ALPHA, STEERING_COEFF, LAYER_ID, FORGET_WEIGHT, LAT_EPS, LAT_STEPS, EVAL_SPLIT,
+# EVAL_INTERVAL, GRAD_CLIP, SEED, CB_LOSS, TRAINABLE, and for LoRA LORA_R, LORA_ALPHA, LORA_DROPOUT,
+# LORA_TARGET_MODULES, LORA_LAYERS (e.g. LORA_R=16 LORA_LAYERS=0-30 LAYER_ID=10,20 ./run_unlearn.sh cb_lat
+# --save-adapter). For several GPUs run unlearn.py under
+# `accelerate launch` instead (see docs).
 set -euo pipefail
 cd "$(dirname "$0")"
+user_data_dir="${DATA_DIR:-}" user_outputs_dir="${OUTPUTS_DIR:-}"  # set by the user, not by study.sh
 source ./study.sh
 
 if [[ $# -lt 1 || -z "${1:-}" ]]; then
@@ -18,39 +24,40 @@ fi
 METHOD="$1"
 shift
 
-MODEL="${MODEL:-$MODEL_A}"
-_model="${MODEL%/}"
-OUTDIR="${OUTDIR:-$OUTPUTS_DIR/${_model##*/}__${METHOD}/unlearned_model}"
+args=(--model "${MODEL:-$MODEL_A}" --method "$METHOD")
+flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
+  if [[ -n "${!1:-}" ]]; then args+=("$2" "${!1}"); fi
+}
+[[ -n "$user_data_dir" ]] && args+=(--forget-data "$DATA_DIR/forget.txt" --retain-data "$DATA_DIR/retain.txt")
+flag FORGET_DATA --forget-data
+flag RETAIN_DATA --retain-data
+flag OUTDIR --outdir
+[[ -n "$user_outputs_dir" ]] && args+=(--outputs-dir "$OUTPUTS_DIR")
+flag DEVICE --device
+flag DTYPE --dtype
+flag LR --lr
+flag EPOCHS --epochs
+flag BATCH_SIZE --batch-size
+flag GRAD_ACCUM --grad-accum-steps
+flag MAX_LENGTH --max-length
+flag MAX_SAMPLES --max-samples
+flag BETA --beta
+flag ALPHA --alpha
+flag STEERING_COEFF --steering-coeff
+flag LAYER_ID --layer-id
+flag FORGET_WEIGHT --forget-weight
+flag LAT_EPS --lat-eps
+flag LAT_STEPS --lat-steps
+flag EVAL_SPLIT --eval-split
+flag EVAL_INTERVAL --eval-interval
+flag GRAD_CLIP --grad-clip
+flag SEED --seed
+flag CB_LOSS --cb-loss
+flag TRAINABLE --trainable
+flag LORA_R --lora-r
+flag LORA_ALPHA --lora-alpha
+flag LORA_DROPOUT --lora-dropout
+flag LORA_TARGET_MODULES --lora-target-modules
+flag LORA_LAYERS --lora-layers
 
-exec $UV_RUN unlearn.py \
-  --model "$MODEL" \
-  --method "$METHOD" \
-  --forget-data "${FORGET_DATA:-$DATA_DIR/forget.txt}" \
-  --retain-data "${RETAIN_DATA:-$DATA_DIR/retain.txt}" \
-  --outdir "$OUTDIR" \
-  --device "${DEVICE:-auto}" \
-  --dtype "${DTYPE:-auto}" \
-  --lr "${LR:-1e-5}" \
-  --epochs "${EPOCHS:-1}" \
-  --batch-size "${BATCH_SIZE:-4}" \
-  --grad-accum-steps "${GRAD_ACCUM:-1}" \
-  --max-length "${MAX_LENGTH:-512}" \
-  --beta "${BETA:-0.1}" \
-  --alpha "${ALPHA:-100.0}" \
-  --steering-coeff "${STEERING_COEFF:-20.0}" \
-  --layer-id "${LAYER_ID:-5,6,7}" \
-  --forget-weight "${FORGET_WEIGHT:-1.0}" \
-  --lat-eps "${LAT_EPS:-0.1}" \
-  --lat-steps "${LAT_STEPS:-5}" \
-  --eval-split "${EVAL_SPLIT:-0.1}" \
-  --eval-interval "${EVAL_INTERVAL:-0}" \
-  --grad-clip "${GRAD_CLIP:-1.0}" \
-  --seed "${SEED:-42}" \
-  --cb-loss "${CB_LOSS:-cos}" \
-  ${TRAINABLE:+--trainable "$TRAINABLE"} \
-  ${LORA_R:+--lora-r "$LORA_R"} \
-  ${LORA_ALPHA:+--lora-alpha "$LORA_ALPHA"} \
-  ${LORA_DROPOUT:+--lora-dropout "$LORA_DROPOUT"} \
-  ${LORA_TARGET_MODULES:+--lora-target-modules "$LORA_TARGET_MODULES"} \
-  ${LORA_LAYERS:+--lora-layers "$LORA_LAYERS"} \
-  "$@"
+exec $UV_RUN unlearn.py "${args[@]}" "$@"

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -55,6 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -62,6 +64,181 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def normalise(text: str) -> str:
+    """The key under which two samples count as the same text (duplicates, forget/retain overlap):
+    Unicode NFKC, case-folded, whitespace runs collapsed ("The  Cell\\tcycle " = "the cell cycle")."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+def read_lines(path) -> list[str]:
+    """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
+    return [s for _, s in read_numbered_lines(path)]
+
+
+def drop_duplicates(samples: list[str]) -> tuple[list[str], int]:
+    """The samples without repeats under ``normalise`` (the first is kept, order unchanged) and
+    how many were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for s in samples:
+        key = normalise(s)
+        if key not in seen:
+            seen.add(key)
+            kept.append(s)
+    return kept, len(samples) - len(kept)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` (made beside ``final``, e.g. by mkdtemp) to ``final``,
+    with ordinary modes: folders 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700). An
+    existing ``final`` is moved aside first and deleted only once the new folder is in place; if
+    the rename fails it is put back."""
+    mask = _umask()
+    for root, _, names in os.walk(tmp):
+        os.chmod(root, 0o777 & ~mask)
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}") if os.path.lexists(final) else None
+    if old is not None:
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
+# --- end shared helpers ---
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
@@ -74,6 +251,11 @@ class UsageError(Exception):
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN/inf: the run stops and nothing is saved."""
+
+
+class OutputError(Exception):
+    """Saving failed (disk full, permissions): one ``error:`` line, exit status 1; nothing
+    half-written is left and an earlier --outdir is kept as it was."""
 
 
 class StopForward(Exception):
@@ -386,36 +568,20 @@ REPR_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "re
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def normalise_text(s: str) -> str:
-    """Lower-case, whitespace collapsed: the key under which two samples count as the same."""
-    return " ".join(s.lower().split())
-
-
 def read_samples(path: str, what: str) -> tuple[list[str], int]:
-    """One sample per non-empty line; duplicates (after normalising) dropped. Returns (samples, n_dropped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} data {path} does not exist (create it with create_datasets.py)")
+    """One sample per non-empty line (``read_lines``); duplicates (after ``normalise``) dropped. Returns (samples, n_dropped)."""
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} data {path} is not UTF-8 text") from None
-    seen, out = set(), []
-    lines = [ln.strip() for ln in lines if ln.strip()]
-    for ln in lines:
-        key = normalise_text(ln)
-        if key not in seen:
-            seen.add(key)
-            out.append(ln)
-    if not out:
-        raise UsageError(f"{what} data {path} is empty")
-    return out, len(lines) - len(out)
+        lines = read_lines(path)
+    except UsageError as e:
+        hint = " (create it with create_datasets.py)" if not Path(path).exists() else ""
+        raise UsageError(f"{what} data {e}{hint}") from None
+    return drop_duplicates(lines)
 
 
 def count_overlap(forget: list[str], retain: list[str]) -> int:
-    """Number of forget samples that also occur in retain, after normalising case and whitespace."""
-    r = {normalise_text(s) for s in retain}
-    return sum(normalise_text(s) in r for s in forget)
+    """Number of forget samples that also occur in retain, after ``normalise`` (case, Unicode form, whitespace)."""
+    r = {normalise(s) for s in retain}
+    return sum(normalise(s) in r for s in forget)
 
 
 def split_eval(samples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -734,25 +900,13 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, env: Env):
         raise UsageError(f"cannot add LoRA adapters to {type(model).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def is_lora_param(name: str) -> bool:
-    return ".lora_" in name
-
-
-def merge_lora(peft_model, keep_adapter: bool, parent: Path) -> tuple[nn.Module, Path | None]:
-    """Before saving: with --save-adapter write the adapter (peft's save_pretrained) to a temporary
-    folder beside the output, then merge W ← W + B·A·(alpha/r) into every adapted matrix and drop
-    the adapters (``merge_and_unload``). Returns (the plain model, the adapter folder or None)."""
-    adapter_dir = None
-    if keep_adapter:
-        parent.mkdir(parents=True, exist_ok=True)
-        adapter_dir = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=parent))
+def merge_lora(peft_model, adapter_dir: Path | None) -> nn.Module:
+    """Before saving: write the adapter to ``adapter_dir`` (peft's save_pretrained; None: not kept),
+    then merge W ← W + B·A·(alpha/r) into every adapted matrix and drop the adapters
+    (``merge_and_unload``). Returns the plain transformers model."""
+    if adapter_dir is not None:
         peft_model.save_pretrained(adapter_dir)
-    try:
-        return peft_model.merge_and_unload(safe_merge=True), adapter_dir
-    except BaseException:
-        if adapter_dir is not None:
-            shutil.rmtree(adapter_dir, ignore_errors=True)
-        raise
+    return peft_model.merge_and_unload(safe_merge=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -767,7 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
     p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
     p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
-    p.add_argument("--outdir", default=None, help="where the model goes (default: outputs/<model>__<method>/unlearned_model)")
+    p.add_argument("--outdir", default=None,
+                   help="where the model goes (default: <outputs-dir>/<model>__<method>/unlearned_model)")
+    p.add_argument("--outputs-dir", default="outputs", help="the folder the default --outdir is made in")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: CUDA > MPS > CPU")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
@@ -794,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: layers for rmu/cb/lat/cb_lat, all for the others)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward to save memory (default: on for CUDA/MPS, off on CPU)")
-    p.add_argument("--max-samples", type=int, default=0, help="use only the first N forget and N retain samples (0: all)")
+    p.add_argument("--max-samples", type=int, default=0, help="use only the first N (distinct, non-empty) lines of each data file (0: all)")
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
@@ -832,63 +988,6 @@ def check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be finite")
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32")
-    return dtype
-
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
-# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
-SKIP_FILES = ["*/*", "consolidated*"]
-
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
-
-    snapshot_download returns the cached snapshot when there is one and fails within a second when the
-    hub cannot be reached, so a missing model is one sentence instead of from_pretrained's retries.
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"--model {spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = MODEL_FILES + (["*.py"] if trust_remote_code else [])  # custom modelling code, when allowed
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
-
-
 def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
     """AutoConfig of a resolved model directory (``model_id``: what --model said), as one sentence on failure."""
     from transformers import AutoConfig
@@ -897,11 +996,11 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
-        raise UsageError(f"cannot read the config of {model_id}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
-def default_outdir(model_id: str, method: str) -> Path:
-    return Path("outputs") / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
+def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs") -> Path:
+    return Path(outputs_dir) / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
 
 
 def warn(msg: str, warnings: list, main_process: bool = True) -> None:
@@ -948,6 +1047,7 @@ class Arch:
     trainable: str
     trainable_names: list[str]
     warnings: list[str]
+    n_params: int
     lora: LoraSettings | None = None  # --lora-r: the adapters (trainable_names then come from peft)
 
 
@@ -1004,6 +1104,7 @@ def run(a: argparse.Namespace) -> dict:
     data = load_data(a)                                   # forget/retain lines and the held-out split
     arch = inspect_architecture(a, plan)                  # decoder layers and trainable names (no weights)
     env = start_accelerator(a, plan, arch, data)          # device, precision, processes, warnings
+    check_output(a, plan, arch, env)                      # --outdir: allowed, writable, room for the model
     model, tokenizer, pad_id = load_model(a, arch, env)
     peft_model = apply_lora(model, arch.lora, env)        # --lora-r: adapters injected into model (peft)
     trainable_names = [n for n, p in model.named_parameters() if p.requires_grad] if peft_model else arch.trainable_names
@@ -1012,8 +1113,7 @@ def run(a: argparse.Namespace) -> dict:
     trainer = setup_method(a, plan, model, tokens, pad_id, env, peft_model)   # what METHOD_TABLE says it needs
     history = train(a, trainer, env)
     metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
-    info = RunInfo(n_params=sum(p.numel() for n, p in model.named_parameters() if not is_lora_param(n)),
-                   dtype=env.dtype, device=env.device,
+    info = RunInfo(n_params=arch.n_params, dtype=env.dtype, device=env.device,
                    processes=env.accelerator.num_processes, trainable=arch.trainable, layer_ids=plan.layer_ids,
                    gradient_checkpointing=gc_on, sizes=data.sizes(),
                    lora=arch.lora.record(sum(p.numel() for p in trainer.params),
@@ -1030,9 +1130,14 @@ def make_plan(a: argparse.Namespace) -> Plan:
     check_lora_flags(a)
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
-    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method)
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--outdir {outdir} exists and is not a directory")
+    if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
+        check_outdir_apart(outdir, Path(a.model).expanduser(), a)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "run_report.yaml").is_file():
+        raise UsageError(f"--outdir {outdir} already exists and is not an earlier unlearn.py output (it has no "
+                         f"run_report.yaml); choose a new folder, or empty this one")
     trainable = "lora" if a.lora_r else a.trainable or spec.default_trainable()
     return Plan(a.method, spec, layer_ids, trainable, outdir)
 
@@ -1068,7 +1173,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"{a.model} is not a causal language model transformers can build "
-                         f"({str(e).splitlines()[0]})") from None
+                         f"({first_line(e)})") from None
     found = find_decoder_layers(skeleton)
     layers_path, trainable, warnings = (found[0] if found else None), plan.trainable, []
     if (plan.spec.uses_layers or trainable == "layers") and found is None:
@@ -1086,13 +1191,14 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
         if bad:
             raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} decoder layers "
                              f"(0–{n_layers - 1})")
+    n_params = sum(p.numel() for p in skeleton.parameters())
     if trainable == "lora":
         lora = resolve_lora(a, plan.spec, plan.layer_ids, skeleton, found)
-        return Arch(model_dir, layers_path, trainable, [], warnings, lora)
+        return Arch(model_dir, layers_path, trainable, [], warnings, n_params, lora)
     names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
     if not names:
         raise UsageError(f"--trainable {trainable!r} selects no parameters")
-    return Arch(model_dir, layers_path, trainable, names, warnings)
+    return Arch(model_dir, layers_path, trainable, names, warnings, n_params)
 
 
 def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data) -> Env:
@@ -1102,8 +1208,8 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
     with loss scaling (pure fp16 AdamW training overflows)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
-    device = resolve_device(a.device)
-    dtype = resolve_dtype(a.dtype, device)
+    device = pick_device(a.device)
+    dtype = pick_dtype(a.dtype, device)
     weight_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[dtype]
     accelerator = Accelerator(
         cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
@@ -1131,6 +1237,64 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
     return env
 
 
+def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> None:
+    """Before any weights are loaded: --outdir is not the input model, not inside it and holds no
+    input; it can be created and written; its disk has room for the model (≈ parameter bytes).
+    Folders left by a killed run next to it are named."""
+    check_outdir_apart(plan.outdir, arch.model_dir, a)
+    existing = probe_writable(plan.outdir.parent, f"--outdir {plan.outdir}")
+    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
+    free = shutil.disk_usage(existing).free
+    if free < need + 2**24:  # + tokenizer, config and reports
+        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about "
+                         f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+    if plan.outdir.parent.is_dir():
+        stale = sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.tmp-*"))
+        stale += sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.old-*"))
+        for path in stale:
+            env.warn(f"{path} was left by an interrupted run ('.old-' holds an earlier output); "
+                     f"remove it (or move it back) when you no longer need it")
+
+
+def check_outdir_apart(outdir: Path, model_dir: Path, a: argparse.Namespace) -> None:
+    """--outdir (which a run replaces) must not be the input model, lie inside it, or hold an input."""
+    out, model = outdir.resolve(), model_dir.resolve()
+    if out == model or model in out.parents:
+        where = "is the input model folder" if out == model else "is inside the input model folder"
+        raise UsageError(f"--outdir {outdir} {where} {a.model}; choose a folder outside it")
+    for what, path in (("the input model", model_dir), ("the forget data", Path(a.forget_data)),
+                       ("the retain data", Path(a.retain_data))):
+        if out in path.resolve().parents:
+            raise UsageError(f"--outdir {outdir} contains {what} ({path}); choose a folder that holds no input")
+
+
+def probe_writable(folder: Path, what: str) -> Path:
+    """Create ``folder`` (with its missing parents), write a file in it, then undo all of it.
+    UsageError in one line when that is impossible; returns the nearest folder that already existed."""
+    existing, missing = folder, []
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create {what}: {existing} is a file")
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write {what}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return existing
+
+
 def load_model(a: argparse.Namespace, arch: Arch, env: Env):
     """Tokenizer and weights (safetensors only); the padding id. Returns (model, tokenizer, pad_id)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -1140,7 +1304,7 @@ def load_model(a: argparse.Namespace, arch: Arch, env: Env):
                                                      trust_remote_code=a.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"cannot load {a.model} (safetensors weights and a tokenizer are required): "
-                         f"{str(e).splitlines()[0]}") from None
+                         f"{first_line(e)}") from None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer, 0 if pad_id is None else pad_id
 
@@ -1369,15 +1533,14 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
         state = {k[len("model."):]: v for k, v in acc.get_state_dict(t.wrapped).items()}
     if env.main:
-        model, adapter_dir = t.runner.model, None
-        if t.peft is not None:  # LoRA: keep the adapter (--save-adapter), merge it into the weights
-            model, adapter_dir = merge_lora(t.peft, t.a.save_adapter, plan.outdir.parent)
+        from safetensors import SafetensorError
         try:
-            save_atomically(model, tokenizer, plan.outdir, metrics, report, state, fp16=(env.dtype == "fp16"),
-                            subdirs={"adapter": adapter_dir} if adapter_dir else None)
-        finally:
-            if adapter_dir is not None:
-                shutil.rmtree(adapter_dir, ignore_errors=True)
+            save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
+                            fp16=(env.dtype == "fp16"), lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
+        except (OSError, SafetensorError) as e:
+            kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
+            raise OutputError(f"cannot save the model to {plan.outdir} ({first_line(e)}); nothing was "
+                              f"written{kept}") from None
         print(f"saved {plan.outdir}", flush=True)
     acc.wait_for_everyone()
 
@@ -1462,15 +1625,21 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
 
 
 def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False,
-                    subdirs: dict | None = None) -> None:
+                    lora: tuple | None = None) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml into a temp dir next to ``outdir``,
-    then swap it in (an existing ``outdir`` is replaced only once the new one is complete).
-    ``subdirs``: name → finished folder moved in as ``outdir/name`` (the LoRA adapter)."""
+    then swap it in (an existing ``outdir`` is replaced only once the new one is complete). On any
+    failure, Ctrl-C included, the temp dir and the parent folders made for it are removed and an
+    earlier ``outdir`` is back in place. The folder gets the mode of a new folder (0755 under umask 022).
+    ``lora`` = (PeftModel, keep_adapter): the adapters are merged into ``model`` here (merge_lora), the
+    adapter first saved to ``outdir/adapter`` when asked."""
     import yaml
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
-    old = None
+    made = [d for d in reversed(outdir.parents) if not d.exists()]
+    tmp = None
     try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+        if lora is not None:  # LoRA: W <- W + B·A·alpha/r, then an ordinary model is saved
+            model = merge_lora(lora[0], tmp / "adapter" if lora[1] else None)
         if fp16:
             model = model.half()
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
@@ -1478,31 +1647,26 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "run_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
-        for name, folder in (subdirs or {}).items():
-            os.replace(folder, tmp / name)
-        if outdir.exists():
-            old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
-            os.replace(outdir, old)
-        os.replace(tmp, outdir)
+        publish_folder(tmp, outdir)  # modes 0755/0644 (umask), an earlier outdir swapped out only now
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not outdir.exists():
-            os.replace(old, outdir)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, NonFiniteLoss) as e:
+    except (UsageError, NonFiniteLoss, OutputError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr, flush=True)
-        return 130
+        print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

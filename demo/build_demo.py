@@ -53,6 +53,81 @@ import tempfile
 import time
 from pathlib import Path
 
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
+# and its UsageError, which main() turns into one `error:` line and exit status 1)
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or the exception's type name when the
+    message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def read_numbered_lines(path) -> list[tuple[int, str]]:
+    """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
+
+    UTF-8 (a leading byte-order mark is dropped), each line stripped, blank lines skipped,
+    duplicates kept (``drop_duplicates`` removes them). A missing, unreadable, non-UTF-8 or blank
+    file raises UsageError with one line saying why."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"{p} cannot be read ({e.strerror or first_line(e)})") from None
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines:
+        raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
+    return lines
+
+
+def read_lines(path) -> list[str]:
+    """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
+    return [s for _, s in read_numbered_lines(path)]
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` (made beside ``final``, e.g. by mkdtemp) to ``final``,
+    with ordinary modes: folders 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700). An
+    existing ``final`` is moved aside first and deleted only once the new folder is in place; if
+    the rename fails it is put back."""
+    mask = _umask()
+    for root, _, names in os.walk(tmp):
+        os.chmod(root, 0o777 & ~mask)
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}") if os.path.lexists(final) else None
+    if old is not None:
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
+# --- end shared helpers ---
+
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_VERSION = 1  # bump to invalidate every cached step after a change in this script
 NAMES = {"unfiltered": "demo-unfiltered", "filtered": "demo-e2e-strong-filter", "cb_lat": "demo-unfiltered-cb-lat"}
@@ -101,24 +176,6 @@ def cached(folder: Path, fp: str) -> dict | None:
     return info if info.get("fingerprint") == fp else None
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Move the complete folder ``tmp`` to ``final``, replacing an older ``final`` only now.
-
-    (mkdtemp and save_pretrained create private files: they get the usual umask permissions.)"""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_info(folder: Path, fp: str, settings: dict, **extra) -> None:
     (folder / "build_info.json").write_text(
         json.dumps({"fingerprint": fp, "settings": settings, **extra}, indent=2, sort_keys=True) + "\n")
@@ -149,10 +206,6 @@ def run_tool(name: str, args: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Data, tokenizer, model
 # ----------------------------------------------------------------------------------------------
-def read_lines(path: Path) -> list[str]:
-    return [s for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]
-
-
 def split_heldout(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
     """(train, held-out): the last ``fraction`` of the lines is held out (create_datasets.py already
     wrote them in seeded random order)."""
@@ -303,7 +356,7 @@ def save_model(model, tokenizer, final: Path, fp: str, settings: dict, files: di
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         write_info(tmp, fp, settings, **extra)
-        publish(tmp, final)
+        publish_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -396,7 +449,7 @@ def build(args) -> dict:
         try:
             tokenizer.save_pretrained(tmp)
             write_info(tmp, tok_fp, tok_settings)
-            publish(tmp, tok_dir)
+            publish_folder(tmp, tok_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -220,7 +221,7 @@ def test_cache_removed_after_interrupted_run(tmp_path, models, texts, monkeypatc
         assert not (tmp_path / "out").exists()
     else:
         rc, df, _ = run_tool(tmp_path, a, b, texts, "--batch-size", 4)
-        assert rc == 130 and df is None
+        assert rc == 1 and df is None
     assert signal.getsignal(signal.SIGTERM) is sigterm_before
 
 
@@ -337,3 +338,132 @@ def test_plots_written(tmp_path, capsys):
     assert pan.main(["--csv", str(tmp_path / "empty.csv"), "--outdir", str(tmp_path / "p2")]) == 1
     one_error_line(capsys, "empty")
     assert not (tmp_path / "p2").exists()
+
+
+# -----------------------------------------------------------------------------------------------------
+# Output faults, damaged weights, non-finite activations, leftovers of killed runs
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if a model is loaded: these refusals must come before pass 1."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the problem could be found before")
+    monkeypatch.setattr(can, "load_model", refuse)
+
+
+def test_outdir_faults_are_one_line_before_any_model_runs(tmp_path, models, texts, capsys, monkeypatch, no_loading):
+    a, b = models["gpt_neox"]
+    (tmp_path / "a_file").write_text("keep me\n")
+    cases = {
+        "an existing file": (tmp_path / "a_file", "exists and is not a directory"),
+        "under a file": (tmp_path / "a_file" / "x", "a_file is a file"),
+        "cannot be created": (Path("/proc/model-diffs-test/out"), "cannot write --outdir"),
+    }
+    for name, (outdir, expect) in cases.items():
+        argv = ["--model-a", str(a), "--model-b", str(b), "--forget-text", str(texts / "forget.txt"),
+                "--retain-text", str(texts / "retain.txt"), "--outdir", str(outdir), "--device", "cpu",
+                "--cache-dir", str(tmp_path / "cache")]
+        assert can.main(argv) == 1, name
+        one_error_line(capsys, expect)
+    assert (tmp_path / "a_file").read_text() == "keep me\n"
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+    monkeypatch.setattr(can.tempfile, "mkstemp", read_only)  # root ignores chmod 0555, so simulate it
+    rc, df, _ = run_tool(tmp_path, a, b, texts, name="ro" + os.sep + "deeper")
+    assert rc == 1 and df is None
+    assert "Permission denied" in one_error_line(capsys, "cannot write --outdir")
+    assert not (tmp_path / "ro").exists()
+
+
+@pytest.mark.parametrize("failure", ["csv_disk_full", "csv_ctrl_c", "cache_disk_full"])
+def test_full_disk_or_ctrl_c_keeps_the_previous_csv(tmp_path, models, texts, capsys, monkeypatch, failure):
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+    a, b = models["gpt_neox"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "activation_stats.csv").write_text("previous results\n")
+    (out / "notes.txt").write_text("mine\n")
+
+    def partial_then(exc):
+        def to_csv(self, path, **kwargs):
+            Path(path).write_text("layer,split\n0,")
+            raise exc
+        return to_csv
+    if failure == "csv_disk_full":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", partial_then(OSError(errno.ENOSPC, "No space left on device")))
+    elif failure == "csv_ctrl_c":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", partial_then(KeyboardInterrupt()))
+    else:  # what safetensors really raises on a full disk
+        def save_file(tensors, filename, metadata=None):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    rc, df, _ = run_tool(tmp_path, a, b, texts)  # run_tool asserts the cache is gone
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "Traceback"))]
+    assert rc == 1 and len(err) == 1, err
+    expect = {"csv_disk_full": "No space left on device", "csv_ctrl_c": "interrupted",
+              "cache_disk_full": "cannot write the activation cache"}[failure]
+    assert expect in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["activation_stats.csv", "notes.txt"]  # no temp file
+    assert (out / "activation_stats.csv").read_text() == "previous results\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage_header"])
+def test_damaged_weight_file_is_named_before_pass_one(tmp_path, models, texts, capsys, damage, no_loading):
+    import shutil
+    a, b = models["gpt_neox"]
+    broken = tmp_path / "broken"
+    shutil.copytree(b, broken)
+    f = broken / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"\xff" * 8 + data[8:])
+    rc, df, _ = run_tool(tmp_path, a, broken, texts)
+    assert rc == 1 and df is None
+    line = one_error_line(capsys, "model.safetensors is damaged or truncated")
+    assert str(broken) in line
+
+
+def test_non_finite_activations_are_an_error_not_blank_cells(tmp_path, models, texts, capsys):
+    a, _ = models["gpt_neox"]
+    model = make_tiny_model("gpt_neox", seed=0)
+    with torch.no_grad():
+        model.gpt_neox.layers[2].mlp.dense_4h_to_h.bias.fill_(float("nan"))
+    nan_b = save_model(model, tmp_path / "nan_b", build_tokenizer())
+    rc, df, outdir = run_tool(tmp_path, a, nan_b, texts)
+    assert rc == 1 and df is None and not outdir.exists()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert len(err) == 1 and "model B's hidden state 3 is not finite" in err[0], err  # output of layer 2
+
+
+def test_leftover_caches_removed_or_named_and_csv_mode(tmp_path, models, texts, capsys):
+    import socket
+    a, b = models["gpt_neox"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = cache / "activation_cache_killed"  # its run (this host, pid no longer alive) is gone
+    killed.mkdir()
+    (killed / "owner.txt").write_text(f"{socket.gethostname()} {int(gone.stdout)}\n")
+    (killed / "batch_000000.safetensors").write_bytes(b"\0" * 1000)
+    unknown = cache / "activation_cache_unknown"  # no owner recorded: named, kept
+    unknown.mkdir()
+    old_umask = os.umask(0o022)
+    try:
+        argv = ["--model-a", str(a), "--model-b", str(b), "--forget-data", str(texts / "forget.txt"),
+                "--retain-data", str(texts / "retain.txt"), "--outdir", str(tmp_path / "out"), "--device", "cpu",
+                "--max-length", str(MAX_LEN), "--cache-dir", str(cache)]
+        assert can.main(argv) == 0
+    finally:
+        os.umask(old_umask)
+    err = capsys.readouterr().err
+    assert f"removed {killed}" in err and f"{unknown} (0.0 B) is the activation cache of an earlier run" in err
+    assert sorted(p.name for p in cache.iterdir()) == ["activation_cache_unknown"]
+    csv = tmp_path / "out" / "activation_stats.csv"
+    assert csv.stat().st_mode & 0o777 == 0o644 and (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    unknown.rmdir()
+    ref, _, _ = run_tool(tmp_path, a, b, texts, name="ref")  # --forget-text: the same file under its own name
+    assert csv.read_bytes() == (tmp_path / "ref" / "activation_stats.csv").read_bytes()

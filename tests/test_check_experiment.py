@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, build_tokenizer, tiny_config
+from conftest import ROOT, build_tokenizer, make_tiny_model, save_model, tiny_config
 
 import check_experiment as ce
 
@@ -146,10 +146,10 @@ def test_repro_settings_from_env_and_flags():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """config.json (GPT-NeoX, 4 layers, hidden 32, 128 positions) and tokenizer: all the checks read."""
+    """config.json (GPT-NeoX, 4 layers, hidden 32, 128 positions), weights and tokenizer: all the checks read."""
     tok = build_tokenizer(FORGET[:20] + RETAIN[:20], vocab_size=400)
     model_dir = tmp_path_factory.mktemp("tiny-model")
-    tiny_config("gpt_neox", vocab_size=400, hidden=32, layers=4, max_pos=128).save_pretrained(model_dir)
+    save_model(make_tiny_model("gpt_neox", vocab_size=400, hidden=32, layers=4, max_pos=128), model_dir)  # loadable
     tok.save_pretrained(model_dir)
     return model_dir, tok
 
@@ -308,14 +308,14 @@ def test_bad_files_fail_without_traceback(case, data, tmp_path):
     assert "Traceback" not in r.stderr and r.stderr == ""
     line = line_of(r.stdout, "files")
     assert line.startswith(f"FAIL  files: {forget} ") and "retain.txt 50 samples" in line
-    assert {"missing": "not found", "empty": "is empty", "blank": "only blank lines", "binary": "not UTF-8",
+    assert {"missing": "does not exist", "empty": "is empty", "blank": "only blank lines", "binary": "not UTF-8",
             "directory": "is not a file"}[case] in line
 
 
 def test_default_paths_missing_and_usage_error(tmp_path):
     r = run_cli("--data-only", cwd=tmp_path)            # no data/ folder in this cwd
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "data/forget.txt not found; data/retain.txt not found" in r.stdout
+    assert "data/forget.txt does not exist; data/retain.txt does not exist" in r.stdout
     r = run_cli("--data-only", "--max-length", "0", cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.strip() == "error: --max-length must be a positive number of tokens, got 0"
     r = run_cli("--data-only", cwd=tmp_path, env={"DEVICE": "xpu"})
@@ -353,3 +353,60 @@ def test_demo_data_passes_then_fails_when_copied(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert line_of(r.stdout, "overlap (exact)").startswith(
         f"FAIL  overlap (exact): 17 of {len(forget)} forget samples also appear verbatim in retain.txt")
+
+
+# ----------------------------------------------------------------------------- the model check
+
+def test_model_folder_problems(tmp_path, tiny_model_dir):
+    """Only a folder transformers can load passes; each way of not being loadable is named."""
+    import shutil
+    model_dir, _ = tiny_model_dir
+    assert ce.model_folder_problem(model_dir) is None
+    cases = {}
+    for case in ("no_config", "bad_config", "no_weights", "truncated", "sharded_missing", "bin_only"):
+        d = tmp_path / case
+        shutil.copytree(model_dir, d)
+        cases[case] = d
+    (cases["no_config"] / "config.json").unlink()
+    (cases["bad_config"] / "config.json").write_text("{not json")
+    (cases["no_weights"] / "model.safetensors").unlink()
+    weights = cases["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (cases["sharded_missing"] / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (cases["bin_only"] / "model.safetensors").rename(cases["bin_only"] / "pytorch_model.bin")
+    expected = {"no_config": "no config.json", "bad_config": "cannot be read", "no_weights": "no .safetensors",
+                "truncated": "truncated", "sharded_missing": "is missing", "bin_only": "no .safetensors"}
+    for case, words in expected.items():
+        assert words in (ce.model_folder_problem(cases[case]) or ""), case
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "no_weights", "offline_hub_id"])
+def test_unloadable_model_is_not_ready(data, tmp_path, tiny_model_dir, case, monkeypatch):
+    """A --model that does not exist or cannot be loaded FAILs: the summary is never "ready"."""
+    import shutil
+    forget, retain = data
+    model_dir, _ = tiny_model_dir
+    model = {"missing": str(tmp_path / "no-such-model"), "file": str(forget),
+             "offline_hub_id": "nobody-h12b/no-such-model"}.get(case)
+    if case == "no_weights":
+        shutil.copytree(model_dir, tmp_path / "m")
+        (tmp_path / "m" / "model.safetensors").unlink()
+        model = str(tmp_path / "m")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ce.hub_reachable.cache_clear()
+    try:
+        report = ce.run_checks(ce.parse_args(["--forget-data", str(forget), "--retain-data", str(retain),
+                                              "--model", model, "--tokenizer", str(model_dir), "--device", "cpu"]))
+    finally:
+        ce.hub_reachable.cache_clear()
+    check = next(c for c in report["checks"] if c["name"] == "model")
+    if case == "offline_hub_id":                      # cannot be looked up offline: said, not failed
+        assert check["status"] == "WARN" and "not in the local Hugging Face cache" in check["message"]
+        return
+    assert check["status"] == "FAIL" and not report["summary"]["ok"]
+    assert {"missing": "does not exist", "file": "is a file", "no_weights": "no .safetensors"}[case] in check["message"]
+    if case == "missing":                             # and the CLI says so: exit 1, "not ready"
+        r = run_cli("--forget-data", forget, "--retain-data", retain, "--model", model, "--device", "cpu", cwd=tmp_path)
+        assert r.returncode == 1 and line_of(r.stdout, "model").startswith("FAIL  model: ")
+        assert r.stdout.splitlines()[-1].endswith("not ready: fix the FAIL lines first")

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,12 +291,13 @@ def test_bad_input_one_line_error_and_nothing_written(trained, tmp_path, capsys)
 def test_non_finite_loss_stops_and_keeps_existing_outdir(trained, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("previous run")
+    (out / "run_report.yaml").write_text("previous run")  # an earlier output: may be replaced, but is kept here
     monkeypatch.setattr(ul, "ga_loss", lambda f, r: (f - r) * float("nan"))
     assert run_main(common(trained, out, "ga")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: the ga loss became nan at step 1")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["run_report.yaml"]
 
 
 def test_cli_errors_are_one_line_without_traceback(trained, tmp_path):
@@ -378,3 +380,150 @@ def test_gradient_checkpointing_changes_nothing_with_hooks_and_truncation(traine
     a, b = (load_file(o / "model.safetensors") for o in outs)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert any(not torch.equal(a[k], load_file(trained / "base" / "model.safetensors")[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output faults: refused before training, or one line and nothing lost while saving
+# ---------------------------------------------------------------------------------------------
+def quick(d: Path, out: Path) -> list[str]:
+    return common(d, out, "ga_simple") + ["--max-samples", "16"]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` (hidden ones included) → its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if the weights are loaded: the refusals must come before that (and training)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the output could be checked before")
+    monkeypatch.setattr(ul, "load_model", refuse)
+
+
+def one_error_line(capsys, after_progress: bool = False) -> str:
+    """The one ``error:`` line on stderr (``after_progress``: the last line, after tqdm's bars)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if after_progress:
+        assert "Traceback" not in err and [ln for ln in lines if ln.startswith("error:")] == lines[-1:], lines[-3:]
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[-1]
+
+
+def test_outdir_that_is_not_an_earlier_output_or_overlaps_an_input_is_refused(trained, tmp_path, capsys, no_loading):
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("four years of work")
+    earlier = tmp_path / "earlier"  # an earlier output (it has run_report.yaml) holding a copy of the inputs
+    earlier.mkdir()
+    (earlier / "run_report.yaml").write_text("Model: {}\n")
+    shutil.copytree(trained / "base", earlier / "model")
+    (earlier / "forget.txt").write_text((trained / "forget.txt").read_text())
+    (tmp_path / "a_file").write_text("not a folder")
+    chained = tmp_path / "chained"  # an earlier output used as the input model
+    shutil.copytree(trained / "base", chained)
+    (chained / "run_report.yaml").write_text("Model: {}\n")
+    cases = {
+        "equal to an input that is an output": (quick(trained, chained) + ["--model", str(chained)],
+                                                "is the input model folder"),
+        "unrelated folder": (quick(trained, thesis), "is not an earlier unlearn.py output"),
+        "equal to the model": (quick(trained, trained / "base"), "is the input model folder"),
+        "inside the model": (quick(trained, trained / "base" / "sub" / "m"), "is inside the input model folder"),
+        "contains the model": (quick(trained, earlier) + ["--model", str(earlier / "model")], "contains the input model"),
+        "contains the data": (quick(trained, earlier) + ["--forget-data", str(earlier / "forget.txt")],
+                              "contains the forget data"),
+        "an existing file": (quick(trained, tmp_path / "a_file"), "exists and is not a directory"),
+        "under a file": (quick(trained, tmp_path / "a_file" / "x" / "m"), "a_file is a file"),
+        "cannot be created": (quick(trained, Path("/proc/model-diffs-test/m")), "cannot write --outdir"),
+    }
+    before = {p: snapshot(p) for p in (thesis, earlier, trained, chained)}
+    for name, (argv, expect) in cases.items():
+        assert run_main(argv) == 1, name
+        assert expect in one_error_line(capsys), name
+    assert {p: snapshot(p) for p in before} == before
+    assert not (trained / "base" / "sub").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a_file", "chained", "earlier", "thesis"]
+
+
+def test_read_only_outdir_and_full_disk_are_refused_before_loading(trained, tmp_path, capsys, monkeypatch, no_loading):
+    out = tmp_path / "new" / "deeper" / "m"
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "new" / "deeper"))
+    with monkeypatch.context() as m:
+        m.setattr(ul.tempfile, "mkstemp", read_only)
+        assert run_main(quick(trained, out)) == 1
+    assert "cannot write --outdir" in (line := one_error_line(capsys)) and "Permission denied" in line
+    assert not (tmp_path / "new").exists()  # the folders made for the probe are gone again
+    usage = ul.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ul.shutil, "disk_usage", lambda p: usage._replace(free=50_000))
+    assert run_main(quick(trained, out)) == 1
+    line = one_error_line(capsys)
+    assert "not enough free disk space for the model" in line and "0.00 GiB are free" in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_empty_folder_and_earlier_output_are_replaced_with_ordinary_modes(trained, tmp_path):
+    out = tmp_path / "o" / "m"
+    out.mkdir(parents=True)  # empty: allowed
+    old_umask = os.umask(0o022)
+    try:
+        assert run_main(quick(trained, out)) == 0
+        first = snapshot(out)
+        assert run_main(quick(trained, out) + ["--seed", "7"]) == 0  # an earlier output: replaced
+    finally:
+        os.umask(old_umask)
+    assert snapshot(out)["model.safetensors"] != first["model.safetensors"]
+    assert (out.stat().st_mode & 0o777) == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+    assert [p.name for p in out.parent.iterdir()] == ["m"]  # no temp or .old folders left
+
+
+def _partial_then(exc):
+    """A stand-in for safetensors' save_file that writes half a file, then fails like a full disk."""
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise exc
+    return save_file
+
+
+@pytest.mark.parametrize("failure", ["enospc_safetensors", "enospc_oserror", "ctrl_c_saving", "ctrl_c_training"])
+def test_full_disk_or_ctrl_c_is_one_line_and_keeps_the_earlier_output(trained, tmp_path, capsys, monkeypatch, failure):
+    import errno
+
+    import transformers.modeling_utils as mu
+    from safetensors import SafetensorError
+    earlier = tmp_path / "runs" / "m"
+    assert run_main(quick(trained, earlier)) == 0
+    capsys.readouterr()
+    kept = snapshot(tmp_path)
+    if failure == "enospc_safetensors":  # what safetensors 0.8 really raises (seen on a full tmpfs)
+        monkeypatch.setattr(mu, "safe_save_file", _partial_then(SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)")))
+    elif failure == "enospc_oserror":
+        monkeypatch.setattr(mu, "safe_save_file", _partial_then(OSError(errno.ENOSPC, "No space left on device")))
+    elif failure == "ctrl_c_saving":
+        monkeypatch.setattr(mu, "safe_save_file", _partial_then(KeyboardInterrupt()))
+    else:
+        monkeypatch.setattr(ul, "ga_simple_loss", lambda nll: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for out in (earlier, tmp_path / "fresh" / "deep" / "m"):  # replacing an earlier output; a new folder
+        assert run_main(quick(trained, out) + ["--seed", "3"]) == 1
+        line = one_error_line(capsys, after_progress=True)
+        if failure.startswith("enospc"):
+            assert "cannot save the model to" in line and "No space left on device" in line, line
+        else:
+            assert line == "error: interrupted (Ctrl-C); nothing was saved"
+        assert snapshot(tmp_path) == kept  # earlier output byte-identical, no half folder, no temp files
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_folders_left_by_a_killed_run_are_named(trained, tmp_path, capsys):
+    out = tmp_path / "m"
+    (tmp_path / ".m.tmp-abc123").mkdir()
+    assert run_main(quick(trained, out)) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / '.m.tmp-abc123'} was left by an interrupted run" in err
+    assert any("left by an interrupted run" in w for w in metrics_of(out)["warnings"])

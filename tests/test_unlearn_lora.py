@@ -57,14 +57,14 @@ def test_lora_trains_only_adapters_and_merges_into_base_plus_BA(trained, tmp_pat
     seen = {}
     real_merge = ul.merge_lora
 
-    def merge_spy(peft_model, keep_adapter, parent):
+    def merge_spy(peft_model, adapter_dir):
         # after the last optimizer step, before merging: every non-adapter weight is still the base's
         for name, p in peft_model.base_model.model.named_parameters():
             if ".lora_" not in name:
                 seen[name.replace(".base_layer.", ".")] = p.detach().clone()
             elif ".lora_B." in name:
                 seen.setdefault("_lora_B_norms", []).append(float(p.detach().norm()))
-        return real_merge(peft_model, keep_adapter, parent)
+        return real_merge(peft_model, adapter_dir)
 
     monkeypatch.setattr(ul, "merge_lora", merge_spy)
     out = tmp_path / "out"
