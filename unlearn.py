@@ -897,7 +897,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, env: Env):
     try:
         return get_peft_model(model, lora.peft_config())
     except (ValueError, TypeError) as e:
-        raise UsageError(f"cannot add LoRA adapters to {type(model).__name__}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot add LoRA adapters to {type(model).__name__}: {first_line(e)}") from None
 
 
 def merge_lora(peft_model, adapter_dir: Path | None) -> nn.Module:
