@@ -37,7 +37,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import os
@@ -182,6 +181,41 @@ def _umask() -> int:
     return mask
 
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
@@ -217,6 +251,7 @@ def write_atomically(files: dict) -> None:
 SUM_KEYS = ("a_l1", "a_l2", "b_l1", "b_l2", "dh_l1", "dh_l2", "cos")
 CSV_COLUMNS = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_norm_L1", "model_b_norm_L2",
                "mean_dh_L1", "mean_dh_L2", "mean_cos_sim", "n_tokens"]
+CSV_NAME = "activation_stats.csv"
 FP16_MAX = 65504.0  # largest finite float16; anything beyond rounds to inf
 
 
@@ -542,13 +577,14 @@ def run(args) -> Path:
     check_flags(args)
     texts = {"forget": read_texts(args.forget_text, args.max_samples),
              "retain": read_texts(args.retain_text, args.max_samples)}
-    out = check_outdir(Path(args.outdir))                 # exists as a file / cannot be created / read-only
     models = inspect_models(args)                         # configs agree, weights readable, device, dtype
+    out = check_outdir(args.outdir, CSV_NAME, owned=(CSV_NAME,), inputs=(models.dir_a, models.dir_b)) / CSV_NAME
     ids, pad_id = tokenize_texts(args, models, texts)     # model A's ids; B's tokenizer must agree
     batches = make_batches(ids, pad_id, args.batch_size)
     cache_root, cache_dtype = plan_cache(args, models, ids)   # room on disk, leftovers of killed runs
     sums = two_passes(args, models, batches, cache_root, cache_dtype, list(texts))
-    write_csv(out, stats_table(sums, list(texts)))
+    table = stats_table(sums, list(texts))
+    write_atomically({out: lambda p: table.to_csv(p, index=False)})  # 0644; a failure keeps the old file
     return out
 
 
@@ -559,38 +595,6 @@ def check_flags(args) -> None:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if args.max_samples is not None and args.max_samples <= 0:
         raise UsageError(f"--max-samples must be positive, got {args.max_samples}")
-
-
-def check_outdir(outdir: Path) -> Path:
-    """--outdir must be (or become) a folder we can write in: create it and a file in it, then undo
-    that. Returns the CSV's path. Nothing else in the folder is ever touched."""
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"--outdir {outdir} exists and is not a directory")
-    out = outdir / "activation_stats.csv"
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory; remove it or choose another --outdir")
-    existing, missing = outdir, []
-    while not existing.exists():
-        missing.append(existing)
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"cannot create --outdir {outdir}: {existing} is a file")
-    made = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            made.append(d)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=outdir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"cannot write --outdir {outdir}: {e.strerror or first_line(e)}"
-                         f"{f' ({e.filename})' if e.filename else ''}") from None
-    finally:
-        for d in reversed(made):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-    return out
 
 
 def inspect_models(args) -> Models:
@@ -772,15 +776,6 @@ def two_passes(args, models: Models, batches: list, cache_root: Path, cache_dtyp
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     return sums
-
-
-def write_csv(out: Path, table) -> None:
-    """activation_stats.csv, atomically (mode 0666 & ~umask); a failure leaves the previous file as it was."""
-    try:
-        write_atomically({out: lambda p: table.to_csv(p, index=False)})
-    except OSError as e:
-        raise UsageError(f"cannot write {out} ({e.strerror or first_line(e)}); "
-                         "an earlier file there is unchanged") from None
 
 
 def parse_args(argv=None):

@@ -214,6 +214,41 @@ def _umask() -> int:
     return mask
 
 
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
 def publish_folder(tmp: Path, final: Path) -> None:
     """Rename the finished folder ``tmp`` (made beside ``final``, e.g. by mkdtemp) to ``final``,
     with ordinary modes: folders 0777 & ~umask, files 0666 & ~umask (mkdtemp makes 0700). An
@@ -1131,13 +1166,8 @@ def make_plan(a: argparse.Namespace) -> Plan:
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
     outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"--outdir {outdir} exists and is not a directory")
-    if Path(a.model).expanduser().is_dir():  # a hub ID's snapshot folder is checked once it is resolved
-        check_outdir_apart(outdir, Path(a.model).expanduser(), a)
-    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "run_report.yaml").is_file():
-        raise UsageError(f"--outdir {outdir} already exists and is not an earlier unlearn.py output (it has no "
-                         f"run_report.yaml); choose a new folder, or empty this one")
+    # replaced only when empty or an earlier output (it holds run_report.yaml), never the input model
+    check_outdir(outdir, "run_report.yaml", inputs=(Path(a.model).expanduser(),))
     trainable = "lora" if a.lora_r else a.trainable or spec.default_trainable()
     return Plan(a.method, spec, layer_ids, trainable, outdir)
 
@@ -1238,11 +1268,18 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
 
 
 def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> None:
-    """Before any weights are loaded: --outdir is not the input model, not inside it and holds no
-    input; it can be created and written; its disk has room for the model (≈ parameter bytes).
-    Folders left by a killed run next to it are named."""
-    check_outdir_apart(plan.outdir, arch.model_dir, a)
-    existing = probe_writable(plan.outdir.parent, f"--outdir {plan.outdir}")
+    """Before any weights are loaded: --outdir (checked by make_plan) holds no input, nor is it in
+    a hub model's snapshot; its disk has room for the model (≈ parameter bytes). Folders left by a
+    killed run next to it are named."""
+    check_outdir(plan.outdir, "run_report.yaml", inputs=(arch.model_dir,))
+    for what, path in (("the input model", arch.model_dir), ("the forget data", Path(a.forget_data)),
+                       ("the retain data", Path(a.retain_data))):
+        if plan.outdir.resolve() in path.resolve().parents:
+            raise UsageError(f"--outdir {plan.outdir} contains {what} ({path}), which replacing it would delete; "
+                             "choose a folder that holds no input")
+    existing = plan.outdir
+    while not existing.exists():
+        existing = existing.parent
     need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
     free = shutil.disk_usage(existing).free
     if free < need + 2**24:  # + tokenizer, config and reports
@@ -1254,45 +1291,6 @@ def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> Non
         for path in stale:
             env.warn(f"{path} was left by an interrupted run ('.old-' holds an earlier output); "
                      f"remove it (or move it back) when you no longer need it")
-
-
-def check_outdir_apart(outdir: Path, model_dir: Path, a: argparse.Namespace) -> None:
-    """--outdir (which a run replaces) must not be the input model, lie inside it, or hold an input."""
-    out, model = outdir.resolve(), model_dir.resolve()
-    if out == model or model in out.parents:
-        where = "is the input model folder" if out == model else "is inside the input model folder"
-        raise UsageError(f"--outdir {outdir} {where} {a.model}; choose a folder outside it")
-    for what, path in (("the input model", model_dir), ("the forget data", Path(a.forget_data)),
-                       ("the retain data", Path(a.retain_data))):
-        if out in path.resolve().parents:
-            raise UsageError(f"--outdir {outdir} contains {what} ({path}); choose a folder that holds no input")
-
-
-def probe_writable(folder: Path, what: str) -> Path:
-    """Create ``folder`` (with its missing parents), write a file in it, then undo all of it.
-    UsageError in one line when that is impossible; returns the nearest folder that already existed."""
-    existing, missing = folder, []
-    while not existing.exists():
-        missing.append(existing)
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"cannot create {what}: {existing} is a file")
-    created = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            created.append(d)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"cannot write {what}: {e.strerror or e}"
-                         f"{f' ({e.filename})' if e.filename else ''}") from None
-    finally:
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-    return existing
 
 
 def load_model(a: argparse.Namespace, arch: Arch, env: Env):

@@ -353,11 +353,13 @@ def no_loading(monkeypatch):
 
 
 def test_outdir_faults_are_one_line_before_any_model_runs(tmp_path, models, texts, capsys, monkeypatch, no_loading):
+    """(An existing folder with other files is fine: the tool only adds activation_stats.csv.)"""
     a, b = models["gpt_neox"]
     (tmp_path / "a_file").write_text("keep me\n")
     cases = {
-        "an existing file": (tmp_path / "a_file", "exists and is not a directory"),
-        "under a file": (tmp_path / "a_file" / "x", "a_file is a file"),
+        "an existing file": (tmp_path / "a_file", "exists and is not a folder"),
+        "under a file": (tmp_path / "a_file" / "x", "a_file is not a folder"),
+        "inside model A": (a / "stats", "is inside the input"),
         "cannot be created": (Path("/proc/model-diffs-test/out"), "cannot write --outdir"),
     }
     for name, (outdir, expect) in cases.items():
@@ -370,7 +372,7 @@ def test_outdir_faults_are_one_line_before_any_model_runs(tmp_path, models, text
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
-    monkeypatch.setattr(can.tempfile, "mkstemp", read_only)  # root ignores chmod 0555, so simulate it
+    monkeypatch.setattr(can.tempfile, "TemporaryFile", read_only)  # root ignores chmod 0555, so simulate it
     rc, df, _ = run_tool(tmp_path, a, b, texts, name="ro" + os.sep + "deeper")
     assert rc == 1 and df is None
     assert "Permission denied" in one_error_line(capsys, "cannot write --outdir")

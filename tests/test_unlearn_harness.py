@@ -428,15 +428,15 @@ def test_outdir_that_is_not_an_earlier_output_or_overlaps_an_input_is_refused(tr
     (chained / "run_report.yaml").write_text("Model: {}\n")
     cases = {
         "equal to an input that is an output": (quick(trained, chained) + ["--model", str(chained)],
-                                                "is the input model folder"),
-        "unrelated folder": (quick(trained, thesis), "is not an earlier unlearn.py output"),
-        "equal to the model": (quick(trained, trained / "base"), "is the input model folder"),
-        "inside the model": (quick(trained, trained / "base" / "sub" / "m"), "is inside the input model folder"),
+                                                "is inside the input"),
+        "unrelated folder": (quick(trained, thesis), "holds files that no earlier run of this tool wrote"),
+        "equal to the model": (quick(trained, trained / "base"), "is inside the input"),
+        "inside the model": (quick(trained, trained / "base" / "sub" / "m"), "is inside the input"),
         "contains the model": (quick(trained, earlier) + ["--model", str(earlier / "model")], "contains the input model"),
         "contains the data": (quick(trained, earlier) + ["--forget-data", str(earlier / "forget.txt")],
                               "contains the forget data"),
-        "an existing file": (quick(trained, tmp_path / "a_file"), "exists and is not a directory"),
-        "under a file": (quick(trained, tmp_path / "a_file" / "x" / "m"), "a_file is a file"),
+        "an existing file": (quick(trained, tmp_path / "a_file"), "exists and is not a folder"),
+        "under a file": (quick(trained, tmp_path / "a_file" / "x" / "m"), "a_file is not a folder"),
         "cannot be created": (quick(trained, Path("/proc/model-diffs-test/m")), "cannot write --outdir"),
     }
     before = {p: snapshot(p) for p in (thesis, earlier, trained, chained)}
@@ -454,7 +454,7 @@ def test_read_only_outdir_and_full_disk_are_refused_before_loading(trained, tmp_
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "new" / "deeper"))
     with monkeypatch.context() as m:
-        m.setattr(ul.tempfile, "mkstemp", read_only)
+        m.setattr(ul.tempfile, "TemporaryFile", read_only)  # root ignores chmod 0555, so simulate it
         assert run_main(quick(trained, out)) == 1
     assert "cannot write --outdir" in (line := one_error_line(capsys)) and "Permission denied" in line
     assert not (tmp_path / "new").exists()  # the folders made for the probe are gone again
