@@ -142,7 +142,7 @@ def test_reduced_build_end_to_end_and_cached_rerun(tmp_path):
     assert set(report["cb_lat_weight_diff"]) == changed
     for k in changed:
         s = torch.linalg.svdvals(cblat[k].double() - base[k].double())
-        assert int((s > 1e-6 * s[0]).sum()) <= cb["lora_r"], k  # numerical rank of ΔW
+        assert int((s > 1e-3 * s[0]).sum()) <= cb["lora_r"], k  # numerical rank of ΔW (fp32 rounding: 1e-3)
         assert report["cb_lat_weight_diff"][k] == pytest.approx(float((s ** 2).sum() / s[0] ** 2), abs=1e-3)
         assert 1.0 <= report["cb_lat_weight_diff"][k] <= cb["lora_r"]
 
