@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=128, help="tokens per sample")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="timing runs of each side (0: memory only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -182,7 +182,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     for mode in t:
                         t[mode].append(median(harness(Path(wd), method, mode, args)["step_s"][1:]))
-                best = {k: min(v) for k, v in t.items()}
+                best = {k: min(v) if v else float("nan") for k, v in t.items()}  # --repeats 0: memory only
                 r_mem = mem["lora"]["run"] / mem["full"]["run"]
                 r_train = mem["lora"]["train"] / mem["full"]["train"]
                 r_time = best["lora"] / best["full"]
