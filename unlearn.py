@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -484,6 +484,51 @@ def pgd_update(delta: torch.Tensor, grad: torch.Tensor, step_size: float, eps: f
     return new
 
 
+def lat_step_size(eps: float, step_size: float | None) -> float:
+    """The adversary's step s: the documented update takes s = ε (δ ← clip(δ − ε·sign(∇δ L), −ε, ε));
+    ``--lat-step-size`` sets a smaller step (the earlier default was 2.5·ε/lat_steps)."""
+    return eps if step_size is None else step_size
+
+
+def hidden_states_offset(h0: torch.Tensor, emb: torch.Tensor) -> int:
+    """Where layer l sits in ``output_hidden_states``: ``hidden_states[l + offset]``.
+
+    offset 1 when entry 0 is the input embedding (GPT-NeoX, Llama, MPT, ...: entry 0 is the
+    embedding output, possibly scaled by a constant as Gemma does), 0 when it is already the output
+    of layer 0 (Mamba in transformers 5: one entry per layer, then the final norm)."""
+    if h0.shape != emb.shape:
+        return 0
+    a, b = h0.detach().float().flatten(), emb.detach().float().flatten()
+    if torch.equal(a, b):
+        return 1
+    c = (a @ b) / (b @ b).clamp(min=1e-30)
+    tol = 2e-2 if emb.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    return int(bool((a - c * b).norm() <= tol * a.norm()))
+
+
+class EarlyStopper:
+    """Early stopping on the validation gap (forget NLL − retain NLL, bigger is better): ``update``
+    says stop once the gap has not improved for ``patience`` validations in a row; the trainable
+    weights of the best validation are kept (a CPU copy) and ``restore`` puts them back bit for bit."""
+
+    def __init__(self, patience: int, params: list):
+        self.patience, self.params = patience, params
+        self.best_gap, self.best_step, self.bad, self.snapshot = -math.inf, None, 0, None
+
+    def update(self, step: int, gap: float) -> bool:
+        if gap > self.best_gap:
+            self.best_gap, self.best_step, self.bad = gap, step, 0
+            self.snapshot = [p.detach().to("cpu", copy=True) for p in self.params]
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, saved in zip(self.params, self.snapshot):
+            p.copy_(saved.to(p.device))
+
+
 # ----------------------------------------------------------------------------------------------
 # The method table: what each method needs, and its loss on one (forget, retain) micro-batch
 # ----------------------------------------------------------------------------------------------
@@ -557,8 +602,9 @@ class Method:
     truncated  the loss reads hidden states only: the forward stops after the top target layer
                (so DDP must allow trainable parameters above it to get no gradient)
     frozen     h_orig comes from a frozen copy of the trainable parameters up to the top target layer
-    embedding_fallback  on an architecture whose decoder layers are unknown, perturb the input
-               embeddings instead of refusing
+    embedding_fallback  on an architecture whose decoder layers are unknown, read h_l from the
+               model's output_hidden_states (full forward) and perturb the input embeddings
+               instead of refusing
     settings   the flags recorded under Training in run_report.yaml (besides the common ones)
     """
     step: Callable
@@ -583,6 +629,7 @@ class Method:
 
 
 _CB = ("layer_id", "alpha", "steering_coeff", "cb_loss")
+_LAT = ("lat_eps", "lat_steps", "lat_step_size")
 METHOD_TABLE: dict[str, Method] = {
     "ga_simple": Method(ga_simple_step, "loss"),
     "ga":        Method(ga_step, "loss"),
@@ -590,10 +637,10 @@ METHOD_TABLE: dict[str, Method] = {
     "dpo":       Method(dpo_step, "loss", ref=("forget", "retain"), settings=("beta",)),
     "npo":       Method(npo_step, "loss", ref=("forget",), settings=("beta",)),
     "simnpo":    Method(simnpo_step, "loss", settings=("beta",)),
-    "rmu":       Method(rmu_step, "repr", truncated=True, frozen=True, settings=_CB[:3]),
-    "cb":        Method(cb_step, "repr", truncated=True, frozen=True, settings=_CB),
-    "lat":       Method(lat_step, "repr", embedding_fallback=True, settings=("layer_id", "lat_eps", "lat_steps")),
-    "cb_lat":    Method(cb_lat_step, "repr", truncated=True, frozen=True, settings=_CB + ("lat_eps", "lat_steps")),
+    "rmu":       Method(rmu_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB[:3]),
+    "cb":        Method(cb_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB),
+    "lat":       Method(lat_step, "repr", embedding_fallback=True, settings=("layer_id",) + _LAT),
+    "cb_lat":    Method(cb_lat_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB + _LAT),
 }
 METHODS = tuple(METHOD_TABLE)
 LOSS_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "loss")
@@ -603,14 +650,21 @@ REPR_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "re
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def read_samples(path: str, what: str) -> tuple[list[str], int]:
-    """One sample per non-empty line (``read_lines``); duplicates (after ``normalise``) dropped. Returns (samples, n_dropped)."""
+def read_samples(path: str, what: str) -> tuple[list[str], list[int], int]:
+    """One sample per non-empty line (``read_lines``); duplicates (after ``normalise``) dropped.
+
+    Returns (samples, line index of each sample, n_dropped); a line index is the 0-based position
+    among the file's non-empty lines (what ``per_sample_nll.csv`` calls ``index``)."""
     try:
         lines = read_lines(path)
     except UsageError as e:
         hint = " (create it with create_datasets.py)" if not Path(path).exists() else ""
         raise UsageError(f"{what} data {e}{hint}") from None
-    return drop_duplicates(lines)
+    kept, dropped = drop_duplicates(lines)
+    first: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        first.setdefault(normalise(line), i)
+    return kept, [first[normalise(s)] for s in kept], dropped
 
 
 def count_overlap(forget: list[str], retain: list[str]) -> int:
@@ -621,14 +675,33 @@ def count_overlap(forget: list[str], retain: list[str]) -> int:
 
 def split_eval(samples: list, fraction: float, seed: int) -> tuple[list, list]:
     """Seeded hold-out: (train, eval), disjoint, eval = max(1, round(fraction·n)) samples (none if 0)."""
-    n = len(samples)
-    n_eval = 0 if fraction <= 0 else max(1, round(fraction * n))
-    order = list(range(n))
+    return split_off(samples, held_count(fraction, len(samples)), seed)
+
+
+def held_count(fraction: float, n: int) -> int:
+    """How many of n samples a held-out fraction takes: max(1, round(fraction·n)), 0 when fraction is 0."""
+    return 0 if fraction <= 0 else max(1, round(fraction * n))
+
+
+def split_off(samples: list, n_held: int, seed: int) -> tuple[list, list]:
+    """(rest, held): the first ``n_held`` of a ``random.Random(seed)`` shuffle of the positions are
+    held out; both keep the samples' order."""
+    order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
-    eval_idx = set(order[:n_eval])
-    train = [s for i, s in enumerate(samples) if i not in eval_idx]
-    held = [s for i, s in enumerate(samples) if i in eval_idx]
-    return train, held
+    held_idx = set(order[:n_held])
+    rest = [s for i, s in enumerate(samples) if i not in held_idx]
+    held = [s for i, s in enumerate(samples) if i in held_idx]
+    return rest, held
+
+
+def per_sample_csv(lines: dict, before: dict, after: dict) -> str:
+    """per_sample_nll.csv: ``split,index,nll_before,nll_after``, a row per reported sample (lines:
+    split → line indices; before/after: split → per-sample NLLs in the same order), floats as repr."""
+    rows = ["split,index,nll_before,nll_after"]
+    for split, idx in lines.items():
+        for i, b, a in zip(idx, before[split].tolist(), after[split].tolist()):
+            rows.append(f"{split},{i},{b!r},{a!r}")
+    return "\n".join(rows) + "\n"
 
 
 def make_schedule(n_forget: int, n_retain: int, batch_size: int, world_size: int, grad_accum: int,
@@ -731,11 +804,15 @@ class Runner(nn.Module):
     ``perturb(deltas)`` adds δ_k to the output of target module k (LAT).
     """
 
-    def __init__(self, model: nn.Module, targets: dict | None = None, stop_before: nn.Module | None = None):
+    def __init__(self, model: nn.Module, targets: dict | None = None, stop_before: nn.Module | None = None,
+                 hidden_layers: list[int] | None = None):
         super().__init__()
         self.model = model
         targets = targets or {}
         self.target_ids = list(targets)
+        # unknown architecture: "trunk" reads layers ``hidden_layers`` from output_hidden_states
+        # (full forward); ``targets`` is then {"emb": input embeddings}, where δ goes
+        self.hidden_layers, self.hidden_offset = hidden_layers, None
         self._captured: dict | None = None
         self._deltas: dict | None = None
         self._stop = False
@@ -771,6 +848,8 @@ class Runner(nn.Module):
     def forward(self, input_ids, attention_mask, mode: str = "lm"):
         if mode == "lm":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        if self.hidden_layers is not None:
+            return self._hidden_states(input_ids, attention_mask)
         self._captured, self._stop = {}, True
         try:
             self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -779,6 +858,19 @@ class Runner(nn.Module):
         finally:
             captured, self._captured, self._stop = self._captured, None, False
         return tuple(captured[l] for l in self.target_ids)
+
+    def _hidden_states(self, input_ids, attention_mask):
+        """h_l from output_hidden_states; whether entry 0 is the embedding is checked on the first call."""
+        self._captured = {}
+        try:
+            hs = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                       output_hidden_states=True).hidden_states
+            emb = self._captured.get("emb")
+        finally:
+            self._captured = None
+        if self.hidden_offset is None:
+            self.hidden_offset = hidden_states_offset(hs[0], emb) if emb is not None else 1
+        return tuple(hs[l + self.hidden_offset] for l in self.hidden_layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -974,10 +1066,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-weight", type=float, default=1.0, help="forget weight for grad_diff")
     p.add_argument("--lat-eps", type=float, default=0.1, help="L∞ perturbation budget for lat/cb_lat")
     p.add_argument("--lat-steps", type=int, default=5, help="adversary PGD steps for lat/cb_lat")
-    p.add_argument("--eval-split", type=float, default=0.1, help="held-out fraction (0 disables)")
-    p.add_argument("--eval-interval", type=int, default=0, help="validate every N steps (0 disables)")
+    p.add_argument("--lat-step-size", type=float, default=None,
+                   help="adversary step s in δ ← clip(δ − s·sign(∇δ L), −ε, ε) (default: s = ε, the documented "
+                        "update; the earlier smaller step was 2.5·ε/lat-steps)")
+    p.add_argument("--eval-split", type=float, default=0.1, help="held-out (validation) fraction (0 disables)")
+    p.add_argument("--test-split", type=float, default=0.0,
+                   help="a further fraction of each file kept untouched by training and validation, reported only "
+                        "at the end (0 disables)")
+    p.add_argument("--split-seed", type=int, default=42,
+                   help="seed of the held-out and test lines, fixed so that runs with different --seed are "
+                        "evaluated on the same lines (42: the lines the default --seed held out before)")
+    p.add_argument("--eval-interval", type=int, default=0, help="validate every N steps, printed as it happens (0 disables)")
+    p.add_argument("--early-stop-patience", type=int, default=0,
+                   help="stop when the validation gap has not improved for P validations and restore the best "
+                        "weights (needs --eval-interval and --eval-split; 0 disables)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clipping norm (0 disables)")
-    p.add_argument("--seed", type=int, default=42, help="seed for everything")
+    p.add_argument("--seed", type=int, default=42, help="seed of training (initialisation, order, adversary)")
+    p.add_argument("--seed-in-outdir", action="store_true",
+                   help="default folder <outputs-dir>/<model>__<method>__seed<k>/unlearned_model (run_unlearn.sh SEEDS=...)")
+    p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb", "trackio"],
+                   help="experiment tracker (accelerate's): loss, validation curve, settings; its package must be "
+                        "installed (e.g. uv run --with tensorboard --script unlearn.py ...)")
     p.add_argument("--cb-loss", default="cos", choices=["cos", "rr"],
                    help="cb/cb_lat loss: cos (turn toward a random direction) or rr (Circuit Breakers rerouting)")
     p.add_argument("--trainable", default=None,
@@ -1014,12 +1123,19 @@ def check_args(a: argparse.Namespace) -> None:
         (a.grad_clip >= 0, "--grad-clip must be >= 0"), (a.lat_eps >= 0, "--lat-eps must be >= 0"),
         (a.lat_steps >= 0, "--lat-steps must be >= 0"), (a.alpha >= 0, "--alpha must be >= 0"),
         (a.max_samples >= 0, "--max-samples must be >= 0"),
+        (0 <= a.test_split < 1, "--test-split must be in [0, 1)"),
+        (a.eval_split + a.test_split < 1, "--eval-split plus --test-split must be below 1"),
+        (a.early_stop_patience >= 0, "--early-stop-patience must be >= 0"),
+        (a.lat_step_size is None or a.lat_step_size > 0, "--lat-step-size must be > 0"),
+        (not a.early_stop_patience or (a.eval_interval > 0 and a.eval_split > 0),
+         "--early-stop-patience needs validations: set --eval-interval N and --eval-split > 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
-    for name in ("lr", "beta", "alpha", "steering_coeff", "forget_weight", "lat_eps", "grad_clip"):
-        if not math.isfinite(getattr(a, name)):
+    for name in ("lr", "beta", "alpha", "steering_coeff", "forget_weight", "lat_eps", "grad_clip", "eval_split",
+                 "test_split", "lat_step_size"):
+        if getattr(a, name) is not None and not math.isfinite(getattr(a, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be finite")
 
 
@@ -1034,8 +1150,19 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
         raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
-def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs") -> Path:
-    return Path(outputs_dir) / f"{Path(model_id.rstrip('/')).name}__{method}" / "unlearned_model"
+def model_name(spec: str) -> str:
+    """The project's name of a model: hub ID ``org/name`` → ``org_name``; a local folder → its
+    basename, or its parent's name when the folder is an ``unlearned_model``."""
+    path = Path(spec.rstrip("/")).expanduser()
+    if not path.is_dir() and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    return path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+
+
+def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None) -> Path:
+    """<outputs_dir>/<model name>__<method>[__seed<k>]/unlearned_model."""
+    tag = f"__seed{seed}" if seed is not None else ""
+    return Path(outputs_dir) / f"{model_name(model_id)}__{method}{tag}" / "unlearned_model"
 
 
 def warn(msg: str, warnings: list, main_process: bool = True) -> None:
@@ -1059,7 +1186,8 @@ class Plan:
 
 @dataclass
 class Data:
-    """The forget and retain lines (duplicates dropped) and their seeded train / held-out split."""
+    """The forget and retain lines (duplicates dropped) and their train / held-out / test split,
+    drawn from --split-seed; ``lines`` maps each split's texts to their line indices in the file."""
     forget: list[str]
     retain: list[str]
     train_f: list[str]
@@ -1067,22 +1195,30 @@ class Data:
     eval_f: list[str]
     eval_r: list[str]
     dropped: tuple[int, int]
+    test_f: list[str] = field(default_factory=list)
+    test_r: list[str] = field(default_factory=list)
+    lines: dict = field(default_factory=dict)
 
     def sizes(self) -> dict:
-        return {"forget_size": len(self.forget), "retain_size": len(self.retain),
-                "forget_train": len(self.train_f), "retain_train": len(self.train_r),
-                "forget_eval": len(self.eval_f), "retain_eval": len(self.eval_r)}
+        sizes = {"forget_size": len(self.forget), "retain_size": len(self.retain),
+                 "forget_train": len(self.train_f), "retain_train": len(self.train_r),
+                 "forget_eval": len(self.eval_f), "retain_eval": len(self.eval_r)}
+        if self.test_f:
+            sizes.update(forget_test=len(self.test_f), retain_test=len(self.test_r))
+        return sizes
 
 
 @dataclass
 class Arch:
-    """What the model's structure (built on the meta device, no weights) says about the run."""
+    """What the model's structure (built on the meta device, no weights) says about the run.
+    ``fallback``: the decoder layers are unknown, h_l comes from output_hidden_states."""
     model_dir: Path
     layers_path: str | None
     trainable: str
     trainable_names: list[str]
     warnings: list[str]
     n_params: int
+    fallback: bool = False
     lora: LoraSettings | None = None  # --lora-r: the adapters (trainable_names then come from peft)
 
 
@@ -1102,14 +1238,30 @@ class Env:
     def warn(self, msg: str) -> None:
         warn(msg, self.warnings, self.main)
 
+    def log(self, values: dict, step: int) -> None:
+        """To the --report-to tracker, if there is one."""
+        if self.accelerator.log_with:
+            self.accelerator.log(values, step=step)
+
 
 @dataclass
 class Tokens:
-    """Token ids of the training and held-out samples (samples shorter than 2 tokens dropped)."""
+    """Token ids of the training and held-out samples (samples shorter than 2 tokens dropped);
+    ``lines``: for each reported split (forget_eval, retain_eval or, without a held-out split,
+    forget_train, retain_train; then forget_test, retain_test) the line indices of its samples."""
     train_f: list[list[int]]
     train_r: list[list[int]]
     eval_f: list[list[int]]
     eval_r: list[list[int]]
+    test_f: list[list[int]] = field(default_factory=list)
+    test_r: list[list[int]] = field(default_factory=list)
+    lines: dict = field(default_factory=dict)
+
+    def reported(self) -> dict:
+        """split → token ids of the splits whose per-sample NLLs are reported, in ``lines`` order."""
+        by_name = {"forget_eval": self.eval_f, "retain_eval": self.eval_r, "forget_train": self.train_f,
+                   "retain_train": self.train_r, "forget_test": self.test_f, "retain_test": self.test_r}
+        return {k: by_name[k] for k in self.lines}
 
 
 @dataclass
@@ -1154,7 +1306,10 @@ def run(a: argparse.Namespace) -> dict:
                    lora=arch.lora.record(sum(p.numel() for p in trainer.params),
                                          sum(n.endswith(".lora_A.default.weight") for n, _ in model.named_parameters()))
                    if arch.lora else None)
-    save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics))
+    per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
+    save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
+    if env.accelerator.log_with:
+        env.accelerator.end_training()
     metrics["outdir"] = str(plan.outdir)
     return metrics
 
@@ -1165,7 +1320,8 @@ def make_plan(a: argparse.Namespace) -> Plan:
     check_lora_flags(a)
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
-    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir)
+    outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir,
+                                                            a.seed if a.seed_in_outdir else None)
     # replaced only when empty or an earlier output (it holds run_report.yaml), never the input model
     check_outdir(outdir, "run_report.yaml", inputs=(Path(a.model).expanduser(),))
     trainable = "lora" if a.lora_r else a.trainable or spec.default_trainable()
@@ -1173,22 +1329,35 @@ def make_plan(a: argparse.Namespace) -> Plan:
 
 
 def load_data(a: argparse.Namespace) -> Data:
-    """Read both files, refuse overlap, keep --max-samples, split off the held-out samples."""
-    forget, dup_f = read_samples(a.forget_data, "forget")
-    retain, dup_r = read_samples(a.retain_data, "retain")
+    """Read both files, refuse overlap, keep --max-samples, split off the held-out (validation) and
+    test samples. The split is drawn from --split-seed, never --seed, so runs that differ in the
+    seed are evaluated on the same lines; the test lines come out of what validation left."""
+    forget, idx_f, dup_f = read_samples(a.forget_data, "forget")
+    retain, idx_r, dup_r = read_samples(a.retain_data, "retain")
     overlap = count_overlap(forget, retain)
     if overlap:
         raise UsageError(f"{overlap} forget sample(s) also appear in the retain data (after normalising case and "
                          f"whitespace); remove them from one of the files")
     if a.max_samples:
         forget, retain = forget[:a.max_samples], retain[:a.max_samples]
-    train_f, eval_f = split_eval(forget, a.eval_split, a.seed)
-    train_r, eval_r = split_eval(retain, a.eval_split, a.seed + 1)
+    train_f, eval_f = split_eval(forget, a.eval_split, a.split_seed)
+    train_r, eval_r = split_eval(retain, a.eval_split, a.split_seed + 1)
+    test_f, test_r = [], []
+    if a.test_split:
+        train_f, test_f = split_off(train_f, held_count(a.test_split, len(forget)), a.split_seed + 2)
+        train_r, test_r = split_off(train_r, held_count(a.test_split, len(retain)), a.split_seed + 3)
     if not train_f or not train_r:
         which = "forget" if not train_f else "retain"
-        raise UsageError(f"--eval-split {a.eval_split} leaves no {which} samples to train on "
+        splits = f"--eval-split {a.eval_split} and --test-split {a.test_split} leave" if a.test_split else \
+            f"--eval-split {a.eval_split} leaves"
+        raise UsageError(f"{splits} no {which} samples to train on "
                          f"({len(forget) if which == 'forget' else len(retain)} in total)")
-    return Data(forget, retain, train_f, train_r, eval_f, eval_r, (dup_f, dup_r))
+    line_f, line_r = dict(zip(forget, idx_f)), dict(zip(retain, idx_r))  # texts are unique (duplicates dropped)
+    lines = {"forget_eval": [line_f[x] for x in eval_f], "retain_eval": [line_r[x] for x in eval_r]} if eval_f else \
+        {"forget_train": [line_f[x] for x in train_f], "retain_train": [line_r[x] for x in train_r]}
+    if test_f:
+        lines.update(forget_test=[line_f[x] for x in test_f], retain_test=[line_r[x] for x in test_r])
+    return Data(forget, retain, train_f, train_r, eval_f, eval_r, (dup_f, dup_r), test_f, test_r, lines)
 
 
 def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
@@ -1212,9 +1381,24 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
             raise UsageError(f"{plan.method} needs the decoder layers, and {arch} is not a supported architecture "
                              f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
         trainable = "lora" if trainable == "lora" else a.trainable or "all"
+        n_layers = getattr(config, "num_hidden_layers", None)
+        if plan.method != "lat":  # lat reads no hidden state: its --layer-id is ignored
+            if not isinstance(n_layers, int):
+                raise UsageError(f"{plan.method}: cannot find the decoder layers of {arch}, nor their number in its "
+                                 f"config")
+            bad = [i for i in plan.layer_ids if i >= n_layers]
+            if bad:
+                raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} layers "
+                                 f"(0–{n_layers - 1})")
+        lost = ["--layer-id is ignored"] if plan.method == "lat" else []
+        if plan.method != "lat":
+            lost.append(f"h_l of --layer-id {a.layer_id} is read from output_hidden_states (a full forward every "
+                        f"pass: no truncated forward, and h_orig needs a frozen copy of every trainable parameter)")
+        if plan.method in ("lat", "cb_lat"):
+            lost.append("the adversary perturbs the input embeddings instead of the --layer-id layers")
         warnings.append(f"{plan.method}: cannot find the decoder layers of {arch} (known: "
-                        f"{', '.join(KNOWN_LAYER_PATHS)}); falling back to perturbing the input embeddings and "
-                        f"training --trainable {trainable}; --layer-id is ignored")
+                        f"{', '.join(KNOWN_LAYER_PATHS)}); falling back: {'; '.join(lost)}; "
+                        f"training --trainable {trainable}")
     elif plan.spec.uses_layers or trainable == "layers":
         n_layers = len(found[1])
         bad = [i for i in plan.layer_ids if i >= n_layers]
@@ -1224,11 +1408,13 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
     n_params = sum(p.numel() for p in skeleton.parameters())
     if trainable == "lora":
         lora = resolve_lora(a, plan.spec, plan.layer_ids, skeleton, found)
-        return Arch(model_dir, layers_path, trainable, [], warnings, n_params, lora)
+        return Arch(model_dir, layers_path, trainable, [], warnings, n_params,
+                    fallback=found is None and plan.spec.uses_layers, lora=lora)
     names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
     if not names:
         raise UsageError(f"--trainable {trainable!r} selects no parameters")
-    return Arch(model_dir, layers_path, trainable, names, warnings, n_params)
+    return Arch(model_dir, layers_path, trainable, names, warnings, n_params,
+                fallback=found is None and plan.spec.uses_layers)
 
 
 def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data) -> Env:
@@ -1241,11 +1427,24 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
     device = pick_device(a.device)
     dtype = pick_dtype(a.dtype, device)
     weight_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[dtype]
+    tracker = None if a.report_to == "none" else a.report_to
+    if tracker:  # optional packages, never needed on the default path
+        import importlib.util
+        need = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",)}[tracker]
+        if not any(importlib.util.find_spec(m) for m in need):
+            raise UsageError(f"--report-to {tracker} needs the {need[0]} package, which is not installed "
+                             f"(e.g. uv run --with {need[0]} --script unlearn.py ...)")
+    from accelerate.utils import ProjectConfiguration
     accelerator = Accelerator(
         cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
-        gradient_accumulation_steps=a.grad_accum_steps,
+        gradient_accumulation_steps=a.grad_accum_steps, log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=str(plan.outdir.parent),
+                                            logging_dir=str(plan.outdir.parent / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(
             find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    if tracker:
+        settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(a).items()}
+        accelerator.init_trackers(f"unlearn-{plan.method}", config=settings)
     env = Env(accelerator, device, dtype, weight_dtype, [])
     for w in arch.warnings:
         env.warn(w)
@@ -1280,11 +1479,14 @@ def check_output(a: argparse.Namespace, plan: Plan, arch: Arch, env: Env) -> Non
     existing = plan.outdir
     while not existing.exists():
         existing = existing.parent
-    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4)  # fp16 runs save fp16 weights
+    # the weights (fp16 runs save fp16) + 16 MiB for tokenizer, config and reports
+    need = arch.n_params * (2 if env.dtype in ("bf16", "fp16") else 4) + 2**24
     free = shutil.disk_usage(existing).free
-    if free < need + 2**24:  # + tokenizer, config and reports
-        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about "
-                         f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
+    if free < need:
+        def size(n):
+            return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+        raise UsageError(f"not enough free disk space for the model under {existing}: it needs about {size(need)}, "
+                         f"{size(free)} are free")
     if plan.outdir.parent.is_dir():
         stale = sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.tmp-*"))
         stale += sorted(plan.outdir.parent.glob(f".{plan.outdir.name}.old-*"))
@@ -1309,11 +1511,16 @@ def load_model(a: argparse.Namespace, arch: Arch, env: Env):
 
 def tokenize_data(tokenizer, data: Data, max_length: int) -> Tokens:
     """Token ids, truncated to ``max_length``; samples shorter than 2 tokens have no next-token target."""
-    def ids(texts):
-        if not texts:
-            return []
-        return [x for x in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if len(x) >= 2]
-    tokens = Tokens(ids(data.train_f), ids(data.train_r), ids(data.eval_f), ids(data.eval_r))
+    kept: dict[str, list[int]] = {}  # split → positions of the samples that are long enough
+
+    def ids(texts, split):
+        enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
+        kept[split] = [i for i, x in enumerate(enc) if len(x) >= 2]
+        return [enc[i] for i in kept[split]]
+    tokens = Tokens(ids(data.train_f, "forget_train"), ids(data.train_r, "retain_train"),
+                    ids(data.eval_f, "forget_eval"), ids(data.eval_r, "retain_eval"),
+                    ids(data.test_f, "forget_test"), ids(data.test_r, "retain_test"))
+    tokens.lines = {split: [idx[i] for i in kept[split]] for split, idx in data.lines.items()}
     if not tokens.train_f or not tokens.train_r:
         raise UsageError("every training sample of the forget or retain set is shorter than 2 tokens")
     return tokens
@@ -1354,9 +1561,9 @@ def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: To
         targets = {l: layers[l] for l in layer_ids}
         if spec.truncated and max(layer_ids) + 1 < len(layers):
             stop_before = layers[max(layer_ids) + 1]
-    elif spec.uses_layers:  # embedding fallback (warned about): perturb the input embeddings
+    elif spec.uses_layers:  # fallback (warned about): output_hidden_states; δ on the input embeddings
         targets = {"emb": model.get_input_embeddings()}
-    runner = Runner(model, targets, stop_before)
+    runner = Runner(model, targets, stop_before, hidden_layers=layer_ids if spec.uses_layers and layers is None else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     wrapped, optimizer = env.accelerator.prepare(runner, optimizer)
@@ -1366,7 +1573,7 @@ def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: To
         with t.adapters_off():
             t.ref[split] = t.precompute_ref(split)
     if spec.frozen and peft_model is None:  # only the trainable parameters the truncated forward reaches
-        above = tuple(f"{layers_path}.{i}." for i in range(max(layer_ids) + 1, len(layers)))
+        above = tuple(f"{layers_path}.{i}." for i in range(max(layer_ids) + 1, len(layers))) if layers else ()
         t.frozen = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()
                     if p.requires_grad and not n.startswith(above)}
     t.control = random_control_vector(t.hidden_size, a.steering_coeff, a.seed).to(t.dev)
@@ -1421,7 +1628,7 @@ class Trainer:
         a = self.a
         deltas = {k: torch.zeros(b.ids.shape + (self.hidden_size,), device=self.dev, requires_grad=True)
                   for k in self.runner.target_ids}
-        step = 2.5 * a.lat_eps / max(a.lat_steps, 1)
+        step = lat_step_size(a.lat_eps, a.lat_step_size)
         for _ in range(a.lat_steps):
             with self.runner.perturb(deltas), self.accelerator.autocast():
                 nll = mean_nll(*sequence_logprobs(self.runner(b.ids, b.mask, mode="lm"), b.ids, b.mask))
@@ -1436,6 +1643,7 @@ class Trainer:
                                    self.accelerator.is_main_process, f"log π_ref {split}")
 
     def evaluate(self) -> dict:
+        """Validation: forget_NLL and retain_NLL of the held-out split (the training data without one)."""
         tk = self.tokens
         if not tk.eval_f:  # no held-out split: report on the training data
             return eval_nll(self.runner, tk.train_f, tk.train_r, self.pad_id, self.dev, self.a.batch_size,
@@ -1443,10 +1651,16 @@ class Trainer:
         return eval_nll(self.runner, tk.eval_f, tk.eval_r, self.pad_id, self.dev, self.a.batch_size,
                         self.accelerator)
 
+    def sample_nlls(self) -> dict:
+        """split → per-sample NLLs (float64, CPU) of every reported split (validation and test)."""
+        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator)
+                for split, tok in self.tokens.reported().items()}
+
 
 @dataclass
 class History:
-    """What training produced besides the weights: held-out NLLs, losses, step times."""
+    """What training produced besides the weights: held-out NLLs, losses, step times; per-sample
+    NLLs of the reported splits before and after; early stopping's outcome."""
     before: dict
     after: dict
     curve: list[dict]
@@ -1454,6 +1668,9 @@ class History:
     step_times: list[float]
     train_s: float
     steps: int
+    samples_before: dict = field(default_factory=dict)
+    samples_after: dict = field(default_factory=dict)
+    early_stopping: dict | None = None
 
 
 def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
@@ -1463,8 +1680,25 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     acc, world, rank = env.accelerator, env.accelerator.num_processes, env.accelerator.process_index
     schedule = make_schedule(len(t.tokens.train_f), len(t.tokens.train_r), a.batch_size, world,
                              a.grad_accum_steps, a.epochs, a.seed)
-    before = t.evaluate()
+    n_steps = len(schedule)
+    prefix = "eval" if t.tokens.eval_f else "train"
+
+    def validation(step: int, res: dict) -> float:
+        gap = res["forget_NLL"] - res["retain_NLL"]
+        if a.eval_interval and env.main:
+            tqdm.write(f"validation step {step}/{n_steps}: forget_NLL {res['forget_NLL']:.4f}  "
+                       f"retain_NLL {res['retain_NLL']:.4f}  gap {gap:.4f}")
+        env.log({"val/forget_NLL": res["forget_NLL"], "val/retain_NLL": res["retain_NLL"], "val/gap": gap}, step)
+        return gap
+
+    samples_before = t.sample_nlls()
+    before = {k: v for k, v in split_means(samples_before, prefix).items() if k != "gap"}
     curve, losses, step_times = [{"step": 0, **before}], [], []
+    stopper = EarlyStopper(a.early_stop_patience, t.params) if a.early_stop_patience else None
+    gap = validation(0, before)
+    if stopper:
+        stopper.update(0, gap)
+    stopped = None
     bar = tqdm(schedule, desc=f"unlearn {a.method}", disable=not env.main, dynamic_ncols=True)
     t_train, t_eval = time.perf_counter(), 0.0
     for step, micro in enumerate(bar, start=1):
@@ -1490,14 +1724,40 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
         losses.append(loss_value)  # .item() above synchronises, so the step time is real
         step_times.append(time.perf_counter() - t_step)
         bar.set_postfix(loss=f"{loss_value:.4f}")
-        if a.eval_interval and step % a.eval_interval == 0 and step < len(schedule):
+        env.log({"train/loss": loss_value}, step)
+        if a.eval_interval and step % a.eval_interval == 0 and step < n_steps:
             t0 = time.perf_counter()
-            curve.append({"step": step, **t.evaluate()})
+            res = t.evaluate()
+            curve.append({"step": step, **res})
+            gap = validation(step, res)
             t_eval += time.perf_counter() - t0
+            if stopper and stopper.update(step, gap):
+                stopped = step
+                break
+    bar.close()
     train_s = time.perf_counter() - t_train - t_eval
-    after = t.evaluate()
-    curve.append({"step": len(schedule), **after})
-    return History(before, after, curve, losses, step_times, train_s, len(schedule))
+    samples_after = t.sample_nlls()
+    after = {k: v for k, v in split_means(samples_after, prefix).items() if k != "gap"}
+    early = None
+    if stopper:
+        last = stopped if stopped is not None else n_steps
+        if stopped is None:
+            curve.append({"step": n_steps, **after})
+            stopper.update(n_steps, validation(n_steps, after))
+        if stopper.best_step != last:  # put the best validation's weights back, and evaluate them
+            stopper.restore()
+            samples_after = t.sample_nlls()
+            after = {k: v for k, v in split_means(samples_after, prefix).items() if k != "gap"}
+        early = {"patience": a.early_stop_patience, "best_step": stopper.best_step, "stopped_at_step": stopped,
+                 "restored_best": stopper.best_step != last}
+        if env.main:
+            print(f"early stopping: best validation gap {stopper.best_gap:.4f} at step {stopper.best_step}"
+                  + (f"; stopped at step {stopped}" if stopped is not None else "")
+                  + ("; its weights were restored" if early["restored_best"] else ""), flush=True)
+    else:
+        curve.append({"step": n_steps, **after})
+    return History(before, after, curve, losses, step_times, train_s, n_steps, samples_before, samples_after,
+                   early)
 
 
 def make_metrics(a: argparse.Namespace, h: History, held_out: bool, runtime: float, env: Env) -> dict:
@@ -1512,17 +1772,26 @@ def make_metrics(a: argparse.Namespace, h: History, held_out: bool, runtime: flo
         "before": {**before, "gap": before["forget_NLL"] - before["retain_NLL"]},
         "eval_curve": h.curve, "train_loss": h.losses, "steps": h.steps,
         "runtime_s": round(runtime, 3), "train_s": round(h.train_s, 4),
-        "s_per_step": round(h.train_s / h.steps, 4), "step_s": [round(s, 5) for s in h.step_times],
-        "warnings": env.warnings,
+        "s_per_step": round(h.train_s / len(h.losses), 4), "step_s": [round(s, 5) for s in h.step_times],
+        "warnings": env.warnings, "seed": a.seed, "split_seed": a.split_seed,
     }
+    test_before, test_after = split_means(h.samples_before, "test"), split_means(h.samples_after, "test")
+    if test_after:  # reported only now, never looked at during training
+        metrics["test"] = {**test_after, "before": test_before}
+    if h.early_stopping:
+        metrics["early_stopping"] = h.early_stopping
     if env.main:
         print(f"forget_NLL {before['forget_NLL']:.4f} -> {after['forget_NLL']:.4f}   "
               f"retain_NLL {before['retain_NLL']:.4f} -> {after['retain_NLL']:.4f}   "
               f"gap {metrics['before']['gap']:.4f} -> {metrics['gap']:.4f}   ({runtime:.1f} s)", flush=True)
+        if test_after:
+            print(f"test: forget_NLL {test_before['forget_NLL']:.4f} -> {test_after['forget_NLL']:.4f}   "
+                  f"retain_NLL {test_before['retain_NLL']:.4f} -> {test_after['retain_NLL']:.4f}", flush=True)
+    env.log({f"final/{k}": v for k, v in metrics.items() if k in ("forget_NLL", "retain_NLL", "gap")}, h.steps)
     return metrics
 
 
-def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dict) -> None:
+def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dict, files: dict | None = None) -> None:
     """The main process writes model, tokenizer, metrics and report into --outdir, atomically
     (FSDP/DeepSpeed: the full state dict is gathered from every process first)."""
     acc = env.accelerator
@@ -1534,7 +1803,8 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
         from safetensors import SafetensorError
         try:
             save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
-                            fp16=(env.dtype == "fp16"), lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
+                            fp16=(env.dtype == "fp16"), files=files,
+                            lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
         except (OSError, SafetensorError) as e:
             kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
             raise OutputError(f"cannot save the model to {plan.outdir} ({first_line(e)}); nothing was "
@@ -1567,22 +1837,52 @@ def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_
 
 
 @torch.no_grad()
-def eval_nll(runner, tok_f, tok_r, pad_id, dev, batch_size, accelerator) -> dict:
-    """Mean per-sample NLL of forget and retain texts; each process takes every world-th sample."""
+def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator) -> torch.Tensor:
+    """NLL of each sample, −log π(y)/|y| (mean over tokens 2..T, as ``mean_nll``), float64 on the CPU.
+    Each process computes every world-th sample; a sum over processes gathers them."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    res = {}
+    out = torch.zeros(len(tok), device=dev, dtype=torch.float64)
+    mine = list(range(rank, len(tok), world))
     with eval_mode(runner.model), accelerator.autocast():
-        for key, tok in (("forget_NLL", tok_f), ("retain_NLL", tok_r)):
-            mine = tok[rank::world]
-            acc = torch.zeros(2, device=dev, dtype=torch.float64)
-            for i in range(0, len(mine), batch_size):
-                ids, mask = pad_batch(mine[i:i + batch_size], pad_id, dev)
-                lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
-                acc[0] += (-lp / n.clamp(min=1)).double().sum()
-                acc[1] += len(ids)
-            acc = accelerator.reduce(acc, "sum")
-            res[key] = float(acc[0] / acc[1].clamp(min=1))
-    return res
+        for i in range(0, len(mine), batch_size):
+            pos = mine[i:i + batch_size]
+            ids, mask = pad_batch([tok[j] for j in pos], pad_id, dev)
+            lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
+            out[pos] = (-lp / n.clamp(min=1)).double()
+    return accelerator.reduce(out, "sum").cpu()
+
+
+def eval_nll(runner, tok_f, tok_r, pad_id, dev, batch_size, accelerator) -> dict:
+    """Mean per-sample NLL of forget and retain texts (the mean of ``sample_nlls``)."""
+    return {key: float(sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator).mean()) if tok else math.nan
+            for key, tok in (("forget_NLL", tok_f), ("retain_NLL", tok_r))}
+
+
+def split_means(nlls: dict, prefix: str) -> dict | None:
+    """forget_NLL, retain_NLL, gap of the reported splits named ``forget_<prefix>``/``retain_<prefix>``."""
+    if f"forget_{prefix}" not in nlls:
+        return None
+    f, r = float(nlls[f"forget_{prefix}"].mean()), float(nlls[f"retain_{prefix}"].mean())
+    return {"forget_NLL": f, "retain_NLL": r, "gap": f - r}
+
+
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver version (pynvml, else nvidia-smi), None when neither answers."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:  # noqa: BLE001 - optional information
+        pass
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        versions = out.stdout.split() if out.returncode == 0 else []  # one line per GPU
+        return versions[0] if versions else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
@@ -1595,41 +1895,57 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
         "gradient_clip": a.grad_clip, "seed": a.seed, "optimizer": "AdamW (weight_decay 0, constant lr)",
         "grad_accum_steps": a.grad_accum_steps,
         "global_batch_size": a.batch_size * info.processes * a.grad_accum_steps,
-        "max_length": a.max_length, "eval_split": a.eval_split, "eval_interval": a.eval_interval,
+        "max_length": a.max_length, "eval_split": a.eval_split, "test_split": a.test_split,
+        "split_seed": a.split_seed, "eval_interval": a.eval_interval,
+        "early_stop_patience": a.early_stop_patience, "max_samples": a.max_samples,
         "trainable": info.trainable, "gradient_checkpointing": info.gradient_checkpointing, "steps": metrics["steps"],
     }
     for name in METHOD_TABLE[a.method].settings:
         training[name] = info.layer_ids if name == "layer_id" else getattr(a, name)
     if info.lora:
         training["lora"] = info.lora
+    if "lat_step_size" in training:  # the step actually used, and which update that is
+        training["lat_step_size"] = lat_step_size(a.lat_eps, a.lat_step_size)
+        training["lat_update"] = ("documented: δ ← clip(δ − ε·sign(∇δ L), −ε, ε)" if a.lat_step_size is None else
+                                  "smaller step: δ ← clip(δ − s·sign(∇δ L), −ε, ε), s = --lat-step-size")
     cuda = info.device == "cuda"
+    hardware = {"device": f"cuda ({torch.cuda.get_device_name()})" if cuda else info.device,
+                "processes": info.processes, "cuda": str(torch.version.cuda) if cuda else "none"}
+    if cuda:
+        hardware["driver"] = gpu_driver_version() or "unknown"
+    results = {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],
+               "gap": metrics["gap"], "forget_nll_before": metrics["before"]["forget_NLL"],
+               "retain_nll_before": metrics["before"]["retain_NLL"], "runtime": metrics["runtime_s"],
+               "eval_set": metrics["eval_set"]}
+    if "test" in metrics:
+        results.update(forget_nll_test=metrics["test"]["forget_NLL"], retain_nll_test=metrics["test"]["retain_NLL"],
+                       forget_nll_test_before=metrics["test"]["before"]["forget_NLL"],
+                       retain_nll_test_before=metrics["test"]["before"]["retain_NLL"])
+    if "early_stopping" in metrics:
+        results["early_stopping"] = metrics["early_stopping"]
     return {
         "Model": {"base": a.model, "parameters": info.n_params, "dtype": info.dtype},
         "Dataset": {"forget_size": info.sizes["forget_size"], "retain_size": info.sizes["retain_size"],
                     "forget_domain": a.forget_domain or Path(a.forget_data).name,
                     "retain_domain": a.retain_domain or Path(a.retain_data).name,
-                    **{k: info.sizes[k] for k in ("forget_train", "retain_train", "forget_eval", "retain_eval")}},
+                    **{k: v for k, v in info.sizes.items() if k not in ("forget_size", "retain_size")}},
         "Training": training,
-        "Hardware": {"device": f"cuda ({torch.cuda.get_device_name()})" if cuda else info.device,
-                     "processes": info.processes, "cuda": str(torch.version.cuda) if cuda else "none",
-                     "pytorch": str(torch.__version__), "transformers": transformers.__version__,
+        "Hardware": {**hardware, "pytorch": str(torch.__version__), "transformers": transformers.__version__,
                      "accelerate": accelerate.__version__, "python": platform.python_version(),
                      "platform": platform.platform()},
-        "Results": {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],
-                    "gap": metrics["gap"], "forget_nll_before": metrics["before"]["forget_NLL"],
-                    "retain_nll_before": metrics["before"]["retain_NLL"], "runtime": metrics["runtime_s"],
-                    "eval_set": metrics["eval_set"]},
+        "Results": results,
     }
 
 
 def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False,
-                    lora: tuple | None = None) -> None:
-    """Write model + tokenizer + metrics.json + run_report.yaml into a temp dir next to ``outdir``,
-    then swap it in (an existing ``outdir`` is replaced only once the new one is complete). On any
-    failure, Ctrl-C included, the temp dir and the parent folders made for it are removed and an
-    earlier ``outdir`` is back in place. The folder gets the mode of a new folder (0755 under umask 022).
-    ``lora`` = (PeftModel, keep_adapter): the adapters are merged into ``model`` here (merge_lora), the
-    adapter first saved to ``outdir/adapter`` when asked."""
+                    files: dict | None = None, lora: tuple | None = None) -> None:
+    """Write model + tokenizer + metrics.json + run_report.yaml (+ ``files``: name → text, e.g.
+    per_sample_nll.csv) into a temp dir next to ``outdir``, then swap it in (an existing ``outdir``
+    is replaced only once the new one is complete). On any failure, Ctrl-C included, the temp dir
+    and the parent folders made for it are removed and an earlier ``outdir`` is back in place. The
+    folder gets the mode of a new folder (0755 under umask 022). ``lora`` = (PeftModel, keep_adapter): the
+    adapters are merged into ``model`` here (merge_lora), the adapter first saved to ``outdir/adapter``
+    when asked."""
     import yaml
     made = [d for d in reversed(outdir.parents) if not d.exists()]
     tmp = None
@@ -1645,6 +1961,8 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "run_report.yaml").write_text(yaml.safe_dump(report, sort_keys=False, allow_unicode=True))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         publish_folder(tmp, outdir)  # modes 0755/0644 (umask), an earlier outdir swapped out only now
     except BaseException:
         if tmp is not None:

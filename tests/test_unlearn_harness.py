@@ -272,7 +272,8 @@ def _bad_input_cases(d: Path, tmp: Path):
         "layer out of range": (["--method", "rmu", "--layer-id", "2,9"], "--layer-id 9 is outside the model"),
         "layer duplicated": (["--method", "cb", "--layer-id", "1,1"], "more than once"),
         "layer unparsable": (["--method", "lat", "--layer-id", "one"], "not a comma-separated list"),
-        "unsupported arch": (["--method", "rmu", "--model", str(tmp / "mpt")], "not a supported architecture"),
+        "unsupported arch": (["--method", "rmu", "--trainable", "layers", "--model", str(tmp / "mpt")],
+                             "not a supported architecture"),
         "bad regex": (["--trainable", "(("], "not a valid regular expression"),
     }
 
@@ -363,9 +364,10 @@ def test_lat_falls_back_to_input_embeddings_on_unknown_architecture(trained, tmp
     argv = common(trained, out, "lat") + ["--model", str(tmp_path / "mpt"), "--max-samples", "16"]
     assert run_main(argv) == 0
     err = capsys.readouterr().err
-    assert "falling back to perturbing the input embeddings" in err
+    assert "the adversary perturbs the input embeddings" in err
     assert "falling back" in " ".join(metrics_of(out)["warnings"])
-    assert run_main(argv[:-2] + ["--method", "cb_lat", "--outdir", str(tmp_path / "no")]) == 1
+    # --trainable layers cannot fall back (cb_lat, rmu and cb do: tests/test_unlearn_seeds.py)
+    assert run_main(argv[:-2] + ["--method", "cb_lat", "--trainable", "layers", "--outdir", str(tmp_path / "no")]) == 1
     assert "not a supported architecture" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
@@ -462,7 +464,7 @@ def test_read_only_outdir_and_full_disk_are_refused_before_loading(trained, tmp_
     monkeypatch.setattr(ul.shutil, "disk_usage", lambda p: usage._replace(free=50_000))
     assert run_main(quick(trained, out)) == 1
     line = one_error_line(capsys)
-    assert "not enough free disk space for the model" in line and "0.00 GiB are free" in line
+    assert "not enough free disk space for the model" in line and "0.0 MiB are free" in line
     assert not (tmp_path / "new").exists()
 
 

@@ -172,7 +172,7 @@ def test_method_table_rows_say_what_each_method_needs():
     assert {m: t[m].ref for m in ul.METHODS if t[m].ref} == {"dpo": ("forget", "retain"), "npo": ("forget",)}
     assert [m for m in ul.METHODS if t[m].truncated] == ["rmu", "cb", "cb_lat"]
     assert all(t[m].frozen == t[m].truncated for m in ul.METHODS)  # h_orig only ever from the truncated forward
-    assert [m for m in ul.METHODS if t[m].embedding_fallback] == ["lat"]
+    assert [m for m in ul.METHODS if t[m].embedding_fallback] == ["rmu", "cb", "lat", "cb_lat"]  # issue 13
     assert [t[m].default_trainable() for m in ("ga", "npo", "rmu", "lat")] == ["all", "all", "layers", "layers"]
     assert t["rmu"].find_unused_parameters("all") and not t["rmu"].find_unused_parameters("layers")
     assert not t["lat"].find_unused_parameters("all") and not t["ga"].find_unused_parameters("all")
@@ -180,7 +180,8 @@ def test_method_table_rows_say_what_each_method_needs():
     assert settings == {
         "ga_simple": (), "ga": (), "grad_diff": ("forget_weight",), "dpo": ("beta",), "npo": ("beta",),
         "simnpo": ("beta",), "rmu": ("layer_id", "alpha", "steering_coeff"),
-        "cb": ("layer_id", "alpha", "steering_coeff", "cb_loss"), "lat": ("layer_id", "lat_eps", "lat_steps"),
-        "cb_lat": ("layer_id", "alpha", "steering_coeff", "cb_loss", "lat_eps", "lat_steps")}
+        "cb": ("layer_id", "alpha", "steering_coeff", "cb_loss"),
+        "lat": ("layer_id", "lat_eps", "lat_steps", "lat_step_size"),
+        "cb_lat": ("layer_id", "alpha", "steering_coeff", "cb_loss", "lat_eps", "lat_steps", "lat_step_size")}
     dests = {a.dest for a in ul.build_parser()._actions}
     assert all(s in dests for row in settings.values() for s in row)  # every recorded setting is a flag
