@@ -11,7 +11,9 @@
 # FORGET_DATA / RETAIN_DATA, DEVICE, DTYPE, LR, EPOCHS, BATCH_SIZE, GRAD_ACCUM, MAX_LENGTH,
 # MAX_SAMPLES, BETA, ALPHA, STEERING_COEFF, LAYER_ID, FORGET_WEIGHT, LAT_EPS, LAT_STEPS,
 # LAT_STEP_SIZE, EVAL_SPLIT, TEST_SPLIT, SPLIT_SEED, EVAL_INTERVAL, EARLY_STOP_PATIENCE, GRAD_CLIP,
-# SEED or SEEDS, CB_LOSS, TRAINABLE, REPORT_TO. For several GPUs run unlearn.py under
+# SEED or SEEDS, CB_LOSS, TRAINABLE, REPORT_TO, and for LoRA LORA_R, LORA_ALPHA,
+# LORA_DROPOUT, LORA_TARGET_MODULES, LORA_LAYERS (e.g. LORA_R=16 LORA_LAYERS=0-30 LAYER_ID=10,20
+# ./run_unlearn.sh cb_lat --save-adapter). For several GPUs run unlearn.py under
 # `accelerate launch` instead (see docs).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,6 +61,11 @@ flag GRAD_CLIP --grad-clip
 flag CB_LOSS --cb-loss
 flag TRAINABLE --trainable
 flag REPORT_TO --report-to
+flag LORA_R --lora-r
+flag LORA_ALPHA --lora-alpha
+flag LORA_DROPOUT --lora-dropout
+flag LORA_TARGET_MODULES --lora-target-modules
+flag LORA_LAYERS --lora-layers
 
 if [[ -z "${SEEDS:-}" ]]; then
   flag SEED --seed

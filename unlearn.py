@@ -9,6 +9,7 @@
 #     "accelerate>=1.0",
 #     "tqdm>=4.66",
 #     "pyyaml>=6.0",
+#     "peft>=0.13",
 # ]
 # ///
 """Unlearn a forget set from a causal LM with one of ten methods, keeping a retain set intact.
@@ -24,6 +25,11 @@ Here the reference log-probs are computed once, up front, with the initial weigh
 not change), and rmu/cb stop the forward pass at the highest target layer (no later layers, no
 logits). The original hidden states h_orig are recomputed with a frozen copy of only the trainable
 parameters (``torch.func.functional_call``), never with a second model.
+
+With ``--lora-r R`` the method trains peft LoRA adapters (rank R) instead of the weights: h_orig
+and the reference log-probs then come from the same model with its adapters disabled, and on save
+the adapters are merged into the base weights (``merge_and_unload``), so the result is an ordinary
+model (``--save-adapter`` also keeps ``adapter/``, loadable with ``PeftModel.from_pretrained``).
 
 The training loop is plain PyTorch driven by accelerate, so ``uv run --script unlearn.py ...``
 trains on one device and ``accelerate launch unlearn.py ...`` trains data-parallel without code
@@ -271,6 +277,7 @@ def publish_folder(tmp: Path, final: Path) -> None:
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
+LORA_DROPOUT = 0.05  # --lora-dropout default (peft's examples and the Circuit Breakers recipe)
 
 
 class UsageError(Exception):
@@ -616,8 +623,9 @@ class Method:
         return "layers" if self.uses_layers else "all"
 
     def find_unused_parameters(self, trainable: str) -> bool:
-        """DDP's flag: a truncated forward leaves trainable parameters above the top layer without a gradient."""
-        return self.truncated and trainable != "layers"
+        """DDP's flag: a truncated forward leaves trainable parameters above the top layer without a gradient
+        (LoRA adapters are never above it: resolve_lora refuses that)."""
+        return self.truncated and trainable not in ("layers", "lora")
 
 
 _CB = ("layer_id", "alpha", "steering_coeff", "cb_loss")
@@ -866,6 +874,169 @@ class Runner(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# LoRA (peft): adapters on chosen modules of chosen decoder layers, merged into the weights on save
+# ----------------------------------------------------------------------------------------------
+def parse_layer_list(spec: str, flag: str) -> list[int]:
+    """'0-4' → [0, 1, 2, 3, 4]; '0,2,5-6' → [0, 2, 5, 6] (sorted, unique); anything else → UsageError."""
+    out: set[int] = set()
+    try:
+        for part in spec.replace(" ", "").split(","):
+            lo, _, hi = part.partition("-")
+            lo_i, hi_i = int(lo), int(hi) if hi else int(lo)
+            if lo_i < 0 or hi_i < lo_i:
+                raise ValueError
+            out.update(range(lo_i, hi_i + 1))
+    except ValueError:
+        raise UsageError(f"{flag} {spec!r} is not a list of layer numbers or ranges, e.g. \"0-4\" or \"0,2,4\"") from None
+    return sorted(out)
+
+
+def layer_range_text(layers: list[int] | None) -> str:
+    """[0, 1, 2, 4] → '0-2,4' (None → 'all')."""
+    if layers is None:
+        return "all"
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
+
+@dataclass
+class LoraSettings:
+    """A --lora-r run's adapters, resolved against the architecture. The update of an adapted matrix
+    W (out × in) is ΔW = B·A·(alpha/r), A: r × in, B: out × r (Hu et al. 2021, "LoRA: Low-Rank
+    Adaptation of Large Language Models"); B starts at zero, so training starts from the base model."""
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str] | str   # names (suffix match) or "all-linear", as peft takes them
+    layers: list[int] | None          # decoder layers with adapters (None: wherever the modules are)
+    layers_pattern: str | None        # the layer container's name ("layers", "h"), for peft's layer match
+    save_adapter: bool
+
+    def peft_config(self):
+        from peft import LoraConfig
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
+                          target_modules=self.target_modules, layers_to_transform=self.layers,
+                          layers_pattern=self.layers_pattern if self.layers is not None else None)
+
+    def record(self, trainable_parameters: int, adapted: int) -> dict:
+        """What run_report.yaml states about the adapters (under Training: lora)."""
+        return {"r": self.r, "alpha": self.alpha, "scaling": self.alpha / self.r, "dropout": self.dropout,
+                "target_modules": self.target_modules if isinstance(self.target_modules, str)
+                else ",".join(self.target_modules),
+                "layers": layer_range_text(self.layers), "adapted_matrices": adapted,
+                "trainable_parameters": trainable_parameters, "merged": True,
+                "adapter": "adapter/" if self.save_adapter else None}
+
+
+def check_lora_flags(a: argparse.Namespace) -> None:
+    """LoRA flags on their own and against --trainable (before anything is loaded)."""
+    if a.lora_r < 0:
+        raise UsageError("--lora-r must be >= 0 (0: no LoRA)")
+    if a.lora_r == 0:
+        given = [f for f, v in (("--lora-alpha", a.lora_alpha), ("--lora-dropout", a.lora_dropout),
+                                ("--lora-target-modules", a.lora_target_modules), ("--lora-layers", a.lora_layers),
+                                ("--save-adapter", a.save_adapter or None)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --lora-r R > 0 (LoRA is off)")
+        return
+    if a.trainable is not None:
+        raise UsageError("--trainable and --lora-r exclude each other: with LoRA only the adapters train "
+                         "(choose them with --lora-target-modules and --lora-layers)")
+    if a.lora_alpha is not None and not (math.isfinite(a.lora_alpha) and a.lora_alpha > 0):
+        raise UsageError("--lora-alpha must be > 0")
+    if a.lora_dropout is not None and not 0 <= a.lora_dropout < 1:
+        raise UsageError("--lora-dropout must be in [0, 1)")
+    if a.lora_target_modules is not None and not [m for m in a.lora_target_modules.split(",") if m.strip()]:
+        raise UsageError("--lora-target-modules is empty")
+
+
+def resolve_lora(a: argparse.Namespace, spec: Method, layer_ids: list[int], skeleton: nn.Module,
+                 found: tuple[str, nn.ModuleList] | None) -> LoraSettings:
+    """The adapters of this run on this architecture: peft's default target modules for the model
+    type unless named, the adapted layers (default: 0 … highest --layer-id for the representation
+    methods, every layer otherwise), every name checked against the model (built without weights)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    model_type = getattr(skeleton.config, "model_type", "?")
+    if a.lora_target_modules is None:
+        if model_type not in DEFAULTS:
+            raise UsageError(f"peft has no default LoRA target modules for model type {model_type!r}; "
+                             f"name them with --lora-target-modules (e.g. q_proj,v_proj)")
+        targets: list[str] | str = list(DEFAULTS[model_type])
+    else:
+        targets = [m.strip() for m in a.lora_target_modules.split(",") if m.strip()]
+        targets = "all-linear" if targets == ["all-linear"] else targets
+    layers_path = found[0] if found else None
+    n_layers = len(found[1]) if found else 0
+    if a.lora_layers is not None:
+        if found is None:
+            raise UsageError(f"--lora-layers needs decoder layers, and {type(skeleton).__name__} does not expose "
+                             f"them (known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
+        layers = parse_layer_list(a.lora_layers, "--lora-layers")
+        if layers[-1] >= n_layers:
+            raise UsageError(f"--lora-layers {layers[-1]} is outside the model: it has {n_layers} decoder layers "
+                             f"(0–{n_layers - 1})")
+        if spec.truncated and layers[-1] > max(layer_ids):
+            raise UsageError(f"--lora-layers {layers[-1]} is above the top --layer-id {max(layer_ids)}: {a.method}'s "
+                             f"forward stops there, so those adapters would never train")
+    elif spec.uses_layers and found is not None:
+        layers = list(range(max(layer_ids) + 1))
+    else:
+        layers = None
+    if layers is not None and layers == list(range(n_layers)):
+        layers = None  # every layer: no layer filter
+    lora = LoraSettings(a.lora_r, a.lora_alpha if a.lora_alpha is not None else float(a.lora_r),
+                        LORA_DROPOUT if a.lora_dropout is None else a.lora_dropout, targets, layers,
+                        layers_path.split(".")[-1] if layers_path else None, a.save_adapter)
+    if isinstance(targets, list):
+        from transformers.pytorch_utils import Conv1D
+        adaptable = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, Conv1D)
+        modules = dict(skeleton.named_modules())
+        if layers is not None:
+            modules = {n: m for n, m in modules.items() if n.startswith(tuple(f"{layers_path}.{i}." for i in layers))}
+        where = f" in decoder layers {layer_range_text(layers)}" if layers is not None else ""
+        for t in targets:
+            hits = [m for n, m in modules.items() if n == t or n.endswith(f".{t}")]
+            if not hits:
+                examples = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, adaptable)})
+                raise UsageError(f"--lora-target-modules {t!r} matches no module of {type(skeleton).__name__}{where} "
+                                 f"(its linear layers: {', '.join(examples[:8])})")
+            if not any(isinstance(m, adaptable) for m in hits):
+                raise UsageError(f"--lora-target-modules {t!r} is a {type(hits[0]).__name__}; LoRA adapts linear, "
+                                 f"embedding and convolution layers")
+    return lora
+
+
+def apply_lora(model: nn.Module, lora: LoraSettings | None, env: Env):
+    """Wrap ``model`` with peft LoRA adapters (injected in place: ``model`` keeps its structure and
+    its hooks, only the adapted Linear modules gain lora_A/lora_B); only the adapters require grad.
+    Returns the PeftModel (None without LoRA). peft draws A from the torch RNG, already seeded."""
+    if lora is None:
+        return None
+    from peft import get_peft_model
+    if env.accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise UsageError("--lora-r with FSDP/DeepSpeed is not supported; LoRA fits one device per process: "
+                         "launch data-parallel (accelerate launch --multi_gpu) instead")
+    try:
+        return get_peft_model(model, lora.peft_config())
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"cannot add LoRA adapters to {type(model).__name__}: {first_line(e)}") from None
+
+
+def merge_lora(peft_model, adapter_dir: Path | None) -> nn.Module:
+    """Before saving: write the adapter to ``adapter_dir`` (peft's save_pretrained; None: not kept),
+    then merge W ← W + B·A·(alpha/r) into every adapted matrix and drop the adapters
+    (``merge_and_unload``). Returns the plain transformers model."""
+    if adapter_dir is not None:
+        peft_model.save_pretrained(adapter_dir)
+    return peft_model.merge_and_unload(safe_merge=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -927,6 +1098,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    lora = p.add_argument_group("LoRA (peft): train low-rank adapters instead of the weights, merged into them on save")
+    lora.add_argument("--lora-r", type=int, default=0, help="adapter rank R (0: no LoRA, train the weights)")
+    lora.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha; the update is B·A·alpha/R (default: R)")
+    lora.add_argument("--lora-dropout", type=float, default=None, help=f"dropout on the adapters' input (default: {LORA_DROPOUT})")
+    lora.add_argument("--lora-target-modules", default=None,
+                      help="comma-separated module names to adapt, e.g. query_key_value or q_proj,v_proj, or "
+                           "all-linear (default: peft's default for the architecture)")
+    lora.add_argument("--lora-layers", default=None,
+                      help="decoder layers that get adapters, e.g. 0-4 or 0,2,4 (default: 0 up to the highest "
+                           "--layer-id for rmu/cb/lat/cb_lat, every layer for the others)")
+    lora.add_argument("--save-adapter", action="store_true",
+                      help="also keep the adapter in <outdir>/adapter/ (PeftModel.from_pretrained loads it)")
     return p
 
 
@@ -1036,6 +1219,7 @@ class Arch:
     warnings: list[str]
     n_params: int
     fallback: bool = False
+    lora: LoraSettings | None = None  # --lora-r: the adapters (trainable_names then come from peft)
 
 
 @dataclass
@@ -1091,6 +1275,7 @@ class RunInfo:
     layer_ids: list[int]
     gradient_checkpointing: bool
     sizes: dict
+    lora: dict | None = None  # LoraSettings.record(...)
 
 
 class Batch(NamedTuple):
@@ -1108,14 +1293,19 @@ def run(a: argparse.Namespace) -> dict:
     env = start_accelerator(a, plan, arch, data)          # device, precision, processes, warnings
     check_output(a, plan, arch, env)                      # --outdir: allowed, writable, room for the model
     model, tokenizer, pad_id = load_model(a, arch, env)
+    peft_model = apply_lora(model, arch.lora, env)        # --lora-r: adapters injected into model (peft)
+    trainable_names = [n for n, p in model.named_parameters() if p.requires_grad] if peft_model else arch.trainable_names
     tokens = tokenize_data(tokenizer, data, a.max_length)
-    gc_on = prepare_for_training(model, arch.trainable_names, a, env)
-    trainer = setup_method(a, plan, model, tokens, pad_id, env)   # what METHOD_TABLE says it needs
+    gc_on = prepare_for_training(model, trainable_names, a, env)
+    trainer = setup_method(a, plan, model, tokens, pad_id, env, peft_model)   # what METHOD_TABLE says it needs
     history = train(a, trainer, env)
     metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
-    info = RunInfo(n_params=sum(p.numel() for p in model.parameters()), dtype=env.dtype, device=env.device,
+    info = RunInfo(n_params=arch.n_params, dtype=env.dtype, device=env.device,
                    processes=env.accelerator.num_processes, trainable=arch.trainable, layer_ids=plan.layer_ids,
-                   gradient_checkpointing=gc_on, sizes=data.sizes())
+                   gradient_checkpointing=gc_on, sizes=data.sizes(),
+                   lora=arch.lora.record(sum(p.numel() for p in trainer.params),
+                                         sum(n.endswith(".lora_A.default.weight") for n, _ in model.named_parameters()))
+                   if arch.lora else None)
     per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
     save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
     if env.accelerator.log_with:
@@ -1127,13 +1317,15 @@ def run(a: argparse.Namespace) -> dict:
 def make_plan(a: argparse.Namespace) -> Plan:
     """Numeric flags, layer ids, method and output folder: cheap checks before anything is read."""
     check_args(a)
+    check_lora_flags(a)
     spec = METHOD_TABLE[a.method]
     layer_ids = parse_layer_ids(a.layer_id)
     outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir,
                                                             a.seed if a.seed_in_outdir else None)
     # replaced only when empty or an earlier output (it holds run_report.yaml), never the input model
     check_outdir(outdir, "run_report.yaml", inputs=(Path(a.model).expanduser(),))
-    return Plan(a.method, spec, layer_ids, a.trainable or spec.default_trainable(), outdir)
+    trainable = "lora" if a.lora_r else a.trainable or spec.default_trainable()
+    return Plan(a.method, spec, layer_ids, trainable, outdir)
 
 
 def load_data(a: argparse.Namespace) -> Data:
@@ -1188,7 +1380,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
         if not (plan.spec.embedding_fallback and a.trainable != "layers"):
             raise UsageError(f"{plan.method} needs the decoder layers, and {arch} is not a supported architecture "
                              f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
-        trainable = a.trainable or "all"
+        trainable = "lora" if trainable == "lora" else a.trainable or "all"
         n_layers = getattr(config, "num_hidden_layers", None)
         if plan.method != "lat":  # lat reads no hidden state: its --layer-id is ignored
             if not isinstance(n_layers, int):
@@ -1213,10 +1405,14 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
         if bad:
             raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} decoder layers "
                              f"(0–{n_layers - 1})")
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    if trainable == "lora":
+        lora = resolve_lora(a, plan.spec, plan.layer_ids, skeleton, found)
+        return Arch(model_dir, layers_path, trainable, [], warnings, n_params,
+                    fallback=found is None and plan.spec.uses_layers, lora=lora)
     names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
     if not names:
         raise UsageError(f"--trainable {trainable!r} selects no parameters")
-    n_params = sum(p.numel() for p in skeleton.parameters())
     return Arch(model_dir, layers_path, trainable, names, warnings, n_params,
                 fallback=found is None and plan.spec.uses_layers)
 
@@ -1351,9 +1547,12 @@ def prepare_for_training(model: nn.Module, trainable_names: list[str], a: argpar
     return gc_on
 
 
-def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: Tokens, pad_id: int, env: Env):
+def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: Tokens, pad_id: int, env: Env,
+                 peft_model=None):
     """What the method needs (METHOD_TABLE): hooks on the target layers (and the stop of a truncated
-    forward), the optimizer, log π_ref once with the initial weights, the frozen copy for h_orig."""
+    forward), the optimizer, log π_ref once with the initial weights, the frozen copy for h_orig.
+    With LoRA (``peft_model``) log π_ref and h_orig come from the model with its adapters disabled:
+    no copy of any parameter."""
     spec, layer_ids = plan.spec, plan.layer_ids
     found = find_decoder_layers(model)
     layers_path, layers = found if found is not None else (None, None)
@@ -1369,9 +1568,11 @@ def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: To
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     wrapped, optimizer = env.accelerator.prepare(runner, optimizer)
     t = Trainer(a, spec, runner, wrapped, optimizer, params, env.accelerator, tokens, pad_id)
+    t.peft = peft_model
     for split in spec.ref:
-        t.ref[split] = t.precompute_ref(split)
-    if spec.frozen:  # only the trainable parameters the truncated forward reaches
+        with t.adapters_off():
+            t.ref[split] = t.precompute_ref(split)
+    if spec.frozen and peft_model is None:  # only the trainable parameters the truncated forward reaches
         above = tuple(f"{layers_path}.{i}." for i in range(max(layer_ids) + 1, len(layers))) if layers else ()
         t.frozen = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()
                     if p.requires_grad and not n.startswith(above)}
@@ -1392,7 +1593,12 @@ class Trainer:
         self.hidden_size = runner.model.get_input_embeddings().embedding_dim
         self.ref: dict[str, torch.Tensor] = {}
         self.frozen: dict | None = None
+        self.peft = None  # LoRA: the PeftModel whose adapters are switched off for h_orig and log π_ref
         self.control: torch.Tensor | None = None
+
+    def adapters_off(self):
+        """LoRA: the base model (adapters disabled) inside the block; without LoRA a no-op."""
+        return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
 
     def batch(self, tok: list[list[int]], idx: list[int]) -> Batch:
         return Batch(*pad_batch([tok[i] for i in idx], self.pad_id, self.dev), idx)
@@ -1411,6 +1617,9 @@ class Trainer:
 
     def h_orig(self, b: Batch):
         with torch.no_grad(), self.accelerator.autocast(), eval_mode(self.runner.model):
+            if self.peft is not None:  # LoRA: the same model with its adapters switched off
+                with self.adapters_off():
+                    return self.runner(b.ids, b.mask, mode="trunk")
             return torch.func.functional_call(self.runner, self.frozen, args=(b.ids, b.mask),
                                               kwargs={"mode": "trunk"}, strict=False)
 
@@ -1594,7 +1803,8 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
         from safetensors import SafetensorError
         try:
             save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
-                            fp16=(env.dtype == "fp16"), files=files)
+                            fp16=(env.dtype == "fp16"), files=files,
+                            lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
         except (OSError, SafetensorError) as e:
             kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
             raise OutputError(f"cannot save the model to {plan.outdir} ({first_line(e)}); nothing was "
@@ -1692,6 +1902,8 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     }
     for name in METHOD_TABLE[a.method].settings:
         training[name] = info.layer_ids if name == "layer_id" else getattr(a, name)
+    if info.lora:
+        training["lora"] = info.lora
     if "lat_step_size" in training:  # the step actually used, and which update that is
         training["lat_step_size"] = lat_step_size(a.lat_eps, a.lat_step_size)
         training["lat_update"] = ("documented: δ ← clip(δ − ε·sign(∇δ L), −ε, ε)" if a.lat_step_size is None else
@@ -1726,18 +1938,22 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
 
 
 def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False,
-                    files: dict | None = None) -> None:
+                    files: dict | None = None, lora: tuple | None = None) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml (+ ``files``: name → text, e.g.
     per_sample_nll.csv) into a temp dir next to ``outdir``, then swap it in (an existing ``outdir``
     is replaced only once the new one is complete). On any failure, Ctrl-C included, the temp dir
     and the parent folders made for it are removed and an earlier ``outdir`` is back in place. The
-    folder gets the mode of a new folder (0755 under umask 022)."""
+    folder gets the mode of a new folder (0755 under umask 022). ``lora`` = (PeftModel, keep_adapter): the
+    adapters are merged into ``model`` here (merge_lora), the adapter first saved to ``outdir/adapter``
+    when asked."""
     import yaml
     made = [d for d in reversed(outdir.parents) if not d.exists()]
     tmp = None
     try:
         outdir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+        if lora is not None:  # LoRA: W <- W + B·A·alpha/r, then an ordinary model is saved
+            model = merge_lora(lora[0], tmp / "adapter" if lora[1] else None)
         if fp16:
             model = model.half()
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None

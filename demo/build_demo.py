@@ -19,7 +19,9 @@ toy scale, so every analysis tool can be run end to end without a GPU or the hub
 
   demo-unfiltered          a tiny GPT-NeoX trained from scratch on forget + retain text
   demo-e2e-strong-filter   the same initialisation, the same number of steps, retain text only
-  demo-unfiltered-cb-lat   ``unlearn.py --method cb_lat`` applied to demo-unfiltered
+  demo-unfiltered-cb-lat   ``unlearn.py --method cb_lat`` applied to demo-unfiltered, made the way
+                           the real one was: LoRA adapters on the attention ``query_key_value``
+                           of the lower layers, merged into the weights
 
 The text is ``create_datasets.py --source synthetic``: forget = facts of an invented technical
 domain (the stand-in for hazardous knowledge), retain = everyday prose. The models train on all of
@@ -139,9 +141,13 @@ MODEL = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "
 # unfiltered twin to answer its multiple-choice questions well above chance (200 x 4 stayed at chance).
 TRAIN = {"steps": 400, "batch_size": 16, "forget_per_batch": 8, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1,
          "max_length": 128, "eval_fraction": 0.1}
-# CB-LAT on the middle of the network: the representations of layers 2 and 3 (of 0-5) are rerouted
-# on forget text while retain representations are held at their original values.
-CB_LAT = {"layer_id": "2,3", "lr": 2e-3, "epochs": 1, "batch_size": 8, "alpha": 10.0,
+# CB-LAT made the way the real deep-ignorance-unfiltered-cb-lat was (LoRA rank 16 on the attention
+# query_key_value of layers 0-30 of 32, merged): LoRA rank 4 (hidden size 128) on query_key_value of
+# layers 0-4 of 6, the representations of target layers 2 and 4 rerouted on forget text while retain
+# representations are held at their original values. Only those five matrices change, each by a
+# rank-≤8 update (stable rank near 1, as in the real twin).
+CB_LAT = {"layer_id": "2,4", "lora_r": 8, "lora_alpha": 16.0, "lora_target_modules": "query_key_value",
+          "lora_layers": "0-4", "lr": 1e-2, "epochs": 1, "batch_size": 8, "alpha": 10.0,
           "steering_coeff": 20.0, "lat_eps": 0.1, "lat_steps": 3, "eval_split": 0.1}
 
 
@@ -376,6 +382,22 @@ def save_model(model, tokenizer, final: Path, fp: str, settings: dict, files: di
         raise
 
 
+def weight_diff_signature(base: dict, new: dict) -> dict:
+    """Which weights differ between two state dicts, and how: ``{name: ΔW stable rank}`` of every
+    changed matrix (‖ΔW‖_F² / ‖ΔW‖_2², float64; the definition collect_param_stats.py uses), and
+    ``null`` for a changed vector."""
+    import torch
+
+    out = {}
+    for name, w in base.items():
+        if torch.equal(w, new[name]):
+            continue
+        d = new[name].double() - w.double()
+        out[name] = (round(float(d.square().sum() / torch.linalg.matrix_norm(d, ord=2) ** 2), 4)
+                     if d.dim() == 2 else None)
+    return out
+
+
 def train_twin(job: dict) -> float:
     """Build one pretrained twin from scratch and save it (runs in a worker process, one thread).
 
@@ -499,7 +521,8 @@ def build(args) -> dict:
     if cached(final, cb_fp):
         print(f"[5/5] {NAMES['cb_lat']}: cached")
     else:
-        print(f"[5/5] {NAMES['cb_lat']}: unlearn.py --method cb_lat on layers {cb['layer_id']}", flush=True)
+        print(f"[5/5] {NAMES['cb_lat']}: unlearn.py --method cb_lat, target layers {cb['layer_id']}, LoRA rank "
+              f"{cb['lora_r']} on {cb['lora_target_modules']} of layers {cb['lora_layers']}", flush=True)
         work = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-cb-lat-run-"))
         try:
             (work / "forget.txt").write_text("".join(s + "\n" for s in forget_train), encoding="utf-8")
@@ -512,6 +535,8 @@ def build(args) -> dict:
                 "--epochs", str(cb["epochs"]), "--batch-size", str(cb["batch_size"]),
                 "--alpha", str(cb["alpha"]), "--steering-coeff", str(cb["steering_coeff"]),
                 "--lat-eps", str(cb["lat_eps"]), "--lat-steps", str(cb["lat_steps"]),
+                "--lora-r", str(cb["lora_r"]), "--lora-alpha", str(cb["lora_alpha"]),
+                "--lora-target-modules", cb["lora_target_modules"], "--lora-layers", cb["lora_layers"],
                 "--max-length", str(max_len), "--seed", str(args.seed), "--device", "cpu", "--dtype", "fp32",
                 "--eval-split", str(cb["eval_split"]),
                 "--forget-domain", "synthetic crystal-engineering facts", "--retain-domain", "synthetic everyday prose"])
@@ -535,6 +560,10 @@ def build(args) -> dict:
                                   "retain_nll": round(mean_nll(model, enc["retain_eval"], pad_id), 4),
                                   "build_seconds": info.get("build_seconds"),
                                   "parameters": sum(p.numel() for p in model.parameters())}
+    # the cb-lat twin's weight-diff signature (the real one: only query_key_value, rank 1-2)
+    report["cb_lat_weight_diff"] = weight_diff_signature(
+        AutoModelForCausalLM.from_pretrained(out / NAMES["unfiltered"], dtype=torch.float32).state_dict(),
+        AutoModelForCausalLM.from_pretrained(out / NAMES["cb_lat"], dtype=torch.float32).state_dict())
     m = report["models"]
     u, f, c = m[NAMES["unfiltered"]], m[NAMES["filtered"]], m[NAMES["cb_lat"]]
     report["checks"] = {
@@ -553,11 +582,16 @@ def build(args) -> dict:
 def print_report(report: dict) -> None:
     print(f"\nheld-out NLL (nats/token; {report['heldout']['forget']} forget, "
           f"{report['heldout']['retain']} retain lines):")
-    print(f"  {'model':<26}{'forget':>9}{'retain':>9}   (cb-lat trained layers {report['cb_lat']['layer_id']})")
+    cb = report["cb_lat"]
+    print(f"  {'model':<26}{'forget':>9}{'retain':>9}   (cb-lat: LoRA rank {cb['lora_r']} on "
+          f"{cb['lora_target_modules']} of layers {cb['lora_layers']}, target layers {cb['layer_id']})")
     for name, r in report["models"].items():
         print(f"  {name:<26}{r['forget_nll']:>9.3f}{r['retain_nll']:>9.3f}")
     for k, v in report["checks"].items():
         print(f"  {k}: {v:+.3f}")
+    diff = report.get("cb_lat_weight_diff", {})
+    print(f"cb-lat weight diff: {len(diff)} changed tensors, ΔW stable rank "
+          + ", ".join(f"{k.removesuffix('.weight')} {v:.2f}" for k, v in diff.items() if v is not None))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

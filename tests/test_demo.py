@@ -131,13 +131,20 @@ def test_reduced_build_end_to_end_and_cached_rerun(tmp_path):
     # the unfiltered twin has read the invented domain, the filtered one never has
     assert f["forget_nll"] - u["forget_nll"] > 1.0
     assert abs(f["retain_nll"] - u["retain_nll"]) < 0.5 * u["retain_nll"]
-    assert (report["cb_lat"]["layer_id"], u["parameters"]) == ("2,3", f["parameters"])
+    cb = report["cb_lat"]
+    assert (cb["lora_target_modules"], cb["lora_layers"], u["parameters"]) == ("query_key_value", "0-4", f["parameters"])
 
-    # cb-lat changed exactly the weights of the layers it trained
+    # cb-lat was made the real way (LoRA on query_key_value, merged): exactly those matrices of the
+    # LoRA layers changed, each by an update of rank <= r (stable rank from an independent float64 SVD)
     base, cblat = _weights(out / names[0]), _weights(out / names[2])
     changed = {k for k in base if not torch.equal(base[k], cblat[k])}
-    assert changed and all(k.startswith(("gpt_neox.layers.2.", "gpt_neox.layers.3.")) for k in changed)
-    assert {k.split(".")[2] for k in changed} == {"2", "3"}
+    assert changed == {f"gpt_neox.layers.{i}.attention.query_key_value.weight" for i in range(5)}
+    assert set(report["cb_lat_weight_diff"]) == changed
+    for k in changed:
+        s = torch.linalg.svdvals(cblat[k].double() - base[k].double())
+        assert int((s > 1e-3 * s[0]).sum()) <= cb["lora_r"], k  # numerical rank of ΔW (fp32 rounding: 1e-3)
+        assert report["cb_lat_weight_diff"][k] == pytest.approx(float((s ** 2).sum() / s[0] ** 2), abs=1e-3)
+        assert 1.0 <= report["cb_lat_weight_diff"][k] <= cb["lora_r"]
 
     # a rerun finds every step cached and leaves the models byte-identical
     before = {p: p.read_bytes() for p in out.rglob("*.safetensors")}

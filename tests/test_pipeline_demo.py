@@ -3,7 +3,8 @@
 This is the slowest test of the suite (it builds the demo model family from scratch). It checks
 that every documented CSV and PNG is produced and that the miniature shows the real study's
 signature: the data-filtered twin differs from the base in every layer, the CB-LAT twin only in
-the layers it trained, and its activations are identical below those layers.
+the query_key_value matrices of its LoRA layers (low-rank updates), and its activations are
+identical below those layers.
 """
 from __future__ import annotations
 
@@ -68,9 +69,14 @@ def test_every_documented_file_is_produced(demo_run):
     assert (repo / "data" / "forget.txt").stat().st_size > 0
 
 
+def cb_lat_recipe(repo: Path) -> dict:
+    return json.loads((repo / "demo" / "models" / "demo_report.json").read_text())["cb_lat"]
+
+
 def trained_layers(repo: Path) -> set[int]:
-    report = json.loads((repo / "demo" / "models" / "demo_report.json").read_text())
-    return {int(x) for x in str(report["cb_lat"]["layer_id"]).split(",")}
+    """The decoder layers whose weights the CB-LAT twin changed: those with LoRA adapters ("0-4")."""
+    lo, _, hi = cb_lat_recipe(repo)["lora_layers"].partition("-")
+    return set(range(int(lo), int(hi or lo) + 1))
 
 
 def test_filtered_twin_differs_in_every_layer_cb_lat_only_where_trained(demo_run):
@@ -85,6 +91,13 @@ def test_filtered_twin_differs_in_every_layer_cb_lat_only_where_trained(demo_run
     assert changed == layers
     n_layers = filtered["layer"].nunique()
     assert len(layers) < n_layers
+
+    # the real twin's signature: only query_key_value changed, each by a low-rank update (<= LoRA rank)
+    per_matrix = pd.read_csv(repo / "outputs" / CMP_CBLAT / "param_stats" / "per_matrix.csv")
+    moved = per_matrix[per_matrix["dW_fro"] > 0]
+    assert set(moved["group"]) == {"attn"} and moved["name"].str.contains("query_key_value").all()
+    assert set(moved["layer"]) == layers
+    assert (moved["dW_stable_rank"] <= cb_lat_recipe(repo)["lora_r"]).all()
 
 
 def test_cb_lat_activations_move_only_from_the_first_trained_layer(demo_run):
