@@ -2,7 +2,8 @@
 # The whole study, end to end:
 #   clean outputs/ and plots/ -> weight-diff stats -> their plots -> forget/retain data
 #   -> sanity checks (check_experiment.py) -> activation stats -> their plots
-#   -> evaluation of every model (evaluate_unlearning.py) -> its plot,
+#   -> evaluation of every model (evaluate_unlearning.py) -> its plot
+#   -> the same fine-tuning attack on every model (tamper_attack.py) -> its plot,
 #   then a list of every CSV and PNG produced.
 #
 #   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 DEMO=0
 for arg in "$@"; do
   case "$arg" in
