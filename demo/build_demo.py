@@ -142,7 +142,7 @@ MODEL = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "
 TRAIN = {"steps": 400, "batch_size": 16, "forget_per_batch": 8, "lr": 3e-3, "warmup": 20, "weight_decay": 0.1,
          "max_length": 128, "eval_fraction": 0.1}
 # CB-LAT made the way the real deep-ignorance-unfiltered-cb-lat was (LoRA rank 16 on the attention
-# query_key_value of layers 0-30 of 32, merged): LoRA rank 4 (hidden size 128) on query_key_value of
+# query_key_value of layers 0-30 of 32, merged): LoRA rank 8, alpha 16 (hidden size 128) on query_key_value of
 # layers 0-4 of 6, the representations of target layers 2 and 4 rerouted on forget text while retain
 # representations are held at their original values. Only those five matrices change, each by a
 # rank-≤8 update (stable rank near 1, as in the real twin).
