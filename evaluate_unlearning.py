@@ -855,7 +855,9 @@ def check_args(args) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"two models would share the results folder {dup[0]}; evaluate them in separate --outdir")
-    check_outdir(args.outdir, "summary.csv", owned=("summary.csv",))
+    # the marker is this tool's own per-model summary.json: a bare summary.csv could be
+    # aggregate_runs.py's or tamper_attack.py's, which this run must not overwrite
+    check_outdir(args.outdir, "*/summary.json", owned=("summary.csv",))
 
 
 def mcq_sets(args) -> dict:

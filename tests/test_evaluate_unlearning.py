@@ -371,3 +371,19 @@ def test_unknown_or_unreachable_lm_eval_task_offline(tmp_path, tiny, capsys, mon
     assert "unknown lm-eval task no_such_task" in _bad(tmp_path, tiny, capsys, "--lm-eval-tasks", "no_such_task")
     msg = _bad(tmp_path, tiny, capsys, "--lm-eval-tasks", "wmdp_bio")
     assert "wmdp_bio" in msg and "offline" in msg
+
+
+def test_outdir_of_another_tools_summary_csv_is_refused(tmp_path, tiny, capsys):
+    """aggregate_runs.py and tamper_attack.py also write summary.csv: a folder holding only theirs
+    is not an earlier evaluation, so it is refused before any model loads and left as it was."""
+    out = tmp_path / "aggregate"
+    out.mkdir()
+    (out / "summary.csv").write_text("group,metric\nga,forget_NLL\n")
+    argv = ["--model", str(tiny["path"]), "--forget-test", str(tiny["data"] / "forget_test.txt"),
+            "--retain-test", str(tiny["data"] / "retain_test.txt"), "--outdir", str(out)]
+    capsys.readouterr()
+    assert ev.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no */summary.json" in err[0], err
+    assert [p.name for p in out.iterdir()] == ["summary.csv"]
+    assert (out / "summary.csv").read_text() == "group,metric\nga,forget_NLL\n"
