@@ -4,8 +4,8 @@
 #     "torch>=2.4",
 #     "safetensors>=0.4",
 #     "huggingface_hub>=0.30",
-#     "pandas>=2.0",
 #     "numpy>=1.24",
+#     "ml_dtypes>=0.4",
 #     "scipy>=1.11",
 #     "threadpoolctl>=3.1",
 #     "tqdm>=4.66",
@@ -37,6 +37,8 @@ Why it is built this way:
     full re-orthogonalisation and Rayleigh–Ritz, stopped by a real residual test ‖Gv − θv‖ ≤ tol·θ.
     Fine-tuning ΔWs have flat noise spectra (σ2/σ1 ≈ 0.999) on which a few power-iteration steps
     stall far from σ1; the block Krylov space gets there in a few dozen products with G.
+  * On the CPU it is numpy and SciPy's BLAS/LAPACK only, without the torch import (~3.5 s of CPU
+    on its own). On CUDA/MPS torch does the Gram products, and on CUDA the dense eigensolver too.
 
 Usage:
     uv run --script collect_param_stats.py --model-a EleutherAI/deep-ignorance-unfiltered \\
@@ -46,7 +48,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import csv
 import functools
 import json
 import math
@@ -56,14 +58,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors' numpy reader takes bf16)
 import numpy as np
-import pandas as pd
 import scipy.linalg
-import torch
 from safetensors import SafetensorError, safe_open
 from scipy.linalg.blas import ssyrk
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+
+# torch is imported only for a CUDA/MPS run (see choose_device): its import alone costs ~3.5 s of
+# CPU, a fifth of the whole exact-SVD route on a 160M-parameter pair
 
 
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
@@ -282,10 +286,10 @@ def parse_layer_group(name: str) -> tuple[int, str]:
 # Checkpoints: resolved, indexed and read lazily
 # ----------------------------------------------------------------------------------------------
 def open_safetensors(path: Path):
-    """`safe_open` in PyTorch mode. Opened per read and closed at once: the memory map, and with
-    it the file pages it touched, is released, so scanning a checkpoint does not count the whole
-    file towards this process's resident memory (the pread backend would read whole tensors)."""
-    return safe_open(path, framework="pt")
+    """`safe_open` with numpy arrays (bf16 through ml_dtypes). Opened per read and closed at once:
+    the memory map, and with it the file pages it touched, is released, so scanning a checkpoint
+    does not count the whole file towards this process's resident memory."""
+    return safe_open(path, framework="numpy")
 
 
 class Checkpoint:
@@ -348,12 +352,12 @@ class Checkpoint:
     def matrices(self) -> dict[str, tuple[int, int]]:
         return {n: s for n, s in self.shapes.items() if len(s) == 2}
 
-    def read(self, name: str, rows: slice, cols: slice) -> torch.Tensor:
-        """The block [rows, cols] of a tensor, in its stored dtype."""
+    def read(self, name: str, rows: slice, cols: slice) -> np.ndarray:
+        """The block [rows, cols] of a tensor, in its stored dtype (a C-contiguous copy)."""
         try:
             with open_safetensors(self.files[name]) as f:
-                return f.get_slice(name)[rows, cols]
-        except (SafetensorError, OSError) as exc:
+                return np.ascontiguousarray(f.get_slice(name)[rows, cols])
+        except (SafetensorError, OSError, TypeError) as exc:
             raise UsageError(f"cannot read {name} from {self.files[name]}: {first_line(exc)}") from exc
 
 
@@ -394,12 +398,15 @@ def gram_blocks(shape: tuple[int, int], chunk_elems: int):
     return [(slice(None), slice(j, min(j + step, cols))) for j in range(0, cols, step)]
 
 
-def small_gram(block: torch.Tensor, tall: bool) -> torch.Tensor:
-    """BᵀB for a row block of a tall matrix, BBᵀ for a column block of a wide one (fp32 GEMM).
+def small_gram(block, tall: bool):
+    """BᵀB for a row block of a tall matrix, BBᵀ for a column block of a wide one: a torch matmul
+    (the accelerator route of GramSum; the CPU route is BLAS `ssyrk`).
 
     The result is symmetric, so with X = [X1 X2] only X1ᵀX1, X1ᵀX2 and X2ᵀX2 are multiplied:
     3/4 of the work of one full product.
     """
+    import torch
+
     X = block if tall else block.T  # the Gram matrix is XᵀX either way
     n = X.shape[1]
     if n < 256:
@@ -421,63 +428,83 @@ class GramSum:
     The running sum stays in fp32 for `flush_every` slices at a time and each such group is then
     added into a float64 total, so rounding does not build up over the 37 slices of a 50k-row
     embedding (a matrix of at most `flush_every` slices needs no float64 stage at all).
-    On the CPU the product is BLAS `ssyrk` (scipy's OpenBLAS): it forms only the upper triangle
-    of the symmetric result, half the multiply-adds of a general product, and adds it in place
-    (beta = 1), with no temporary. On CUDA/MPS it is `small_gram` (torch matmul, no TF32).
-    Either way the upper triangle of `result()` holds the Gram matrix, which is all
-    `gram_top_eigenvalue` reads.
+    On the CPU (numpy) the product is BLAS `ssyrk` (SciPy's OpenBLAS): it forms only the upper
+    triangle of the symmetric result, half the multiply-adds of a general product, and adds it in
+    place (beta = 1), with no temporary; `result()` then holds the Gram matrix in its upper
+    triangle, which is all `gram_top_eigenvalue` reads. On CUDA/MPS (``blas=False``) it is
+    `small_gram`, a torch matmul on the device (no TF32), and the whole matrix is filled.
+    `result()` is a numpy array, except on CUDA, where it stays a torch tensor on the device.
     """
 
-    def __init__(self, side: int, device: torch.device, flush_every: int = 8, blas: bool | None = None):
-        self.blas = device.type == "cpu" if blas is None else blas  # blas=False: the torch route
-        self.acc = device if device.type != "mps" else torch.device("cpu")  # MPS has no float64
+    def __init__(self, side: int, device: str = "cpu", flush_every: int = 8, blas: bool | None = None):
+        self.blas = device == "cpu" if blas is None else blas  # blas=False: the torch route
+        self.device = device
         self.flush_every, self.pending = flush_every, 0
-        self.total: torch.Tensor | None = None  # float64, from the first flush on
-        # column-major (the transpose of a row-major buffer), so ssyrk can write into it in place
-        self.part = torch.zeros(side, side, dtype=torch.float32, device=device).T
+        self.total = None  # float64, from the first flush on
+        if self.blas:  # column-major, so that ssyrk writes into it in place
+            self.part = np.zeros((side, side), dtype=np.float32, order="F")
+        else:
+            import torch
 
-    def add(self, block: torch.Tensor, tall: bool) -> None:
-        """Add BᵀB (row slice of a tall matrix) or BBᵀ (column slice of a wide one)."""
+            self.part = torch.zeros(side, side, dtype=torch.float32, device=device)
+
+    def add(self, block: np.ndarray, tall: bool) -> None:
+        """Add BᵀB (row slice of a tall matrix) or BBᵀ (column slice of a wide one); `block` is a
+        C-contiguous fp32 array."""
         if self.pending == self.flush_every:
             self._flush()
         if self.blas:
-            # the numpy transpose of a C-contiguous (r×c) block is a Fortran-contiguous (c×r)
-            # array a, handed to BLAS without a copy: BᵀB = a·aᵀ (trans=0), BBᵀ = aᵀ·a (trans=1)
-            a = block.contiguous().numpy().T
-            c = self.part.numpy()
-            out = ssyrk(1.0, a, beta=1.0, c=c, trans=0 if tall else 1, lower=0, overwrite_c=1)
-            if out is not c:  # f2py had to copy after all
-                c[...] = out
+            # the transpose of a C-contiguous (r×c) block is a Fortran-contiguous (c×r) array a,
+            # handed to BLAS without a copy: BᵀB = a·aᵀ (trans=0), BBᵀ = aᵀ·a (trans=1)
+            out = ssyrk(1.0, block.T, beta=1.0, c=self.part, trans=0 if tall else 1, lower=0, overwrite_c=1)
+            if out is not self.part:  # f2py had to copy after all
+                self.part[...] = out
         else:
-            self.part += small_gram(block, tall)
+            import torch
+
+            self.part += small_gram(torch.from_numpy(block).to(self.device), tall)
         self.pending += 1
 
     def _flush(self) -> None:
-        part = self.part.to(self.acc)  # to the accumulation device first: MPS has no float64
-        if self.total is None:
-            self.total = part.to(torch.float64)
+        if self.blas:
+            if self.total is None:
+                self.total = self.part.astype(np.float64)
+            else:
+                self.total += self.part
+            self.part.fill(0.0)
         else:
-            self.total += part
-        self.part.zero_()
+            import torch
+
+            part = self.part.to("cpu" if self.device == "mps" else self.device)  # MPS has no float64
+            self.total = part.to(torch.float64) if self.total is None else self.total.add_(part)
+            self.part.zero_()
         self.pending = 0
 
-    def result(self) -> torch.Tensor:
-        """The Gram matrix: fp32 if it was one group of slices, else the float64 total."""
-        if self.total is None:
-            return self.part.to(self.acc)
-        if self.pending:
-            self._flush()
-        return self.total
+    def result(self):
+        """The Gram matrix in fp32, called once at the end: the float64 total (if there was more
+        than one group of slices) is rounded once into the fp32 buffer and freed."""
+        if self.total is not None:
+            if self.pending:
+                self._flush()
+            if self.blas:
+                np.copyto(self.part, self.total)
+            else:
+                self.part.copy_(self.total)
+            self.total = None
+        if self.blas or str(self.device).startswith("cuda"):
+            return self.part
+        return self.part.cpu().numpy()
 
 
-def sum_of_squares(x: torch.Tensor, piece: int = 1 << 18) -> torch.Tensor:
+def sum_of_squares(x: np.ndarray, piece: int = 1 << 18) -> float:
     """Σ x² in float64: squares of fp32 numbers are exact in float64 and so is the running sum to
     ~1e-16 (an fp32 reduction over millions of entries is ~1e-4 off). Piece by piece, so the
     float64 copy stays small."""
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for part in x.reshape(-1).split(piece):
-        part = part.double()
-        total += torch.dot(part, part)
+    flat = x.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, piece):
+        part = flat[start:start + piece].astype(np.float64)
+        total += float(part @ part)
     return total
 
 
@@ -496,9 +523,23 @@ DENSE_MAX = int(LANCZOS_S_PER_N2 / DENSE_S_PER_N3)  # 1451: the crossover of the
 BLOCK_SIZE = 16  # fastest of 8/16/32 at n = 1024, 2048 and 4096 in the measurements above
 
 
-def top_eigenvalue(G: torch.Tensor, block_size: int = BLOCK_SIZE, tol: float = 1e-5, max_iter: int = 300,
+def full_symmetric(G: np.ndarray, panel: int = 512) -> np.ndarray:
+    """The symmetric fp32 matrix whose upper triangle (diagonal included) is G's; G's strict lower
+    triangle is never read. Built panel by panel, so the temporaries stay at panel × n."""
+    n = G.shape[0]
+    S = np.empty((n, n), dtype=np.float32)
+    for j in range(0, n, panel):
+        k = min(j + panel, n)
+        S[:j, j:k] = G[:j, j:k]
+        S[j:k, :j] = G[:j, j:k].T
+        D = G[j:k, j:k]
+        S[j:k, j:k] = np.triu(D) + np.triu(D, 1).T
+    return S
+
+
+def top_eigenvalue(G: np.ndarray, block_size: int = BLOCK_SIZE, tol: float = 1e-5, max_iter: int = 300,
                    seed: int = 42) -> tuple[float, int, bool]:
-    """λ_max of a symmetric positive semi-definite G (here ‖M‖_2² = λ_max(MᵀM)).
+    """λ_max of a symmetric positive semi-definite G (here ‖M‖_2² = λ_max(MᵀM)), in G's dtype.
 
     Block Lanczos (Golub & Underwood 1977; Saad, *Numerical Methods for Large Eigenvalue
     Problems*, ch. 6): the block Krylov space K = span{V, GV, G²V, …} of a seeded Gaussian start
@@ -517,42 +558,35 @@ def top_eigenvalue(G: torch.Tensor, block_size: int = BLOCK_SIZE, tol: float = 1
     """
     # The n×k products of a small G are too small to split across CPU threads; on a busy machine
     # the OpenMP hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    if G.device.type == "cpu" and G.shape[0] <= 2048:
-        torch.set_num_threads(1)
-    try:
+    if G.shape[0] > 2048:
         return _block_lanczos(G, block_size, tol, max_iter, seed)
-    finally:
-        torch.set_num_threads(threads)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _block_lanczos(G, block_size, tol, max_iter, seed)
 
 
-def _ritz(T: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `count` largest eigenpairs of the small symmetric float64 T (ascending). On the CPU
-    LAPACK `dsyevr` for that subset only (scipy): 3-10× cheaper than every eigenvector."""
+def _ritz(T: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` largest eigenpairs of the small symmetric float64 T (ascending): LAPACK
+    `dsyevr` for that subset only, 3-10× cheaper than every eigenvector."""
     T = 0.5 * (T + T.T)
     b = T.shape[0]
-    evals, evecs = scipy.linalg.eigh(T.numpy(), subset_by_index=[b - count, b - 1], driver="evr",
-                                     check_finite=False)
-    return torch.from_numpy(evals), torch.from_numpy(evecs)
+    return scipy.linalg.eigh(T, subset_by_index=[b - count, b - 1], driver="evr", check_finite=False)
 
 
 def _block_lanczos(G, block_size, tol, max_iter, seed):
-    n = G.shape[0]
-    if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
+    n, dtype = G.shape[0], G.dtype
+    if float(np.trace(G)) == 0.0:  # trace = ‖M‖_F²
         return 0.0, 0, True
     k = min(block_size, n)
     max_basis = min(n, 48 * k)
-    opts = dict(device=G.device, dtype=G.dtype)
-    # orthonormal basis of K (filled block by block) and G applied to it, stored as rows so that
+    # orthonormal basis of K (filled block by block) and G applied to it, column-major so that
     # every leading slice Q[:, :b] is one contiguous block of memory for the BLAS
-    Q = torch.empty(max_basis + k, n, **opts).T
-    GQ = torch.empty(max_basis + k, n, **opts).T
-    T = torch.zeros(max_basis + k, max_basis + k, dtype=torch.float64)  # QᵀGQ, on the CPU
-    gen = torch.Generator().manual_seed(seed)  # CPU generator: the same start block on any device
-    start, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64).to(**opts))
+    Q = np.empty((n, max_basis + k), dtype=dtype, order="F")
+    GQ = np.empty((n, max_basis + k), dtype=dtype, order="F")
+    T = np.zeros((max_basis + k, max_basis + k))  # QᵀGQ, float64
+    start, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))
     Q[:, :k] = start
-    GQ[:, :k] = G @ start
-    T[:k, :k] = (start.T @ GQ[:, :k]).cpu()
+    GQ[:, :k] = G @ Q[:, :k]
+    T[:k, :k] = Q[:, :k].T @ GQ[:, :k]
     b, new, prev, products, checked_at = k, k, 0, 1, 0  # basis size, newest/previous block widths, products
     while True:
         if b >= n or products >= max_iter or products <= 3 or b >= 1.25 * checked_at \
@@ -561,16 +595,16 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
             restart = b + k > max_basis and b < n and products < max_iter
             evals, evecs = _ritz(T[:b, :b], k if restart else 1)
             theta = float(evals[-1])
-            y = evecs[:, -1].to(**opts)
-            residual = float(torch.linalg.vector_norm(GQ[:, :b] @ y - theta * (Q[:, :b] @ y)))
+            y = evecs[:, -1].astype(dtype)
+            residual = float(np.linalg.norm(GQ[:, :b] @ y - theta * (Q[:, :b] @ y)))
             if residual <= tol * theta or b >= n:
                 return theta, products, True
             if products >= max_iter:
                 return theta, products, False
             if restart:  # restart from the k best Ritz vectors
-                Y = evecs.to(**opts)
+                Y = evecs.astype(dtype)
                 Q[:, :k], GQ[:, :k] = Q[:, :b] @ Y, GQ[:, :b] @ Y
-                T[:k, :k] = torch.diag(evals)
+                T[:k, :k] = np.diag(evals)
                 T[:k, k:] = 0
                 T[k:, :k] = 0
                 b, new, prev, checked_at = k, k, 0, k
@@ -582,30 +616,29 @@ def _block_lanczos(G, block_size, tol, max_iter, seed):
         lo = b - new - prev
         W = W - Q[:, lo:b] @ (Q[:, lo:b].T @ W)
         for _ in range(2):
-            before = torch.linalg.vector_norm(W, dim=0)
+            before = np.linalg.norm(W, axis=0)
             W = W - Q[:, :b] @ (Q[:, :b].T @ W)
-            if bool((torch.linalg.vector_norm(W, dim=0) >= 0.7 * before).all()):
+            if bool((np.linalg.norm(W, axis=0) >= 0.7 * before).all()):
                 break
-        U, s, _ = torch.linalg.svd(W, full_matrices=False)
-        s = s.cpu()
+        U, s, _ = np.linalg.svd(W, full_matrices=False)
         keep = s > 1e-12 * float(T[:b, :b].diagonal().max())
         keep[n - b:] = False
         if not bool(keep.any()):  # K is invariant under G: its Ritz values are exact eigenvalues
             return float(_ritz(T[:b, :b], 1)[0][-1]), products, True
-        W = U[:, keep.to(U.device)]
+        W = U[:, keep]
         if float(s[keep].min()) < 1e-4 * float(s[0]):  # tiny directions: restore orthogonality
-            W, _ = torch.linalg.qr(W - Q[:, :b] @ (Q[:, :b].T @ W))
+            W, _ = np.linalg.qr(W - Q[:, :b] @ (Q[:, :b].T @ W))
         prev, new = new, W.shape[1]
         Q[:, b:b + new] = W
-        GQ[:, b:b + new] = G @ W
-        off = (Q[:, :b].T @ GQ[:, b:b + new]).cpu()
+        GQ[:, b:b + new] = G @ Q[:, b:b + new]
+        off = Q[:, :b].T @ GQ[:, b:b + new]
         T[:b, b:b + new], T[b:b + new, :b] = off, off.T
-        T[b:b + new, b:b + new] = (W.T @ GQ[:, b:b + new]).cpu()
+        T[b:b + new, b:b + new] = Q[:, b:b + new].T @ GQ[:, b:b + new]
         b += new
         products += 1
 
 
-def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = DENSE_MAX, block_size: int = BLOCK_SIZE,
+def gram_top_eigenvalue(G, dense_max: int = DENSE_MAX, block_size: int = BLOCK_SIZE,
                         tol: float = 1e-5, max_iter: int = 300, seed: int = 42) -> tuple[float, int, bool]:
     """λ_max of a small-side Gram matrix G = MᵀM, i.e. ‖M‖_2². Only G's upper triangle (and
     diagonal) is read, so G may come straight from BLAS syrk, which fills nothing else.
@@ -613,26 +646,26 @@ def gram_top_eigenvalue(G: torch.Tensor, dense_max: int = DENSE_MAX, block_size:
     The eigenproblem is solved in fp32 (G's entries rounded once, a relative perturbation of
     ~6e-8, far below the 1e-3 target; the fp32 products run at twice the float64 speed).
     Up to `dense_max` rows a dense symmetric eigensolver is cheaper than the few dozen Krylov
-    steps plus Ritz problems that block Lanczos needs on a flat spectrum. On the CPU that is LAPACK
-    `ssyevx` (scipy's OpenBLAS) asked for the top eigenvalue only: a Householder reduction to
-    tridiagonal form, then bisection for that one eigenvalue instead of the whole spectrum. It is
-    backward stable, so |θ − λ_max| ≲ n·ε₃₂·λ_max. On CUDA/MPS it is torch.linalg.eigvalsh.
-    Above `dense_max` (the Gram matrices of 4096-wide 7B layers) `top_eigenvalue`'s block Lanczos
-    with its residual test is used.
+    steps plus Ritz problems that block Lanczos needs on a flat spectrum: LAPACK `ssyevx` (SciPy)
+    asked for the top eigenvalue only, a Householder reduction to tridiagonal form, then bisection
+    for that one eigenvalue instead of the whole spectrum. It is backward stable, so
+    |θ − λ_max| ≲ n·ε₃₂·λ_max. Above `dense_max` (the Gram matrices of 4096-wide 7B layers)
+    `top_eigenvalue`'s block Lanczos with its residual test is used. A torch tensor (a Gram matrix
+    left on a CUDA device) gets torch.linalg.eigvalsh there, at any size.
     Returns (λ_max, block products with G (0 for the dense solver), converged).
     """
-    G = G.float()
-    if G.shape[0] > dense_max:
-        G = torch.triu(G) + torch.triu(G, diagonal=1).T  # symmetric, from the upper triangle
-        return top_eigenvalue(G, block_size, tol, max_iter, seed)
-    if float(G.diagonal().sum()) == 0.0:  # trace = ‖M‖_F²
-        return 0.0, 0, True
+    if not isinstance(G, np.ndarray):
+        import torch
+
+        top = float(torch.linalg.eigvalsh(G.float(), UPLO="U")[-1]) if float(G.diagonal().sum()) else 0.0
+        return max(0.0, top), 0, True
+    G = G.astype(np.float32, copy=False)
     n = G.shape[0]
-    if G.device.type == "cpu":  # both solvers read the upper triangle only
-        top = scipy.linalg.eigvalsh(G.numpy(), lower=False, driver="evx", subset_by_index=[n - 1, n - 1],
-                                    check_finite=False)[0]
-    else:
-        top = torch.linalg.eigvalsh(G, UPLO="U")[-1]
+    if n > dense_max:
+        return top_eigenvalue(full_symmetric(G), block_size, tol, max_iter, seed)
+    if float(np.trace(G)) == 0.0:  # trace = ‖M‖_F²
+        return 0.0, 0, True
+    top = scipy.linalg.eigvalsh(G, lower=False, driver="evx", subset_by_index=[n - 1, n - 1], check_finite=False)[0]
     return max(0.0, float(top)), 0, True
 
 
@@ -646,49 +679,42 @@ def stable_rank(fro_sq: float, spec_sq: float) -> float:
     return max(1.0, fro_sq / spec_sq)
 
 
-def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, *,
+def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: str = "cpu", *,
                  chunk_elems: int = 1 << 20, block_size: int = BLOCK_SIZE, tol: float = 1e-5,
                  max_iter: int = 300, seed: int = 42, dense_max: int = DENSE_MAX) -> dict:
     """One per_matrix.csv row: ΔW = W_b − W_a in fp32, norms accumulated in float64."""
     layer, group = parse_layer_group(name)
     shape = a.shapes[name]
     tall = shape[0] >= shape[1]
-    acc = device if device.type != "mps" else torch.device("cpu")  # MPS has no float64
     side = shape[1] if tall else shape[0]
     G_dw, G_w = GramSum(side, device), GramSum(side, device)
-    fro_dw = torch.zeros((), dtype=torch.float64, device=acc)
-    fro_w = torch.zeros((), dtype=torch.float64, device=acc)
+    fro_dw = fro_w = 0.0
     blocks = gram_blocks(shape, chunk_elems)
-    # two fp32 slice buffers reused for every slice: a fresh 4 MB tensor per slice costs a page
-    # fault per 4 kB page on first write (and an fp32 slice handed out by safetensors may be a
-    # copy-on-write view of the file, so writing into it faults and copies every page)
+    # two fp32 slice buffers reused for every slice: a fresh 4 MB array per slice costs a page
+    # fault per 4 kB page on first write
     numel = max(len(range(shape[0])[r]) * len(range(shape[1])[c]) for r, c in blocks)
-    buf_a, buf_dw = (torch.empty(numel, dtype=torch.float32, device=device) for _ in range(2))
+    buf_a, buf_dw = np.empty(numel, dtype=np.float32), np.empty(numel, dtype=np.float32)
     for rows, cols in blocks:
         ra, rb = a.read(name, rows, cols), b.read(name, rows, cols)
         # the bf16/fp16 → fp32 casts are exact, so the only rounding is the fp32 subtraction
-        # (in place on B's fp32 copy: 4× faster than a mixed-dtype torch.sub on the CPU)
-        if ra.dtype == torch.float32 and device.type == "cpu":
-            wa = ra  # read-only use: no copy
+        if ra.dtype == np.float32:
+            wa = ra
         else:
-            wa = buf_a[:ra.numel()].view(ra.shape).copy_(ra)
-        dw = buf_dw[:rb.numel()].view(rb.shape)
-        if rb.dtype == torch.float32 and device.type == "cpu":
-            torch.sub(rb, wa, out=dw)
-        else:
-            dw.copy_(rb).sub_(wa)
+            wa = buf_a[:ra.size].reshape(ra.shape)
+            np.copyto(wa, ra, casting="unsafe")
+        dw = buf_dw[:rb.size].reshape(rb.shape)
+        np.subtract(rb, wa, out=dw, dtype=np.float32, casting="unsafe")
         G_dw.add(dw, tall)
         G_w.add(wa, tall)
-        fro_dw += sum_of_squares(dw.to(acc))
-        fro_w += sum_of_squares(wa.to(acc))
-        del ra, rb, wa, dw
+        fro_dw += sum_of_squares(dw)
+        fro_w += sum_of_squares(wa)
     for what, fro in (("model A", fro_w), ("model B", fro_dw)):
-        if not math.isfinite(float(fro)):
+        if not math.isfinite(fro):
             raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ‖ΔW‖ and its spectrum "
                              "are undefined; is the checkpoint corrupt or did its training diverge?")
     spec_dw, it_dw, ok_dw = gram_top_eigenvalue(G_dw.result(), dense_max, block_size, tol, max_iter, seed)
+    del G_dw  # its n×n buffers are freed before W's eigenproblem starts
     spec_w, it_w, ok_w = gram_top_eigenvalue(G_w.result(), dense_max, block_size, tol, max_iter, seed)
-    fro_dw, fro_w = float(fro_dw), float(fro_w)
     conv1d = a.model_type in CONV1D_MODEL_TYPES and name.endswith((".c_attn.weight", ".c_fc.weight", ".c_proj.weight"))
     out_features, in_features = (shape[1], shape[0]) if conv1d else shape
     return {
@@ -701,46 +727,58 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: torch.device, 
     }
 
 
-def aggregate_per_layer(per_matrix: pd.DataFrame) -> pd.DataFrame:
-    """per_layer.csv: for each decoder layer and group (layer −1 left out),
+def aggregate_per_layer(per_matrix: list[dict]) -> list[dict]:
+    """per_layer.csv rows: for each decoder layer and group (layer −1 left out), in that order,
 
         dW_fro_layer        = √(Σ_i ‖ΔW_i‖_F²)   the layer's total change
         mean_dW_stable_rank = mean of dW_stable_rank over the matrices that changed (ΔW_i ≠ 0),
                               NaN when none did
         count_mats          = matrices aggregated;  count_changed = those with ΔW_i ≠ 0
     """
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for row in per_matrix:
+        if row["layer"] >= 0:
+            groups.setdefault((int(row["layer"]), row["group"]), []).append(row)
     rows = []
-    inside = per_matrix[per_matrix["layer"] >= 0]
-    for (layer, group), g in inside.groupby(["layer", "group"], sort=True):
-        changed = g[g["dW_fro"] > 0]
+    for (layer, group), members in sorted(groups.items()):
+        changed = [r["dW_stable_rank"] for r in members if r["dW_fro"] > 0]
         rows.append({
-            "layer": int(layer), "group": group,
-            "dW_fro_layer": math.sqrt(math.fsum(x * x for x in g["dW_fro"])),
-            "mean_dW_stable_rank": math.fsum(changed["dW_stable_rank"]) / len(changed) if len(changed) else math.nan,
-            "count_mats": len(g), "count_changed": len(changed),
+            "layer": layer, "group": group,
+            "dW_fro_layer": math.sqrt(math.fsum(r["dW_fro"] ** 2 for r in members)),
+            "mean_dW_stable_rank": math.fsum(changed) / len(changed) if changed else math.nan,
+            "count_mats": len(members), "count_changed": len(changed),
         })
-    return pd.DataFrame(rows, columns=PER_LAYER_COLUMNS)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """One CSV with a header line; floats as Python writes them (shortest round-trip, `nan`)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(columns)
+        out.writerows([row[c] for c in columns] for row in rows)
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def thread_budget(device: torch.device):
-    """On the CPU, give the threads (torch's count) to scipy's OpenBLAS, which does the heavy work
-    there (Gram products, dense eigensolver), and one thread to torch's own element-wise work on
-    4 MB slices (casts, subtraction, float64 norms): both thread pools busy-wait between calls,
-    and left to share two cores they were measured to double the CPU time."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu":
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+# device files whose presence means torch may find a GPU (NVIDIA, AMD ROCm, WSL2)
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def choose_device(name: str) -> str:
+    """--device, asking torch (pick_device) only when the answer may be an accelerator: `cpu`, and
+    `auto` on a machine that is not macOS (MPS) and has none of GPU_DEVICE_FILES, are the CPU
+    without the torch import. On an accelerator the products run in exact fp32 (no TF32)."""
+    if name == "cpu" or (name == "auto" and sys.platform != "darwin"
+                         and not any(os.path.exists(f) for f in GPU_DEVICE_FILES)):
+        return "cpu"
+    device = pick_device(name)
+    if device != "cpu":
+        import torch
+
+        torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
+    return device
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -761,7 +799,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder for per_matrix.csv and per_layer.csv "
                         "(default: outputs/<basenameA>_vs_<basenameB>/param_stats)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                   help="where the Gram products and the eigensolver run (auto: CUDA > MPS > CPU)")
+                   help="where the Gram products run (auto: CUDA > MPS > CPU; the CPU needs no torch)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="accepted for symmetry with the other tools; ΔW and its spectra are always "
                         "computed in fp32 with float64 accumulation, fp16/bf16 are ignored with a warning")
@@ -771,8 +809,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="Lanczos block size")
     p.add_argument("--max-iter", type=int, default=300, help="max block products with the Gram matrix per matrix")
     p.add_argument("--dense-max", type=int, default=DENSE_MAX,
-                   help="Gram matrices up to this size get a dense fp32 eigensolver, larger ones block "
-                        "Lanczos; the default is where their measured costs cross")
+                   help="on the CPU, Gram matrices up to this size get a dense fp32 eigensolver, larger ones "
+                        "block Lanczos (the default is where their measured costs cross); on CUDA always dense")
     p.add_argument("--chunk-mb", type=float, default=4.0,
                    help="large tensors are read in slices of about this many MB (fp32)")
     return p.parse_args(argv)
@@ -786,11 +824,10 @@ def main(argv=None) -> int:
         if args.tol <= 0 or args.block_size < 1 or args.max_iter < 1 or args.chunk_mb <= 0 or args.dense_max < 0:
             raise UsageError("--tol and --chunk-mb must be positive, --block-size and --max-iter at least 1, "
                              "--dense-max at least 0")
-        device = torch.device(pick_device(args.device))
+        device = choose_device(args.device)
         if args.dtype in ("fp16", "bf16"):
             print(f"warning: --dtype {args.dtype} ignored: ΔW is always computed in fp32 from the stored "
                   "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
-        torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
         a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
         check_outdir(outdir, "per_*.csv", inputs=(a.dir, b.dir))  # before the work, not after it
         names, warnings = match_matrices(a, b)
@@ -802,20 +839,19 @@ def main(argv=None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
         # the bar is closed (its line ended) before an error line is printed
-        with thread_budget(device), tqdm(names, desc="ΔW spectra", unit="matrix") as bar:
-            rows = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
-                                 tol=args.tol, max_iter=args.max_iter, seed=args.seed,
-                                 dense_max=args.dense_max)
-                    for name in bar]
-        stalled = [r["name"] for r in rows if not r.pop("converged")]
+        with tqdm(names, desc="ΔW spectra", unit="matrix") as bar:
+            per_matrix = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
+                                       tol=args.tol, max_iter=args.max_iter, seed=args.seed,
+                                       dense_max=args.dense_max)
+                          for name in bar]
+        stalled = [r["name"] for r in per_matrix if not r.pop("converged")]
         if stalled:
             print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "
                   f"{args.tol:g} within --max-iter {args.max_iter} (e.g. {stalled[0]}); their stable "
                   "ranks are upper bounds", file=sys.stderr)
-        per_matrix = pd.DataFrame(rows, columns=PER_MATRIX_COLUMNS)
         per_layer = aggregate_per_layer(per_matrix)
-        write_atomically({outdir / "per_matrix.csv": lambda p: per_matrix.to_csv(p, index=False, na_rep="nan", lineterminator="\n"),
-                          outdir / "per_layer.csv": lambda p: per_layer.to_csv(p, index=False, na_rep="nan", lineterminator="\n")})
+        write_atomically({outdir / "per_matrix.csv": lambda p: write_csv(p, per_matrix, PER_MATRIX_COLUMNS),
+                          outdir / "per_layer.csv": lambda p: write_csv(p, per_layer, PER_LAYER_COLUMNS)})
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -823,8 +859,9 @@ def main(argv=None) -> int:
         print("interrupted: nothing written", file=sys.stderr)
         return 130
     print(f"wrote {outdir / 'per_matrix.csv'} ({len(per_matrix)} matrices) and {outdir / 'per_layer.csv'}")
-    if len(per_layer) and (per_layer["dW_fro_layer"] > 0).any():
-        top = per_layer.loc[per_layer["dW_fro_layer"].idxmax()]
+    changed = [r for r in per_layer if r["dW_fro_layer"] > 0]
+    if changed:
+        top = max(changed, key=lambda r: r["dW_fro_layer"])
         print(f"largest change: layer {top['layer']} {top['group']}, ‖ΔW‖_F = {top['dW_fro_layer']:.4g}")
     return 0
 

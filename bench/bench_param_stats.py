@@ -1,7 +1,7 @@
 """Benchmark of collect_param_stats.py against the exact SVD route, as whole processes, per shape.
 
-    uv run python bench/bench_param_stats.py [--preset NAME | --hidden H --layers L --vocab V]
-        [--dtype bf16|fp32] [--threads N] [--repeat R] [--scipy] [--fp64] [--keep DIR]
+    uv run python bench/bench_param_stats.py [--preset NAME ... | all] [--hidden H --layers L --vocab V]
+        [--dtype bf16|fp32|all ...] [--threads N] [--repeat R] [--scipy] [--fp64] [--keep DIR]
 
 Builds a GPT-NeoX-shaped pair of checkpoints (random init, std 0.02, untied embeddings): A, and
 B = A + noise·std(W)·N(0, 1) on every weight matrix, so every ΔW has a flat noise-bulk spectrum
@@ -22,16 +22,19 @@ largest relative error of the tool's stable ranks (ΔW and W) against the exact 
 process, i.e. of the imports) against one checkpoint on disk (goal ≤ 0.3), the tool's start-up
 (`--help`) and the 1-minute load average. The last lines are markdown table rows.
 
-Presets (--preset): pythia-160m (768 wide, 12 layers, vocab 50304, the default), 1024 (12 layers,
-vocab 8192), 2048 (2 layers, vocab 4096), 4096 (1 layer, vocab 2048); explicit --hidden/--layers/
---vocab/--intermediate override a preset's values.
+Presets (--preset, one or several, or all): pythia-160m (768 wide, 12 layers, vocab 50304, the
+default), 1024 (12 layers, vocab 8192), 2048 (2 layers, vocab 4096), 4096 (1 layer, vocab 2048);
+explicit --hidden/--layers/--vocab/--intermediate override a single preset's values. The README's
+table is `--preset all --dtype all --threads 1 --repeat 2` (about 40 minutes on one core).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,18 +206,83 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def bench_shape(args, hidden: int, layers: int, vocab: int, inter: int, dtype: str, workdir: Path,
+                tmp: Path, env: dict) -> list[str]:
+    """Build (or reuse) the pair of one shape in workdir and time tool and exact route
+    args.repeat times; the markdown rows of the runs."""
+    shape = f"h{hidden} L{layers} V{vocab}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    a_dir, b_dir = workdir / "bench-a", workdir / "bench-b"
+    stamp = workdir / "bench-shape.json"
+    want = {"hidden": hidden, "layers": layers, "vocab": vocab, "inter": inter, "dtype": dtype, "noise": args.noise}
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == want):
+        t = time.perf_counter()
+        # in a child process: a forked child inherits its parent's peak RSS (ru_maxrss), so this
+        # process must stay small for the tool's peak memory to be read from wait4
+        subprocess.run([sys.executable, __file__, "--build-only", str(workdir), json.dumps(want)], check=True)
+        stamp.write_text(json.dumps(want))
+        print(f"built the {shape} {dtype} pair in {time.perf_counter() - t:.0f} s", flush=True)
+    ckpt = checkpoint_bytes(a_dir)
+    tool = str(args.tool.resolve())
+    tool_cmd = ["uv", "run", "--quiet", "--script", tool, "--model-a", str(a_dir), "--model-b", str(b_dir),
+                "--device", "cpu", "--outdir", str(tmp / "out"), *args.tool_args.split()]
+    baselines = ["torch"] + (["scipy"] if args.scipy else []) + (["fp64"] if args.fp64 else [])
+    timed(["uv", "run", "--quiet", "--script", tool, "--help"], env)  # install its env once
+    rows = []
+    for run in range(1, args.repeat + 1):
+        warm_page_cache(a_dir, b_dir)
+        load_before = load()
+        start = timed(["uv", "run", "--quiet", "--script", tool, "--help"], env)
+        result = timed(tool_cmd, env)
+        exact = {}
+        for svd in baselines:
+            exact[svd] = timed(["uv", "run", "--quiet", "python", str(Path(__file__).resolve()), "--exact-run",
+                                str(a_dir), str(b_dir), str(tmp / f"exact-{svd}.json"), svd], env)
+            exact[svd]["ref"] = json.loads((tmp / f"exact-{svd}.json").read_text())
+        load_after = load()
+        got = {}
+        with open(tmp / "out" / "per_matrix.csv") as fh:
+            for r in csv.DictReader(fh):
+                got[r["name"]] = (float(r["dW_stable_rank"]), float(r["W_stable_rank"]), int(r["dW_iters"]))
+        ref = exact["torch"]["ref"]
+        assert set(got) == set(ref), "the tool and the exact route saw different matrices"
+        errs = {svd: max(abs(g - w) / w for n in got for g, w in zip(got[n][:2], e["ref"][n][:2]))
+                for svd, e in exact.items()}
+        gaps = sorted(v[2] for v in ref.values())
+        work = result["rss"] - start["rss"]
+        print(f"\nrun {run}: {shape}, {dtype}, {len(got)} matrices, {ckpt / 2**20:.0f} MiB per checkpoint, "
+              f"σ2/σ1 of ΔW {gaps[0]:.4f}…{gaps[-1]:.4f}, {args.threads} threads, "
+              f"load {load_before:.2f}→{load_after:.2f}")
+        print(f"  tool:  {result['wall']:6.2f} s wall {result['cpu']:6.2f} s CPU (start-up alone: {start['wall']:.2f} s wall, "
+              f"{start['cpu']:.2f} s CPU); Lanczos products per ΔW: max {max(v[2] for v in got.values())}")
+        for svd, e in exact.items():
+            print(f"  exact ({svd} svdvals): {e['wall']:6.2f} s wall {e['cpu']:6.2f} s CPU -> ratio wall "
+                  f"{result['wall'] / e['wall']:.3f}, CPU {result['cpu'] / e['cpu']:.3f} (goal ≤ 0.25); "
+                  f"max stable-rank error {errs[svd]:.1e} (goal ≤ 1e-3)")
+        print(f"  tool working memory: {work / 2**20:.0f} MiB = {work / ckpt:.3f}× one checkpoint "
+              f"(peak RSS {result['rss'] / 2**20:.0f} MiB − {start['rss'] / 2**20:.0f} MiB of --help)", flush=True)
+        rows.append(f"| {shape} | {dtype} | {run} | {load_before:.1f} | {result['wall']:.2f} | "
+                    f"{exact['torch']['wall']:.2f} | **{result['wall'] / exact['torch']['wall']:.3f}** | "
+                    f"{result['cpu'] / exact['torch']['cpu']:.3f} | {errs['torch']:.1e} | "
+                    f"{work / 2**20:.0f} MiB ({work / ckpt:.2f}×) |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=list(PRESETS), default="pythia-160m")
+    p.add_argument("--preset", nargs="+", choices=[*PRESETS, "all"], default=["pythia-160m"],
+                   help="one or more shapes; all: every preset")
     p.add_argument("--hidden", type=int, help="hidden size (default: the preset's)")
     p.add_argument("--layers", type=int, help="decoder layers (default: the preset's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
     p.add_argument("--intermediate", type=int, help="MLP width (default: 4 × hidden)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="checkpoint dtype on disk")
+    p.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "fp32", "all"],
+                   help="checkpoint dtype on disk; all: bf16 and fp32")
     p.add_argument("--noise", type=float, default=0.02, help="ΔW entries ~ noise·std(W)·N(0,1)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeat", type=int, default=1, help="timed runs of tool and exact route (alternating)")
-    p.add_argument("--keep", type=Path, default=None, help="build (or reuse) the pair here instead of a temp dir")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="build (or reuse) the pairs in DIR/<preset>-<dtype> instead of a temp dir")
     p.add_argument("--fp64", action="store_true", help="also time torch's float64 SVD route (3× longer)")
     p.add_argument("--scipy", action="store_true", help="also time scipy.linalg.svdvals (OpenBLAS) in float32")
     p.add_argument("--tool-args", default="", help="extra arguments for collect_param_stats.py (quoted)")
@@ -230,72 +298,25 @@ def main() -> None:
         a, b, out, svd = args.exact_run
         exact_run(Path(a), Path(b), Path(out), svd)
         return
-    hidden, layers, vocab = PRESETS[args.preset]
-    hidden, layers, vocab = args.hidden or hidden, args.layers or layers, args.vocab or vocab
-    inter = args.intermediate or 4 * hidden
-    shape = f"h{hidden} L{layers} V{vocab}"
+    presets = list(PRESETS) if "all" in args.preset else args.preset
+    dtypes = ["bf16", "fp32"] if "all" in args.dtype else args.dtype
+    if len(presets) > 1 and (args.hidden or args.layers or args.vocab or args.intermediate):
+        p.error("--hidden/--layers/--vocab/--intermediate override one --preset, not several")
     env = dict(os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                                "MKL_NUM_THREADS")})
-
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_param_stats_") as tmp:
         tmp = Path(tmp)
-        workdir = args.keep or tmp
-        workdir.mkdir(parents=True, exist_ok=True)
-        a_dir, b_dir = workdir / "bench-a", workdir / "bench-b"
-        stamp = workdir / "bench-shape.json"
-        want = {"hidden": hidden, "layers": layers, "vocab": vocab, "inter": inter, "dtype": args.dtype,
-                "noise": args.noise}
-        if not (stamp.is_file() and json.loads(stamp.read_text()) == want):
-            t = time.perf_counter()
-            # in a child process: a forked child inherits its parent's peak RSS (ru_maxrss), so this
-            # process must stay small for the tool's peak memory to be read from wait4
-            subprocess.run([sys.executable, __file__, "--build-only", str(workdir), json.dumps(want)], check=True)
-            stamp.write_text(json.dumps(want))
-            print(f"built the pair in {time.perf_counter() - t:.0f} s", flush=True)
-        ckpt = checkpoint_bytes(a_dir)
-        tool_cmd = ["uv", "run", "--quiet", "--script", str(args.tool.resolve()), "--model-a", str(a_dir), "--model-b", str(b_dir),
-                    "--device", "cpu", "--outdir", str(tmp / "out"), *args.tool_args.split()]
-        baselines = ["torch"] + (["scipy"] if args.scipy else []) + (["fp64"] if args.fp64 else [])
-        timed(["uv", "run", "--quiet", "--script", str(args.tool.resolve()), "--help"], env)  # install its env once
-        rows = []
-        for run in range(1, args.repeat + 1):
-            warm_page_cache(a_dir, b_dir)
-            load_before = load()
-            start = timed(["uv", "run", "--quiet", "--script", str(args.tool.resolve()), "--help"], env)
-            tool = timed(tool_cmd, env)
-            exact = {}
-            for svd in baselines:
-                exact[svd] = timed(["uv", "run", "--quiet", "python", str(Path(__file__).resolve()), "--exact-run",
-                                    str(a_dir), str(b_dir), str(tmp / f"exact-{svd}.json"), svd], env)
-                exact[svd]["ref"] = json.loads((tmp / f"exact-{svd}.json").read_text())
-            load_after = load()
-            got = {}
-            import csv
-            with open(tmp / "out" / "per_matrix.csv") as fh:
-                for r in csv.DictReader(fh):
-                    got[r["name"]] = (float(r["dW_stable_rank"]), float(r["W_stable_rank"]), int(r["dW_iters"]))
-            ref = exact["torch"]["ref"]
-            assert set(got) == set(ref), "the tool and the exact route saw different matrices"
-            errs = {svd: max(abs(g - w) / w for n in got for g, w in zip(got[n][:2], e["ref"][n][:2]))
-                    for svd, e in exact.items()}
-            gaps = sorted(v[2] for v in ref.values())
-            work = tool["rss"] - start["rss"]
-            print(f"\nrun {run}: {shape}, {args.dtype}, {len(got)} matrices, {ckpt / 2**20:.0f} MiB per checkpoint, "
-                  f"σ2/σ1 of ΔW {gaps[0]:.4f}…{gaps[-1]:.4f}, {args.threads} threads, "
-                  f"load {load_before:.2f}→{load_after:.2f}")
-            print(f"  tool:  {tool['wall']:6.2f} s wall {tool['cpu']:6.2f} s CPU (start-up alone: {start['wall']:.2f} s wall, "
-                  f"{start['cpu']:.2f} s CPU); Lanczos products per ΔW: max {max(v[2] for v in got.values())}")
-            for svd, e in exact.items():
-                print(f"  exact ({svd} svdvals): {e['wall']:6.2f} s wall {e['cpu']:6.2f} s CPU -> ratio wall "
-                      f"{tool['wall'] / e['wall']:.3f}, CPU {tool['cpu'] / e['cpu']:.3f} (goal ≤ 0.25); "
-                      f"max stable-rank error {errs[svd]:.1e} (goal ≤ 1e-3)")
-            print(f"  tool working memory: {work / 2**20:.0f} MiB = {work / ckpt:.3f}× one checkpoint (goal ≤ 0.3; "
-                  f"peak RSS {tool['rss'] / 2**20:.0f} MiB − {start['rss'] / 2**20:.0f} MiB of --help)")
-            rows.append(f"| {shape} | {args.dtype} | {run} | {load_before:.1f} | {tool['wall']:.2f} | "
-                        f"{exact['torch']['wall']:.2f} | **{tool['wall'] / exact['torch']['wall']:.3f}** | "
-                        f"{tool['cpu'] / exact['torch']['cpu']:.3f} | {errs['torch']:.1e} | "
-                        f"{work / 2**20:.0f} MiB ({work / ckpt:.2f}×) |")
-    print("\n| shape | dtype | run | load | tool s | exact s | ratio | CPU ratio | max error | tool memory |")
+        for preset in presets:
+            hidden, layers, vocab = PRESETS[preset]
+            hidden, layers, vocab = args.hidden or hidden, args.layers or layers, args.vocab or vocab
+            inter = args.intermediate or 4 * hidden
+            for dtype in dtypes:
+                workdir = (args.keep or tmp) / f"{preset}-{dtype}"
+                rows += bench_shape(args, hidden, layers, vocab, inter, dtype, workdir, tmp, env)
+                if args.keep is None:
+                    shutil.rmtree(workdir)  # a 4096-wide pair is ~1.7 GB
+    print("\n| shape | dtype | run | load | tool s | exact s | ratio | CPU ratio | max stable-rank error | tool memory |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 

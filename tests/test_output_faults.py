@@ -164,10 +164,10 @@ def test_params_write_faults_lose_nothing(pair, tmp_path, capsys, monkeypatch, f
             raise OSError(errno.EROFS, "Read-only file system")
         monkeypatch.setattr(tempfile, "TemporaryFile", probe)
     else:
-        def to_csv(self, path, *a, **k):
+        def write_csv(path, *a, **k):
             Path(path).write_text("half a CSV")
             raise OSError(errno.ENOSPC, "No space left on device") if fault == "disk_full" else KeyboardInterrupt()
-        monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+        monkeypatch.setattr(cps, "write_csv", write_csv)
     code = run_params(pair, out)
     if fault == "ctrl_c":
         assert code == 130 and "interrupted" in capsys.readouterr().err

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, make_tiny_model, save_model
@@ -159,7 +161,7 @@ def _spectrum_cases():
 @pytest.mark.parametrize("case", list(_spectrum_cases()))
 def test_top_eigenvalue_matches_exact_svd(case):
     M = _spectrum_cases()[case]
-    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    G = (M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T).numpy()
     exact = float(torch.linalg.svdvals(M)[0]) ** 2
     lam, products, converged = cps.top_eigenvalue(G, block_size=8, tol=1e-5, seed=42)
     assert converged
@@ -174,14 +176,14 @@ def test_top_eigenvalue_matches_exact_svd(case):
 def test_gram_top_eigenvalue_in_fp32_matches_exact_svd(case, dense_max):
     """The tool's solver: float64-accumulated Gram, eigenproblem in fp32 (dense or block Lanczos)."""
     M = _spectrum_cases()[case]
-    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    G = (M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T).numpy()
     exact = float(torch.linalg.svdvals(M)[0]) ** 2
     lam, products, converged = cps.gram_top_eigenvalue(G, dense_max=dense_max, tol=1e-5, seed=42)
     assert converged
     assert abs(lam - exact) / exact < 1e-5
     assert (products == 0) == (dense_max > 0)
     assert cps.gram_top_eigenvalue(G, dense_max=dense_max) == (lam, products, converged)  # deterministic
-    zero = torch.zeros(6, 6, dtype=torch.float64)
+    zero = np.zeros((6, 6))
     assert cps.gram_top_eigenvalue(zero, dense_max=dense_max) == (0.0, 0, True)
 
 
@@ -191,9 +193,9 @@ def test_lanczos_block_sizes_and_restarts_match_exact_svd(case, block_size):
     """Block sizes 1 and 2 fill the 48-block basis before converging on the flat spectra, so the
     thick restart (top-k Ritz vectors, T reset to their Ritz values) is exercised too."""
     M = _spectrum_cases()[case]
-    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    G = (M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T).numpy().astype(np.float32)
     exact = float(torch.linalg.svdvals(M)[0]) ** 2
-    lam, products, converged = cps.top_eigenvalue(G.float(), block_size=block_size, tol=1e-5, max_iter=2000, seed=1)
+    lam, products, converged = cps.top_eigenvalue(G, block_size=block_size, tol=1e-5, max_iter=2000, seed=1)
     assert converged
     assert abs(lam - exact) / exact < 1e-5
     assert lam <= exact * (1 + 1e-6)  # a Ritz value never exceeds λ_max (up to fp32 rounding)
@@ -209,7 +211,7 @@ def test_solver_choice_is_the_cost_crossover():
     n = cps.DENSE_MAX
     assert dense_cost(n) <= lanczos_cost(n) and dense_cost(n + 1) > lanczos_cost(n + 1)
     assert 1024 <= n < 2048  # the measured costs: dense wins at 1024, Lanczos at 2048
-    G = torch.eye(8) * 3.0
+    G = np.eye(8, dtype=np.float32) * 3.0
     assert cps.gram_top_eigenvalue(G)[1] == 0  # small: dense, no Krylov products
 
 
@@ -231,13 +233,13 @@ def test_many_fp32_slices_match_exact_svd(pairs, tmp_path):
 
 
 def test_top_eigenvalue_of_zero_and_stable_rank_nan():
-    assert cps.top_eigenvalue(torch.zeros(6, 6, dtype=torch.float64)) == (0.0, 0, True)
+    assert cps.top_eigenvalue(np.zeros((6, 6))) == (0.0, 0, True)
     assert math.isnan(cps.stable_rank(0.0, 0.0))
 
 
 def test_top_eigenvalue_is_bit_reproducible():
     M = _spectrum_cases()["gaussian"]
-    G = M.T @ M
+    G = (M.T @ M).numpy()
     assert cps.top_eigenvalue(G, seed=7) == cps.top_eigenvalue(G, seed=7)
 
 
@@ -255,42 +257,52 @@ def test_gram_blocks_cover_the_matrix_and_sum_to_the_gram():
 @pytest.mark.parametrize("blas", [True, False], ids=["ssyrk", "torch"])
 @pytest.mark.parametrize("shape", [(300, 40), (40, 300)], ids=["tall", "wide"])
 def test_gram_sum_matches_float64_gram(shape, blas):
-    """GramSum: BLAS ssyrk (upper triangle, in place) or torch matmul per slice, fp32 groups of
-    `flush_every` slices summed in float64, against the float64 Gram matrix of the whole matrix."""
-    g = torch.Generator().manual_seed(1)
-    M = torch.randn(*shape, generator=g, dtype=torch.float64).float()
+    """GramSum: BLAS ssyrk (upper triangle, in place) or the accelerator route's torch matmul (run
+    on the CPU here) per slice, fp32 groups of `flush_every` slices summed in float64, against
+    the float64 Gram matrix of the whole matrix."""
+    M = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     tall = shape[0] >= shape[1]
-    exact = M.double().T @ M.double() if tall else M.double() @ M.double().T
+    M64 = M.astype(np.float64)
+    exact = M64.T @ M64 if tall else M64 @ M64.T
     blocks = cps.gram_blocks(shape, chunk_elems=400)
     assert len(blocks) == 30
-    for flush_every, dtype in ((4, torch.float64), (64, torch.float32)):  # several groups / one
-        acc = cps.GramSum(40, torch.device("cpu"), flush_every=flush_every, blas=blas)
+    for flush_every in (4, 64):  # several groups / one
+        acc = cps.GramSum(40, "cpu", flush_every=flush_every, blas=blas)
         for r, c in blocks:
-            acc.add(M[r, c].contiguous(), tall)
+            acc.add(np.ascontiguousarray(M[r, c]), tall)
         G = acc.result()
-        upper_only = bool((torch.tril(G, diagonal=-1) == 0).all())  # ssyrk fills one triangle
-        assert G.dtype == dtype and upper_only == blas
-        got = torch.triu(G.double()) if blas else G.double()
-        want = torch.triu(exact) if blas else exact
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(exact.diagonal().max()))
+        assert isinstance(G, np.ndarray) and G.dtype == np.float32  # the float64 total is rounded once
+        assert bool((np.tril(G, -1) == 0).all()) == blas  # ssyrk fills one triangle
+        got = np.triu(G) if blas else G
+        want = np.triu(exact) if blas else exact
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * exact.diagonal().max())
         lam, _, _ = cps.gram_top_eigenvalue(G)
-        assert abs(lam - float(torch.linalg.eigvalsh(exact)[-1])) / lam < 1e-5
+        assert abs(lam - np.linalg.eigvalsh(exact)[-1]) / lam < 1e-5
 
 
 @pytest.mark.parametrize("dense_max", [4096, 0], ids=["dense", "lanczos"])
 def test_gram_top_eigenvalue_reads_only_the_upper_triangle(dense_max):
     M = _spectrum_cases()["flat_bulk_0.999"]
-    G = M.T @ M
+    G = (M.T @ M).numpy()
     exact = float(torch.linalg.svdvals(M)[0]) ** 2
-    upper = torch.triu(G) + torch.tril(torch.full_like(G, float("nan")), diagonal=-1)
+    upper = np.triu(G) + np.tril(np.full_like(G, np.nan), -1)
     lam, _, converged = cps.gram_top_eigenvalue(upper, dense_max=dense_max)
     assert converged and abs(lam - exact) / exact < 1e-5
 
 
+def test_full_symmetric_mirrors_the_upper_triangle_panel_by_panel():
+    G = np.random.default_rng(2).standard_normal((300, 300)).astype(np.float32)
+    want = np.triu(G) + np.triu(G, 1).T
+    for panel in (64, 300, 512):  # several panels with a ragged last one, one panel
+        got = cps.full_symmetric(np.triu(G) + np.tril(np.full_like(G, np.nan), -1), panel=panel)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_sum_of_squares_accumulates_in_float64():
-    x = torch.full((3_000_000,), 0.1, dtype=torch.float32)
-    exact = 3_000_000 * float(torch.tensor(0.1, dtype=torch.float32)) ** 2
-    assert abs(float(cps.sum_of_squares(x)) - exact) / exact < 1e-10
+    x = np.full(3_000_000, 0.1, dtype=np.float32)
+    exact = 3_000_000 * float(np.float32(0.1)) ** 2
+    assert abs(cps.sum_of_squares(x) - exact) / exact < 1e-10
+    assert abs(float(np.sum(x * x, dtype=np.float32)) - exact) / exact > 1e-8  # what fp32 sums would give
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,14 +387,14 @@ def test_per_layer_aggregates_the_exact_values(pairs, tool_output, arch):
 
 
 def test_aggregate_per_layer_by_hand():
-    per_matrix = pd.DataFrame([
+    per_matrix = [
         {"name": "e", "layer": -1, "group": "other", "dW_fro": 9.0, "dW_stable_rank": 5.0},
         {"name": "a", "layer": 0, "group": "attn", "dW_fro": 3.0, "dW_stable_rank": 2.0},
         {"name": "b", "layer": 0, "group": "attn", "dW_fro": 4.0, "dW_stable_rank": 6.0},
         {"name": "c", "layer": 0, "group": "attn", "dW_fro": 0.0, "dW_stable_rank": math.nan},
         {"name": "d", "layer": 1, "group": "mlp", "dW_fro": 0.0, "dW_stable_rank": math.nan},
-    ])
-    got = cps.aggregate_per_layer(per_matrix).set_index(["layer", "group"])
+    ]
+    got = pd.DataFrame(cps.aggregate_per_layer(per_matrix)).set_index(["layer", "group"])
     assert list(got.index) == [(0, "attn"), (1, "mlp")]
     assert got.loc[(0, "attn"), "dW_fro_layer"] == 5.0
     assert got.loc[(0, "attn"), "mean_dW_stable_rank"] == 4.0  # the unchanged matrix is left out
@@ -401,21 +413,53 @@ def test_identical_models_give_zero_change(pairs, tmp_path):
     assert (per_layer["dW_fro_layer"] == 0).all() and per_layer["mean_dW_stable_rank"].isna().all()
 
 
-def test_two_threads_agree_and_torch_threads_are_restored(pairs, tool_output, tmp_path):
-    """On the CPU the tool hands torch's threads to OpenBLAS for its run and gives them back."""
+def test_one_and_two_blas_threads_agree(pairs, tmp_path):
+    """The CPU route's BLAS thread count changes the summation order, not the numbers."""
     arch, dtype = "gpt_neox", "bf16"
-    torch.set_num_threads(2)
-    try:
-        assert run_tool(*pairs[arch, dtype], tmp_path, *extra_args(dtype)) == 0
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(1)
-    one = pd.read_csv(tool_output(arch, dtype, *extra_args(dtype)) / "per_matrix.csv")
-    two = pd.read_csv(tmp_path / "per_matrix.csv")
+    runs = {}
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            assert run_tool(*pairs[arch, dtype], tmp_path / str(threads), *extra_args(dtype)) == 0
+        runs[threads] = pd.read_csv(tmp_path / str(threads) / "per_matrix.csv")
+    one, two = runs[1], runs[2]
     assert two["dW_stable_rank"].isna().tolist() == one["dW_stable_rank"].isna().tolist()  # ΔW = 0
     for column in ("dW_fro", "dW_stable_rank", "W_stable_rank"):
         close = (two[column] - one[column]).abs() <= 1e-5 * one[column].abs()
         assert (close | one[column].isna()).all(), column
+
+
+def test_cpu_run_imports_neither_torch_nor_pandas(pairs, tmp_path):
+    """Start-up: on the CPU (--device cpu, and auto without GPU device files) the tool is numpy and
+    SciPy only; torch's import alone is ~3.5 s of CPU."""
+    a_dir, b_dir = pairs["gpt_neox", "bf16"]
+    probe = (
+        "import os, runpy, sys\n"
+        "os.path.exists = lambda p, _e=os.path.exists: False if p in {gpu} else _e(p)\n"
+        "sys.argv = ['collect_param_stats.py', '--model-a', {a!r}, '--model-b', {b!r}, '--outdir', {out!r}, "
+        "'--device', {device!r}]\n"
+        "try:\n    runpy.run_path({tool!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print(sorted(m for m in ('torch', 'pandas', 'transformers') if m in sys.modules))\n")
+    for device in ("cpu", "auto"):
+        code = probe.format(gpu=repr(set(cps.GPU_DEVICE_FILES)), a=str(a_dir), b=str(b_dir),
+                            out=str(tmp_path / device), device=device, tool=str(ROOT / "collect_param_stats.py"))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+        assert (tmp_path / device / "per_matrix.csv").is_file()
+
+
+def test_choose_device_asks_torch_only_where_a_gpu_may_be(monkeypatch):
+    monkeypatch.setattr(cps, "pick_device", lambda name: pytest.fail("torch was asked"))
+    assert cps.choose_device("cpu") == "cpu"
+    monkeypatch.setattr(cps.sys, "platform", "linux")
+    monkeypatch.setattr(cps.os.path, "exists", lambda p: False)
+    assert cps.choose_device("auto") == "cpu"
+    asked = []
+    monkeypatch.setattr(cps, "pick_device", lambda name: asked.append(name) or "cpu")
+    monkeypatch.setattr(cps.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert cps.choose_device("auto") == "cpu" and asked == ["auto"]
+    assert cps.choose_device("cuda") == "cpu" and asked == ["auto", "cuda"]
 
 
 def test_same_seed_gives_byte_identical_csvs(pairs, tool_output, tmp_path):
