@@ -67,7 +67,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 # torch is imported only for a CUDA/MPS run (see choose_device): its import alone costs ~3.5 s of
-# CPU, a fifth of the whole exact-SVD route on a 160M-parameter pair
+# CPU, a seventh of the whole exact-SVD route on a 160M-parameter pair
 
 
 # --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
@@ -509,12 +509,13 @@ def sum_of_squares(x: np.ndarray, piece: int = 1 << 18) -> float:
 
 
 # Which solver for the top eigenvalue of an n×n Gram matrix: a cost model measured on the CPU
-# (OpenBLAS, one thread, 2-core AMD EPYC; `bench/bench_param_stats.py` shapes), on Gram matrices of
-# Gaussian matrices, whose Marchenko–Pastur edge is the slow case for Lanczos:
+# (SciPy's OpenBLAS, one thread, 2-core AMD EPYC; docs/bench-param-stats.md), on Gram matrices of
+# Gaussian 2n×n matrices, whose Marchenko–Pastur edge is the slow case for Lanczos:
 #     n        dense ssyevx (top eigenvalue)     block Lanczos, k = 16, tol 1e-5
-#     1024      33 ms                             51 ms   (19 products)
-#     2048     261 ms                            141 ms   (24 products)
-#     4096     3.2 s                             0.75 s   (38 products)
+#      768      14 ms                             26 ms   (19 products)
+#     1024      33 ms                             46 ms   (19 products)
+#     2048     238 ms                            185 ms   (24 products)
+#     4096     3.2 s                             0.96 s  (38 products)
 # The dense solve costs ~DENSE_S_PER_N3·n³ (Householder tridiagonalisation, 4/3·n³ flops), block
 # Lanczos ~LANCZOS_S_PER_N2·n² (a few dozen n×k products with G and the re-orthogonalisation
 # against an n×b basis); the dense solver is used while it is the cheaper one.

@@ -290,6 +290,24 @@ def test_gram_top_eigenvalue_reads_only_the_upper_triangle(dense_max):
     assert converged and abs(lam - exact) / exact < 1e-5
 
 
+def test_accelerator_route_gram_and_eigensolver_on_a_torch_tensor():
+    """What runs on CUDA, run here on the CPU: the torch route of GramSum and the dense torch
+    eigensolver that a Gram matrix left on the device gets (upper triangle read only)."""
+    M = _spectrum_cases()["flat_bulk_0.999"]
+    exact = float(torch.linalg.svdvals(M)[0]) ** 2
+    G = torch.triu(M.T @ M).float() + torch.tril(torch.full((M.shape[1],) * 2, float("nan")), diagonal=-1)
+    lam, products, converged = cps.gram_top_eigenvalue(G)
+    assert (products, converged) == (0, True) and abs(lam - exact) / exact < 1e-5
+    assert cps.gram_top_eigenvalue(torch.zeros(5, 5)) == (0.0, 0, True)
+    acc = cps.GramSum(M.shape[1], "cpu", flush_every=2, blas=False)
+    X = M.numpy().astype(np.float32)
+    for rows, cols in cps.gram_blocks(X.shape, chunk_elems=40_000):
+        acc.add(np.ascontiguousarray(X[rows, cols]), True)
+    got = acc.result()  # accumulated on the CPU: handed back as numpy, for the CPU eigensolver
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, (M.T @ M).numpy(), rtol=1e-5, atol=1e-5 * float((M.T @ M).diagonal().max()))
+
+
 def test_full_symmetric_mirrors_the_upper_triangle_panel_by_panel():
     G = np.random.default_rng(2).standard_normal((300, 300)).astype(np.float32)
     want = np.triu(G) + np.triu(G, 1).T
@@ -460,6 +478,10 @@ def test_choose_device_asks_torch_only_where_a_gpu_may_be(monkeypatch):
     monkeypatch.setattr(cps.os.path, "exists", lambda p: p == "/dev/nvidiactl")
     assert cps.choose_device("auto") == "cpu" and asked == ["auto"]
     assert cps.choose_device("cuda") == "cpu" and asked == ["auto", "cuda"]
+    monkeypatch.undo()
+    if not torch.cuda.is_available():  # the real question to torch, answered in one line
+        with pytest.raises(cps.UsageError, match="CUDA is not available"):
+            cps.choose_device("cuda")
 
 
 def test_same_seed_gives_byte_identical_csvs(pairs, tool_output, tmp_path):
