@@ -227,7 +227,6 @@ def bench_shape(args, hidden: int, layers: int, vocab: int, inter: int, dtype: s
     tool_cmd = ["uv", "run", "--quiet", "--script", tool, "--model-a", str(a_dir), "--model-b", str(b_dir),
                 "--device", "cpu", "--outdir", str(tmp / "out"), *args.tool_args.split()]
     baselines = ["torch"] + (["scipy"] if args.scipy else []) + (["fp64"] if args.fp64 else [])
-    timed(["uv", "run", "--quiet", "--script", tool, "--help"], env)  # install its env once
     rows = []
     for run in range(1, args.repeat + 1):
         warm_page_cache(a_dir, b_dir)
@@ -304,6 +303,7 @@ def main() -> None:
         p.error("--hidden/--layers/--vocab/--intermediate override one --preset, not several")
     env = dict(os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                                "MKL_NUM_THREADS")})
+    timed(["uv", "run", "--quiet", "--script", str(args.tool.resolve()), "--help"], env)  # install its env once
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_param_stats_") as tmp:
         tmp = Path(tmp)
