@@ -404,16 +404,23 @@ def residual_streams(model, norm, ids, mask):
 
 
 def new_tuned_lens(n_layers: int, hidden: int):
-    """Belrose et al.'s translators: one ``Linear(hidden, hidden)`` per layer 0 .. L−1 with weight and
-    bias zero, applied as h + A h + b (the identity at the start). Layer L has none (identity)."""
+    """Belrose et al.'s translators: for each layer 0 .. L−1 an affine map h -> h + A h + s·b with
+    A = 0 and b = 0 at the start (the identity). Layer L has none (identity). ``s`` is a fixed scale
+    (a buffer, 1 until training sets it to the layer's RMS residual norm), so that a step on b moves
+    the normalised output as much at a small-norm layer (the embeddings) as at a large-norm one."""
     import torch
 
-    lens = torch.nn.ModuleList([torch.nn.Linear(hidden, hidden) for _ in range(n_layers)])
-    with torch.no_grad():
-        for lin in lens:
-            lin.weight.zero_()
-            lin.bias.zero_()
-    return lens
+    class Translator(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(hidden, hidden))
+            self.bias = torch.nn.Parameter(torch.zeros(hidden))
+            self.register_buffer("scale", torch.ones(()))
+
+        def forward(self, x):  # A x + s·b (translate adds x)
+            return x @ self.weight.T + self.scale * self.bias
+
+    return torch.nn.ModuleList([Translator() for _ in range(n_layers)])
 
 
 def translate(lens, layer: int, h):
@@ -626,6 +633,10 @@ def train_tuned_lens(model, norm, unembed, train_ids: list[list[int]], n_layers:
                 for l in range(n_layers):
                     hs_parts[l].append(hs[l][keep])
         target = torch.cat(target_parts)
+        if step == 0:  # b's scale: the RMS of each layer's residual stream on the first batch
+            with torch.no_grad():
+                for l in range(n_layers):
+                    lens[l].scale.fill_(float(torch.cat(hs_parts[l]).float().square().mean().sqrt().clamp_min(1e-6)))
         opt.zero_grad(set_to_none=True)
         for l in range(n_layers):
             h = torch.cat(hs_parts[l])
@@ -642,8 +653,7 @@ def train_tuned_lens(model, norm, unembed, train_ids: list[list[int]], n_layers:
 
 
 def lens_tensors(lens) -> dict:
-    return {f"translators.{l}.{k}": v.detach().float().cpu().contiguous()
-            for l, lin in enumerate(lens) for k, v in (("weight", lin.weight), ("bias", lin.bias))}
+    return {f"translators.{k}": v.detach().float().cpu().contiguous() for k, v in lens.state_dict().items()}
 
 
 def load_tuned_lens(path: Path, fingerprint: dict, n_layers: int, hidden: int, device: str):
