@@ -202,7 +202,7 @@ def test_translators_are_identity_at_the_start_and_saved_per_model(runs):
     path = r["outdir"] / "tiny-gpt_neox" / "tuned_lens.safetensors"
     with safe_open(str(path), framework="pt") as f:
         keys, fp = set(f.keys()), json.loads(f.metadata()["fingerprint"])
-    assert keys == {f"translators.{l}.{k}" for l in range(3) for k in ("weight", "bias")}  # none for layer L
+    assert keys == {f"translators.{l}.{k}" for l in range(3) for k in ("weight", "bias", "scale")}  # none for L
     assert fp["model_sha256"] == ll.model_digest(r["path"]) and fp["steps"] == 40
     info = json.loads(path.with_name("tuned_lens.json").read_text())
     assert info["seconds_per_layer"] == pytest.approx(info["seconds"] / 3)
