@@ -309,3 +309,43 @@ def test_logits_changed_after_the_unembedding_are_refused(runs, tiny_tokenizer):
             ll.layer_scores(model, norm, unembed, seqs, [0], {"logit": None}, 2, 1, "cpu")
     finally:
         hook.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot and wrappers
+# ----------------------------------------------------------------------------------------------
+def test_plot_keeps_model_order_and_colours(runs, tmp_path, capsys):
+    import plot_layerwise_lens as pl
+
+    csv = pd.concat([runs[a]["csv"] for a in ARCHS])
+    csv.to_csv(tmp_path / "layerwise.csv", index=False)
+    assert pl.main(["--csv", str(tmp_path / "layerwise.csv"), "--outdir", str(tmp_path / "plots")]) == 0
+    png = tmp_path / "plots" / "layerwise_lens.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pl.model_colours(list(dict.fromkeys(csv.model))) == {
+        "tiny-gpt_neox": "#000000", "tiny-llama": "#0072B2", "tiny-gpt2": "#D55E00"}
+    (tmp_path / "bad.csv").write_text("model,lens\nx,logit\n")
+    assert pl.main(["--csv", str(tmp_path / "bad.csv"), "--outdir", str(tmp_path / "p2")]) == 1
+    assert "lacks the column(s) layer" in capsys.readouterr().err
+
+
+def test_wrappers_pass_models_in_study_order_and_only_set_flags(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    fake = tmp_path / "fake"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    env = keep | {"UV_RUN": str(fake), "MODEL_A": "a/ref", "COMPARE_WITH": "b/filt c/cblat", "OUTPUTS_DIR": "o"}
+    out = subprocess.run([str(ROOT / "run_lens.sh")], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1:] == ["layerwise_lens.py", "--model", "a/ref", "--model", "b/filt", "--model", "c/cblat",
+                                    "--outdir", "o/lens"]
+    out = subprocess.run([str(ROOT / "run_lens.sh")], env=env | {"LENS_STEPS": "60", "DATA_DIR": "d"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[out.index("--lens-steps") + 1] == "60" and out[out.index("--lens-train-text") + 1] == "d/retain.txt"
+    out = subprocess.run([str(ROOT / "plot_lens.sh")], env=env | {"PLOTS_DIR": "p"}, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[1:] == ["plot_layerwise_lens.py", "--csv", "o/lens/layerwise.csv", "--outdir", "p/lens"]
