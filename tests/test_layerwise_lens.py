@@ -208,6 +208,18 @@ def test_translators_are_identity_at_the_start_and_saved_per_model(runs):
     assert info["seconds_per_layer"] == pytest.approx(info["seconds"] / 3)
 
 
+def test_same_seed_same_translators(runs, tiny_tokenizer):
+    model = runs["gpt2"]["model"]
+    norm, unembed = ll.lens_parts(model)
+    ids = [tiny_tokenizer(t)["input_ids"] for t in TRAIN]
+    a, b, c = (ll.train_tuned_lens(model, norm, unembed, ids, 3, 32, 4, 64, 1.0, seed, 3, 1, "cpu")[0]
+               for seed in (5, 5, 6))
+    ta, tb, tc = ll.lens_tensors(a), ll.lens_tensors(b), ll.lens_tensors(c)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert not all(torch.equal(ta[k], tc[k]) for k in ta)
+    assert float(ta["translators.0.scale"]) == pytest.approx(float(tb["translators.0.scale"]))
+
+
 def test_translators_are_reused_not_retrained(runs, data, monkeypatch, tmp_path):
     r = runs["llama"]
     out = tmp_path / "again"
