@@ -21,13 +21,15 @@ exactly as ``evaluate_unlearning.py`` scores the output:
   logit lens   the model's own final normalisation and unembedding applied to the residual stream
                h_l: logits_l = W_U · norm(h_l). At the last layer this IS the model's output.
   tuned lens   Belrose et al. 2023 (arXiv:2303.08112): per layer an affine translator
-               h -> h + A_l h + b_l (A_l = 0, b_l = 0 at the start, i.e. the logit lens), trained with
+               h -> h + A_l h + s_l b_l (A_l = 0, b_l = 0 at the start, i.e. the logit lens), trained with
                the model frozen to minimise KL(p_final || p_lens,l) per token on --lens-train-text
-               (never an evaluation file); logits_l = W_U · norm(h_l + A_l h_l + b_l). The last layer
+               (never an evaluation file); logits_l = W_U · norm(h_l + A_l h_l + s_l b_l). The last layer
                keeps the identity (its lens is the model's output). Optimiser as in the paper's code:
                SGD with Nesterov momentum 0.9, lr = lr_scale·(1 − 0.9) (lr_scale 1.0), weight decay
-               1e-3, linear decay to 0 over --lens-steps (250), no warm-up; changed: --lens-tokens-per-step
-               (4096 instead of 2^18) and one backward pass per layer on the same batch.
+               1e-3, linear decay to 0 over --lens-steps (250), no warm-up, one backward pass per layer.
+               Changed: --lens-tokens-per-step 4096 instead of 2^18; added: the fixed scale s_l (the RMS
+               of layer l's residual stream on the first batch), without which the small-norm embedding
+               layer diverged (docs/lens.md).
 
 Layers are numbered as ``hidden_states`` indices: 0 = the embeddings, l = the residual stream after
 decoder layer l − 1, L = after the last decoder layer (before the final norm). transformers 5 returns
