@@ -78,11 +78,18 @@ WEIGHT_DECAY = 1e-3
 LENS_FORMAT = 1         # bump when the translator file's layout or training changes
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -90,6 +97,57 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
     """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
@@ -113,176 +171,12 @@ def read_numbered_lines(path) -> list[tuple[int, str]]:
         raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
     return lines
 
+
 def read_lines(path) -> list[str]:
     """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
     return [s for _, s in read_numbered_lines(path)]
 
-def pick_device(name: str) -> str:
-    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
-    import torch
 
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available")
-    if name == "mps" and not mps:
-        raise UsageError("--device mps was asked for but MPS is not available")
-    return name
-
-def pick_dtype(name: str, device: str) -> str:
-    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
-    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
-    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
-    True behind a proxy, which a direct connection cannot judge). Without this an offline
-    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
-# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-
-# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
-SKIP_FILES = ["*/*", "consolidated*"]
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
-
-    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
-    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
-    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
-    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
-                                      local_files_only=not hub_reachable()))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
-    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
-
-    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
-    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
-    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
-    writes there, that holds one of them); a path whose nearest existing folder cannot be written
-    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
-    Returns ``Path(outdir)``; nothing is created."""
-    out = Path(outdir)
-    for source in inputs:
-        if source is not None and Path(source).is_dir():
-            src = Path(source).resolve()
-            if out.resolve() == src or src in out.resolve().parents:
-                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise UsageError(f"--outdir {out} exists and is not a folder")
-        ours = any(out.glob(marker))
-        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
-        if theirs and not ours:
-            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
-                             "choose a new or empty folder, or move them away")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
-    return out
-
-def write_atomically(files: dict) -> None:
-    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
-    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
-    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
-    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
-    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
-    temps: dict[Path, str] = {}
-    try:
-        for path, content in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps[path] = tmp
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(content, (str, bytes)):
-                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            if callable(content):
-                content(Path(tmp))
-            os.chmod(tmp, 0o666 & ~_umask())
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    except BaseException as e:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
-        raise
-# --- end shared helpers ---
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
-
-
-# Copied from evaluate_unlearning.py: model_name
-def model_name(spec: str) -> str:
-    """Folder name of a model's results: hub ID ``org/name`` -> ``org_name``; a local folder -> its
-    name, or its parent's name when the folder is an ``unlearned_model`` (unlearn.py's layout)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith((".", "/", "~")) or not HUB_ID_RE.match(spec):
-        path = path.resolve()
-        return path.parent.name if path.name == "unlearned_model" else path.name
-    return spec.replace("/", "_")
-
-
-# Copied from evaluate_unlearning.py: read_mcq
 def read_mcq(path) -> list[dict]:
     """Multiple-choice items of a JSONL file, validated: one ``{"question": str, "choices": [str, ...],
     "answer": int}`` object per line (blank lines skipped), ``0 <= answer < len(choices)``, at least two
@@ -321,8 +215,8 @@ def read_mcq(path) -> list[dict]:
     return items
 
 
-# Copied from evaluate_unlearning.py: sha256_file
 def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -330,11 +224,264 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-# Copied from evaluate_unlearning.py: length_batches
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
+
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length, longest first (so an out-of-memory shows up at once)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
+# --- end shared helpers ---
 
 
 # Copied from evaluate_unlearning.py: load_model
@@ -704,13 +851,8 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def stage_progress(desc: str):
-    """tqdm over an iterable when stderr is a terminal, else one line for the stage."""
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return lambda items: tqdm(items, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
-    print(f"    {desc}", file=sys.stderr, flush=True)
-    return None
+    """The shared progress display over a stage's iterable (a bar on a terminal, lines in a log)."""
+    return lambda items: progress(items, desc=desc, leave=False)
 
 
 def evaluate_model(spec: str, path: Path, data: dict, args, device: str, dtype: str, outdir: Path) -> list[dict]:
@@ -936,40 +1078,14 @@ def run(args) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
-    terminated = []
 
-    def interrupted(signum, frame):  # `kill` cleans up like Ctrl-C does
-        terminated.append(signum)
-        raise KeyboardInterrupt
-
-    import threading
-
-    is_main = threading.current_thread() is threading.main_thread()
-    if is_main:
-        signal.signal(signal.SIGTERM, interrupted)
-    try:
+    def work() -> int:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: results of finished models are kept, nothing half-written", file=sys.stderr)
-        return 143 if terminated else 130
-    except MemoryError:
-        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size, --max-length or --lens-tokens-per-step",
-              file=sys.stderr)
-        return 1
-    finally:
-        if is_main:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out / 'layerwise.csv'}", file=sys.stderr)
-    return 0
+        print(f"wrote {out / 'layerwise.csv'}", file=sys.stderr)
+        return 0
+
+    return run_tool(work, kept="results of finished models are kept, nothing half-written",
+                    oom_hint="lower --batch-size, --max-length or --lens-tokens-per-step")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 REQUIRED = ["model", "lens", "layer", "mcq_forget_acc", "mcq_retain_acc", "forget_nll", "retain_nll", "kl_to_final",
             "mcq_forget_chance", "mcq_retain_chance"]
 PANELS = [("mcq_forget_acc", "forget MCQ accuracy", "mcq_forget_chance"),
@@ -39,9 +38,18 @@ PANELS = [("mcq_forget_acc", "forget MCQ accuracy", "mcq_forget_chance"),
 LENS_TITLES = {"logit": "logit lens", "tuned": "tuned lens"}
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -49,6 +57,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -121,11 +179,30 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
 # --- end shared helpers ---
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 1."""
 
 
 def read_layerwise(path):
@@ -147,9 +224,9 @@ def read_layerwise(path):
     return df
 
 
-def model_colours(models: list[str]) -> dict:
-    """The study's colour of each model: position in the study (reference first) -> palette entry."""
-    return {m: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, m in enumerate(models)}
+def model_styles(models: list[str]) -> dict:
+    """The study's look of each model: position in the study (reference first) -> model_style."""
+    return {m: model_style(m, i) for i, m in enumerate(models)}
 
 
 def plot_layerwise(df, title: str):
@@ -159,7 +236,7 @@ def plot_layerwise(df, title: str):
     models = list(dict.fromkeys(df["model"]))
     lenses = [x for x in ("logit", "tuned") if x in set(df["lens"])]
     panels = [p for p in PANELS if df[p[0]].notna().any()]
-    colours = model_colours(models)
+    styles = model_styles(models)
     fig, axes = plt.subplots(len(panels), len(lenses), figsize=(5.2 * len(lenses), 2.6 * len(panels)),
                              sharex=True, sharey="row", squeeze=False, constrained_layout=True)
     for row, (col, label, chance) in enumerate(panels):
@@ -167,7 +244,7 @@ def plot_layerwise(df, title: str):
             ax = axes[row][c]
             for m in models:
                 d = df[(df["model"] == m) & (df["lens"] == lens)].sort_values("layer")
-                ax.plot(d["layer"], d[col], "o-", ms=3, color=colours[m], label=m)
+                ax.plot(d["layer"], d[col], ms=3, **styles[m])
             if chance is not None:
                 level = df[chance].dropna()
                 if len(level):
@@ -200,21 +277,22 @@ def make_plot(csv, outdir, title: str | None = None) -> Path:
     return path
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", default="outputs/lens/layerwise.csv", help="layerwise.csv (default: %(default)s)")
     p.add_argument("--outdir", default="plots/lens", help="where the PNG goes (default: %(default)s)")
     p.add_argument("--title", default=None, help="figure title")
-    args = p.parse_args(argv)
-    try:
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work() -> int:
         print(f"wrote {make_plot(args.csv, args.outdir, args.title)}", file=sys.stderr)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_tool(work, kept="nothing half-written")
 
 
 if __name__ == "__main__":

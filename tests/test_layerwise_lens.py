@@ -88,7 +88,7 @@ def test_last_layer_equals_evaluate_unlearning(arch, runs, data, tiny_tokenizer,
         assert last["kl_to_final"] == pytest.approx(0.0, abs=1e-6)
     # MCQ through lm-eval itself (evaluate_unlearning.py's task yaml and call)
     sets = {"forget": data / "forget_mcq.jsonl", "retain": data / "retain_mcq.jsonl"}
-    got = ev.MCQ(sets, [], tmp_path).evaluate(model, tok, args)
+    got = ev.McqBenchmarks(sets, [], tmp_path).evaluate(model, tok, args)
     for lens in ("logit", "tuned"):
         last = rows(r["csv"], lens).loc[n_layers]
         assert last["mcq_forget_acc"] == pytest.approx(got["forget"]["acc"], abs=1e-12)
@@ -334,7 +334,8 @@ def test_plot_keeps_model_order_and_colours(runs, tmp_path, capsys):
     assert pl.main(["--csv", str(tmp_path / "layerwise.csv"), "--outdir", str(tmp_path / "plots")]) == 0
     png = tmp_path / "plots" / "layerwise_lens.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert pl.model_colours(list(dict.fromkeys(csv.model))) == {
+    styles = pl.model_styles(list(dict.fromkeys(csv.model)))
+    assert {m: s["color"] for m, s in styles.items()} == {
         "tiny-gpt_neox": "#000000", "tiny-llama": "#0072B2", "tiny-gpt2": "#D55E00"}
     (tmp_path / "bad.csv").write_text("model,lens\nx,logit\n")
     assert pl.main(["--csv", str(tmp_path / "bad.csv"), "--outdir", str(tmp_path / "p2")]) == 1
