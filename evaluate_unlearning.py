@@ -317,6 +317,26 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
+def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
+    """A causal LM and its tokenizer from a resolved model folder (``name``: what the user passed), in
+    eval mode on ``device`` in ``dtype``; every failure is one UsageError sentence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
+                                                     device_map=device, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
+    if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length, longest first (so an out-of-memory shows up at once)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -848,30 +868,12 @@ class McqBenchmarks:
 # ----------------------------------------------------------------------------------------------
 # One model
 # ----------------------------------------------------------------------------------------------
-def load_eval_model(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (path / "config.json").is_file():
-        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
-                                                     device_map=device, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
-    if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
-
-
 def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, device: str, dtype: str):
     """Every statistic of one model: (per-sample rows, summary dict, generation records)."""
     import torch
 
     torch.manual_seed(args.seed)
-    model, tok = load_eval_model(path, spec, dtype, device, args.trust_remote_code)
+    model, tok = load_causal_lm(path, spec, dtype, device, args.trust_remote_code)
     rows, scored = [], {}
     for split in SPLITS:
         scores = score_lines(model, tok, data[split], args, device, desc=f"{model_name(spec)} {split}")

@@ -324,6 +324,26 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
+def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
+    """A causal LM and its tokenizer from a resolved model folder (``name``: what the user passed), in
+    eval mode on ``device`` in ``dtype``; every failure is one UsageError sentence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
+                                                     device_map=device, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
+    if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices in batches of similar length, longest first (so an out-of-memory shows up at once)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -482,25 +502,6 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
         return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
     return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
-
-
-# Copied from evaluate_unlearning.py: load_model
-def load_model(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (path / "config.json").is_file():
-        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
-                                                     device_map=device, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
-    if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -855,13 +856,13 @@ def stage_progress(desc: str):
     return lambda items: progress(items, desc=desc, leave=False)
 
 
-def evaluate_model(spec: str, path: Path, data: dict, args, device: str, dtype: str, outdir: Path) -> list[dict]:
+def lens_of_model(spec: str, path: Path, data: dict, args, device: str, dtype: str, outdir: Path) -> list[dict]:
     """Every row of one model (lens × layer); trains or reuses its tuned lens."""
     import torch
 
     name = model_name(spec)
     torch.manual_seed(args.seed)
-    model, tok = load_model(path, name, dtype, device, args.trust_remote_code)
+    model, tok = load_causal_lm(path, name, dtype, device, args.trust_remote_code)
     norm, unembed = lens_parts(model, name)
     n_layers = n_layers_of(model)
     hidden = int(model.config.hidden_size)
@@ -942,7 +943,7 @@ def layerwise_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def versions() -> dict:
+def lens_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -1014,7 +1015,7 @@ def check_args(args) -> None:
     check_outdir(args.outdir, "layerwise.csv", owned=("layerwise.csv",))
 
 
-def read_inputs(args) -> dict:
+def read_lens_inputs(args) -> dict:
     """Every input file, validated before any model is loaded."""
     data = {"forget_test": read_lines(args.forget_test), "retain_test": read_lines(args.retain_test)}
     for key, given in (("forget", args.mcq_forget), ("retain", args.mcq_retain)):
@@ -1039,7 +1040,7 @@ def read_inputs(args) -> dict:
 
 def run(args) -> Path:
     check_args(args)
-    data = read_inputs(args)
+    data = read_lens_inputs(args)
     if not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = "1"
     paths = {spec: resolve_model_dir(spec, args.trust_remote_code) for spec in args.model}
@@ -1053,7 +1054,7 @@ def run(args) -> Path:
                      for k in ("forget_test", "retain_test")},
             "layer_numbering": "hidden_states index: 0 = embeddings, l = after decoder layer l-1, L = last "
                                "(before the final norm)",
-            "versions": versions()}
+            "versions": lens_versions()}
     for key in ("forget", "retain"):
         if f"mcq_{key}_path" in data:
             p = data[f"mcq_{key}_path"]
@@ -1063,7 +1064,7 @@ def run(args) -> Path:
     rows: list[dict] = []
     for spec in args.model:
         print(f"==> {spec}", file=sys.stderr, flush=True)
-        got = evaluate_model(spec, paths[spec], data, args, device, dtype, outdir)
+        got = lens_of_model(spec, paths[spec], data, args, device, dtype, outdir)
         rows += got
         for lens_name in args.lens:
             mine = [r for r in got if r["lens"] == lens_name]

@@ -13,12 +13,9 @@ cd "$(dirname "$0")"
 user_data_dir="${DATA_DIR:-}"  # set by the user, not by study.sh
 source ./study.sh
 
-extra=()
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then extra+=("$2" "${!1}"); fi
-}
+ARGS=()
 if [[ -n "$user_data_dir" ]]; then
-  extra+=(--forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt"
+  ARGS+=(--forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt"
           --mcq-forget "$DATA_DIR/forget_mcq.jsonl" --mcq-retain "$DATA_DIR/retain_mcq.jsonl"
           --lens-train-text "$DATA_DIR/retain.txt")
 fi
@@ -41,4 +38,4 @@ flag MAX_LENGTH --max-length
 models=()
 for model in $MODEL_A $COMPARE_WITH; do models+=(--model "$model"); done
 echo "== layer-wise lens: $MODEL_A $COMPARE_WITH"
-$UV_RUN layerwise_lens.py "${models[@]}" --outdir "$OUTPUTS_DIR/lens" ${extra[@]+"${extra[@]}"}
+$UV_RUN layerwise_lens.py "${models[@]}" --outdir "$OUTPUTS_DIR/lens" ${ARGS[@]+"${ARGS[@]}"}

@@ -310,6 +310,26 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
+def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
+    """A causal LM and its tokenizer from a resolved model folder (``name``: what the user passed), in
+    eval mode on ``device`` in ``dtype``; every failure is one UsageError sentence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
+                                                     device_map=device, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
+    if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
 def pad_right(seqs: list[list[int]], pad_id: int):
     """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
     import torch
