@@ -1,0 +1,225 @@
+"""collect_weight_geometry.py (and plot_weight_geometry.py) against a float64 numpy SVD.
+
+Planted changes on matrices of GPT-NeoX, Llama and GPT-2 shapes (GPT-2's Conv1D stored (in, out)):
+rank-1 outside W_a's column space and larger than σ₁ (one intruder), rank-1 inside it (none),
+Gaussian noise (near full rank, shares near their random baselines), a slowly decaying spectrum,
+an ill-conditioned W_a, identical matrices, bf16 storage; then the whole tool on tiny models.
+The reference (`reference` below) is numpy.linalg.svd in float64 with every column written out.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import ml_dtypes
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.numpy import load_file as load_np
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, make_tiny_model, save_model
+
+import collect_weight_geometry as cwg
+
+EPS32, EPS64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
+RTOL = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# the independent reference: a float64 full SVD, every column written out
+# ---------------------------------------------------------------------------------------------
+def ref_elbow(sigma):
+    """Count of singular values before the point farthest below the chord of the log spectrum."""
+    s = [x for x in sigma if x > 0]
+    r = len(s)
+    if r <= 2:
+        return r
+    y = [math.log10(x) for x in s]
+    if y[0] == y[-1]:
+        return r
+    best, where = 0.0, r
+    for i in range(r):
+        # signed distance of (i/(r-1), (y_i - y_r)/(y_1 - y_r)) below the line x + y = 1
+        d = (1 - i / (r - 1) - (y[i] - y[-1]) / (y[0] - y[-1])) / math.sqrt(2)
+        if d > best + 1e-15:
+            best, where = d, i
+    return where if best * math.sqrt(2) > 1e-12 else r
+
+
+def reference(Wa, Wb, top_k=20, intruder_k=10, eps=0.5):
+    """Columns of one matrix from float64 SVDs of W_a, W_b and ΔW ((out, in) orientation)."""
+    Wa, Wb = np.asarray(Wa, np.float64), np.asarray(Wb, np.float64)
+    D = Wb - Wa
+    m, n = Wa.shape
+    k = min(top_k, m, n)
+    Ua, sa, Vat = np.linalg.svd(Wa, full_matrices=False)
+    Ub, sb, Vbt = np.linalg.svd(Wb, full_matrices=False)
+    sd = np.linalg.svd(D, compute_uv=False)
+    out = {"rows": m, "cols": n, "k": k, "dW_fro": np.linalg.norm(D), "rel_dW_fro": np.linalg.norm(D) / np.linalg.norm(Wa),
+           "left_overlap_k_random": k / m, "right_overlap_k_random": k / n,
+           "dW_in_colspace_k_random": k / m, "dW_in_rowspace_k_random": k / n}
+    total = float((sd ** 2).sum())
+    floor = math.sqrt(min(m, n) * EPS64) * sd[0] if total > 0 else 0
+    sd = np.where(sd > floor, sd, 0.0)
+    if total == 0:
+        out.update(dW_eff_rank_99=0, dW_top10_energy=None, dW_erank=0.0, dW_elbow=0,
+                   dW_in_colspace_k=None, dW_in_rowspace_k=None)
+    else:
+        e = sd ** 2
+        out["dW_eff_rank_99"] = next(i + 1 for i in range(len(e)) if e[:i + 1].sum() >= 0.99 * e.sum())
+        out["dW_top10_energy"] = e[:10].sum() / e.sum()
+        p = sd[sd > 0] / sd.sum()
+        out["dW_erank"] = math.exp(-sum(pi * math.log(pi) for pi in p))
+        out["dW_elbow"] = ref_elbow(sd)
+        out["dW_in_colspace_k"] = np.linalg.norm(Ua[:, :k].T @ D) ** 2 / total
+        out["dW_in_rowspace_k"] = np.linalg.norm(D @ Vat[:k].T) ** 2 / total
+    out["left_overlap_k"] = np.linalg.norm(Ua[:, :k].T @ Ub[:, :k]) ** 2 / k
+    out["right_overlap_k"] = np.linalg.norm(Vat[:k] @ Vbt[:k].T) ** 2 / k
+    nonzero = sa > max(m, n) * EPS32 * sa[0]
+    ki = min(intruder_k, int((sb > max(m, n) * EPS32 * sb[0]).sum()))
+    best = np.abs(Ua[:, nonzero].T @ Ub[:, :ki]).max(axis=0)
+    out.update(intruder_k=ki, intruders=int((best < eps).sum()), intruder_max_cos_min=float(best.min()))
+    return out, sd
+
+
+def assert_matches(got: dict, want: dict, names=None):
+    for col, w in want.items():
+        if names is not None and col not in names:
+            continue
+        g = got[col]
+        if w is None:
+            assert g is None or (isinstance(g, float) and math.isnan(g)), (col, g)
+        elif isinstance(w, (int, np.integer)) and col not in ("rows", "cols"):
+            assert int(g) == int(w), (col, g, w)
+        else:
+            assert abs(float(g) - float(w)) <= RTOL * abs(float(w)) + 1e-9, (col, g, w)
+
+
+def haar(m, r, rng):
+    return np.linalg.qr(rng.standard_normal((m, r)))[0]
+
+
+def planted(m, n, spectrum, rng):
+    r = len(spectrum)
+    return (haar(m, r, rng) * np.asarray(spectrum)) @ haar(n, r, rng).T
+
+
+# ---------------------------------------------------------------------------------------------
+# one matrix: planted changes
+# ---------------------------------------------------------------------------------------------
+SHAPES = {"neox_qkv": (96, 32), "llama_down": (32, 64), "gpt2_c_fc": (128, 32)}
+
+
+def stored(W, conv1d):
+    """How a checkpoint stores the (out, in) matrix W: GPT-2's Conv1D keeps Wᵀ, (in, out)."""
+    return np.ascontiguousarray(W.T if conv1d else W, dtype=np.float32)
+
+
+def case(kind, shape, rng):
+    m, n = shape
+    Wa = rng.standard_normal((m, n)) / math.sqrt(n)
+    if kind == "ill_conditioned":
+        Wa = planted(m, n, np.logspace(0, -5, min(m, n)), rng)
+    Ua, sa, Vat = np.linalg.svd(Wa, full_matrices=False)
+    if kind == "rank1_outside":  # needs m > n: a direction orthogonal to W_a's column space
+        u = rng.standard_normal(m)
+        u -= Ua @ (Ua.T @ u)
+        u /= np.linalg.norm(u)
+        D = 4 * sa[0] * np.outer(u, Vat[-1])
+    elif kind == "rank1_inside":
+        D = 0.5 * sa[0] * np.outer(Ua[:, 0], haar(n, 1, rng)[:, 0])
+    elif kind == "noise":
+        D = 0.05 * rng.standard_normal((m, n)) / math.sqrt(n)
+    elif kind in ("slow", "ill_conditioned"):
+        D = planted(m, n, [0.05 * (i + 1) ** -0.3 for i in range(min(m, n))], rng)
+    elif kind == "identical":
+        D = np.zeros((m, n))
+    Wb = Wa + D
+    # the stored values are fp32: the reference sees exactly what the tool reads
+    return Wa.astype(np.float32).astype(np.float64), Wb.astype(np.float32).astype(np.float64)
+
+
+def run_case(kind, shape_name, conv1d=False, dtype=np.float32, **kw):
+    rng = np.random.default_rng(abs(hash((kind, shape_name))) % 2**32)
+    Wa, Wb = case(kind, SHAPES[shape_name], rng)
+    if dtype != np.float32:
+        Wa, Wb = (W.astype(dtype).astype(np.float64) for W in (Wa, Wb))
+    raw_a, raw_b = (np.ascontiguousarray((W.T if conv1d else W).astype(dtype)) for W in (Wa, Wb))
+    got, sigma = cwg.matrix_geometry(raw_a, raw_b, conv1d, chunk_elems=700, **kw)  # many slices
+    want, sd = reference(Wa, Wb, kw.get("top_k", 20), kw.get("intruder_k", 10), kw.get("intruder_eps", 0.5))
+    return got, sigma, want, sd
+
+
+@pytest.mark.parametrize("shape_name, conv1d", [("neox_qkv", False), ("llama_down", False), ("gpt2_c_fc", True)])
+@pytest.mark.parametrize("kind", ["rank1_inside", "noise", "slow", "ill_conditioned"])
+def test_columns_match_float64_svd(kind, shape_name, conv1d):
+    got, sigma, want, sd = run_case(kind, shape_name, conv1d, top_k=5, intruder_k=4)
+    assert_matches(got, want)
+    assert np.allclose(sigma, sd, rtol=1e-6, atol=1e-9 * sd[0])
+    m, n = SHAPES[shape_name]
+    if kind == "rank1_inside":
+        assert got["dW_eff_rank_99"] == 1 and abs(got["dW_erank"] - 1) < 1e-6 and got["dW_elbow"] == 1
+        assert got["intruders"] == 0 and got["dW_in_colspace_k"] > 0.999
+    if kind == "noise":
+        assert got["dW_eff_rank_99"] >= 0.8 * min(m, n) and got["dW_erank"] >= 0.8 * min(m, n)
+        for side in ("colspace", "rowspace"):  # no preferred direction: near the random baseline
+            ratio = got[f"dW_in_{side}_k"] / got[f"dW_in_{side}_k_random"]
+            assert 0.6 < ratio < 1.5, (side, ratio)
+    if kind == "slow":
+        assert got["dW_eff_rank_99"] > 0.8 * min(m, n) and got["dW_top10_energy"] < 0.6
+
+
+@pytest.mark.parametrize("shape_name, conv1d", [("neox_qkv", False), ("gpt2_c_fc", True)])
+def test_rank1_outside_the_column_space_is_one_intruder(shape_name, conv1d):
+    got, sigma, want, _ = run_case("rank1_outside", shape_name, conv1d)
+    assert_matches(got, want)
+    assert got["dW_eff_rank_99"] == 1 and got["dW_elbow"] == 1 and abs(got["dW_erank"] - 1) < 1e-6
+    assert got["intruders"] == 1 and got["intruder_max_cos_min"] < 0.1
+    assert got["dW_in_colspace_k"] < 1e-12  # orthogonal to everything W_a's columns span
+    assert np.count_nonzero(sigma) == 1
+
+
+def test_bf16_storage():
+    got, sigma, want, sd = run_case("slow", "neox_qkv", dtype=ml_dtypes.bfloat16, top_k=5, intruder_k=4)
+    assert_matches(got, want)
+    assert np.allclose(sigma, sd, rtol=1e-6, atol=1e-9 * sd[0])
+
+
+def test_identical_matrices_give_zeros_and_empty_cells_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, sigma, want, _ = run_case("identical", "llama_down", top_k=5)
+    assert_matches(got, want)
+    assert got["dW_fro"] == 0 and got["dW_eff_rank_99"] == 0 and got["dW_erank"] == 0 and got["dW_elbow"] == 0
+    assert got["dW_top10_energy"] is None and got["dW_in_colspace_k"] is None and got["dW_in_rowspace_k"] is None
+    assert got["intruders"] == 0 and abs(got["left_overlap_k"] - 1) < 1e-9 and not sigma.any()
+
+
+def test_non_finite_weights_are_a_usage_error():
+    a = np.ones((8, 4), np.float32)
+    b = a.copy()
+    b[3, 1] = np.nan
+    with pytest.raises(cwg.UsageError, match="NaN or infinite"):
+        cwg.matrix_geometry(a, b, name="x.weight")
+
+
+@pytest.mark.parametrize("sigma, elbow", [([], 0), ([3.0], 1), ([2.0, 1.0], 2), ([1.0] * 5, 5),
+                                          ([10, 9, 8, 0.1, 0.09, 0.08], 3), ([8, 4, 2, 1, 0.5], 5),
+                                          ([5, 0.01, 0.009, 0.008, 0.0], 1), ([5, 4.9, 4.8, 0.01], 4),
+                                          ([9, 8, 1e-3, 9e-4, 8e-4, 7e-4, 6e-4], 2)])
+def test_elbow_definition(sigma, elbow):
+    assert cwg.elbow_index(np.array(sigma, dtype=float)) == elbow == ref_elbow(sigma)
+
+
+def test_parse_layers_and_components():
+    assert cwg.parse_layers("0-2,5") == {0, 1, 2, 5} and cwg.parse_layers(None) is None
+    assert cwg.parse_components("qkv") == {"qkv", "q", "k", "v"}
+    for bad in ("3-1", "a", "-1"):
+        with pytest.raises(cwg.UsageError):
+            cwg.parse_layers(bad)
+    with pytest.raises(cwg.UsageError):
+        cwg.parse_components("attention")
