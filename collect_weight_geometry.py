@@ -896,7 +896,11 @@ def main(argv=None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         chunk_elems = max(1, int(args.chunk_mb * 2**20 / 8))
         rows, spectra = [], {}
-        with tqdm(names, desc="weight geometry", unit="matrix") as bar:
+        # a bar on a terminal, else one line per stage (on stdout, so stderr holds only warnings/errors)
+        tty = sys.stderr.isatty()
+        if not tty:
+            print(f"weight geometry: {len(names)} matrices of {a.spec} vs {b.spec}", flush=True)
+        with tqdm(names, desc="weight geometry", unit="matrix", disable=not tty) as bar:
             for name in bar:
                 full = (slice(None), slice(None))
                 raw_a, raw_b = a.read(name, *full), b.read(name, *full)

@@ -223,3 +223,148 @@ def test_parse_layers_and_components():
             cwg.parse_layers(bad)
     with pytest.raises(cwg.UsageError):
         cwg.parse_components("attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole tool on tiny models of the three naming schemes
+# ---------------------------------------------------------------------------------------------
+PLANTS = {  # (rank-1 target, Gaussian-noise target)
+    "gpt_neox": ("gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.layers.1.mlp.dense_h_to_4h.weight"),
+    "llama": ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"),
+    "gpt2": ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight"),
+}
+CONV1D = (".c_attn.weight", ".c_fc.weight", ".c_proj.weight")
+
+
+def load_oriented(path, arch):
+    """Every 2-D tensor of a checkpoint in float64, as (out, in): GPT-2's Conv1D transposed."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        for name, t in load_file(f).items():
+            if t.ndim == 2:
+                w = t.double().numpy()
+                out[name] = w.T if arch == "gpt2" and name.endswith(CONV1D) else w
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_pairs(tmp_path_factory):
+    """arch -> (A dir, B dir): B is A's tensors with a rank-1 and a noise change planted (written
+    with safetensors directly, no second model built); Llama stored in bf16, A sharded."""
+    root = tmp_path_factory.mktemp("models")
+    pairs = {}
+    gen = torch.Generator().manual_seed(0)
+    for arch, (rank1, noise) in PLANTS.items():
+        dtype = torch.bfloat16 if arch == "llama" else torch.float32
+        a_dir = save_model(make_tiny_model(arch, seed=1, hidden=32, layers=2), root / f"{arch}-a", dtype=dtype,
+                           max_shard_size="30KB")
+        tensors = {}
+        for f in sorted(a_dir.glob("*.safetensors")):
+            tensors.update(load_file(f))
+        p = tensors[rank1].double()
+        p += 0.5 * torch.outer(torch.randn(p.shape[0], generator=gen, dtype=torch.float64),
+                               torch.randn(p.shape[1], generator=gen, dtype=torch.float64))
+        tensors[rank1] = p.to(dtype)
+        tensors[noise] = (tensors[noise].double() + 0.01 * torch.randn(tensors[noise].shape, generator=gen,
+                                                                       dtype=torch.float64)).to(dtype)
+        b_dir = root / f"{arch}-b"
+        b_dir.mkdir()
+        (b_dir / "config.json").write_bytes((a_dir / "config.json").read_bytes())
+        save_file({n: t.contiguous() for n, t in tensors.items()}, b_dir / "model.safetensors", metadata={"format": "pt"})
+        pairs[arch] = (a_dir, b_dir)
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def tool_runs(model_pairs, tmp_path_factory):
+    out = {}
+    for arch, (a_dir, b_dir) in model_pairs.items():
+        outdir = tmp_path_factory.mktemp(arch) / "wg"
+        assert cwg.main(["--model-a", str(a_dir), "--model-b", str(b_dir), "--outdir", str(outdir),
+                         "--device", "cpu", "--top-k", "6", "--intruder-k", "4", "--chunk-mb", "0.01"]) == 0
+        out[arch] = outdir
+    return out
+
+
+@pytest.mark.parametrize("arch", list(PLANTS))
+def test_tool_matches_float64_svd_on_every_matrix(model_pairs, tool_runs, arch):
+    a_dir, b_dir = model_pairs[arch]
+    got = pd.read_csv(tool_runs[arch] / "weight_geometry.csv")
+    assert list(got.columns) == cwg.COLUMNS
+    wa, wb = load_oriented(a_dir, arch), load_oriented(b_dir, arch)
+    want_names = {n for n in wa if cwg.weight_component(n) in {"qkv", "q", "k", "v", "attn_out", "mlp_in", "mlp_out"}}
+    assert set(got["name"]) == want_names
+    spectra = load_np(str(tool_runs[arch] / "dW_spectra.safetensors"))
+    assert set(spectra) == want_names
+    for row in got.to_dict("records"):
+        want, sd = reference(wa[row["name"]], wb[row["name"]], 6, 4)
+        assert row["component"] == cwg.weight_component(row["name"])
+        assert row["layer"] == int(row["name"].split(".")[2 if arch != "gpt2" else 2])
+        assert_matches({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}, want)
+        assert np.allclose(spectra[row["name"]], sd, rtol=1e-5, atol=1e-7 * max(sd[0], 1e-30))
+    rows = got.set_index("name")
+    rank1, noise = PLANTS[arch]
+    assert rows.loc[rank1, "dW_eff_rank_99"] == 1 and rows.loc[rank1, "dW_elbow"] == 1
+    assert rows.loc[noise, "dW_eff_rank_99"] > 0.8 * min(rows.loc[noise, "rows"], rows.loc[noise, "cols"])
+    assert (rows.drop([rank1, noise])["dW_fro"] == 0).all()
+    if arch == "gpt2":  # (out, in): c_attn maps 32 -> 96
+        assert (rows.loc[rank1, "rows"], rows.loc[rank1, "cols"]) == (96, 32)
+    report = (tool_runs[arch] / "geometry_report.yaml").read_text()
+    assert "Input_sha256" in report and "top_k: 6" in report
+
+
+def test_identical_models_write_no_nan(model_pairs, tmp_path):
+    a_dir, _ = model_pairs["gpt_neox"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cwg.main(["--model-a", str(a_dir), "--model-b", str(a_dir), "--outdir", str(tmp_path / "o"),
+                         "--device", "cpu", "--components", "all"]) == 0
+    text = (tmp_path / "o" / "weight_geometry.csv").read_text()
+    assert "nan" not in text.lower()
+    got = pd.read_csv(tmp_path / "o" / "weight_geometry.csv")
+    assert (got["dW_fro"] == 0).all() and (got["dW_eff_rank_99"] == 0).all() and (got["intruders"] == 0).all()
+    assert got["dW_in_colspace_k"].isna().all()  # undefined for ΔW = 0: an empty cell
+    assert {"embed", "unembed", "qkv"} <= set(got["component"])
+
+
+def _one_error_line(capsys, argv):
+    code = cwg.main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_input_is_one_error_line(model_pairs, tmp_path, capsys):
+    a_dir, b_dir = model_pairs["gpt_neox"]
+    # a non-finite weight in B
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    for f in b_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    shard = next(bad.glob("*.safetensors"))
+    tensors = load_file(shard)
+    name = next(n for n in tensors if n.endswith("attention.dense.weight"))
+    tensors[name][0, 0] = float("inf")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    line = _one_error_line(capsys, ["--model-a", str(a_dir), "--model-b", str(bad), "--outdir", str(tmp_path / "o1")])
+    assert "NaN or infinite" in line and name in line
+    assert not (tmp_path / "o1").exists()
+    # mismatched shapes: a wider model
+    wide = tmp_path / "wide"  # B with one matrix of another shape
+    wide.mkdir()
+    (wide / "config.json").write_bytes((b_dir / "config.json").read_bytes())
+    tensors = load_file(b_dir / "model.safetensors")
+    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 1)
+    save_file(tensors, wide / "model.safetensors")
+    line = _one_error_line(capsys, ["--model-a", str(a_dir), "--model-b", str(wide), "--outdir", str(tmp_path / "o2")])
+    assert "different shapes" in line
+    # settings out of range
+    _one_error_line(capsys, ["--model-a", str(a_dir), "--model-b", str(b_dir), "--top-k", "0"])
+    _one_error_line(capsys, ["--model-a", str(a_dir), "--model-b", str(b_dir), "--layers", "7-2"])
+    _one_error_line(capsys, ["--model-a", str(a_dir), "--model-b", str(tmp_path / "missing")])
+
+
+def test_help_runs_without_the_project_imports():
+    out = subprocess.run([sys.executable, str(ROOT / "collect_weight_geometry.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--intruder-eps" in out.stdout
