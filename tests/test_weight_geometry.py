@@ -66,10 +66,11 @@ def reference(Wa, Wb, top_k=20, intruder_k=10, eps=0.5):
     floor = math.sqrt(min(m, n) * EPS64) * sd[0] if total > 0 else 0
     sd = np.where(sd > floor, sd, 0.0)
     if total == 0:
-        out.update(dW_eff_rank_99=0, dW_top10_energy=None, dW_erank=0.0, dW_elbow=0,
+        out.update(dW_rank=0, dW_eff_rank_99=0, dW_top10_energy=None, dW_erank=0.0, dW_elbow=0,
                    dW_in_colspace_k=None, dW_in_rowspace_k=None)
     else:
         e = sd ** 2
+        out["dW_rank"] = int((sd > 0).sum())
         out["dW_eff_rank_99"] = next(i + 1 for i in range(len(e)) if e[:i + 1].sum() >= 0.99 * e.sum())
         out["dW_top10_energy"] = e[:10].sum() / e.sum()
         p = sd[sd > 0] / sd.sum()
@@ -177,7 +178,7 @@ def test_columns_match_float64_svd(kind, shape_name, conv1d):
 def test_rank1_outside_the_column_space_is_one_intruder(shape_name, conv1d):
     got, sigma, want, _ = run_case("rank1_outside", shape_name, conv1d)
     assert_matches(got, want)
-    assert got["dW_eff_rank_99"] == 1 and got["dW_elbow"] == 1 and abs(got["dW_erank"] - 1) < 1e-6
+    assert got["dW_eff_rank_99"] == got["dW_rank"] == 1 and got["dW_elbow"] == 1 and abs(got["dW_erank"] - 1) < 1e-6
     assert got["intruders"] == 1 and got["intruder_max_cos_min"] < 0.1
     assert got["dW_in_colspace_k"] < 1e-12  # orthogonal to everything W_a's columns span
     assert np.count_nonzero(sigma) == 1
@@ -368,3 +369,29 @@ def test_help_runs_without_the_project_imports():
     out = subprocess.run([sys.executable, str(ROOT / "collect_weight_geometry.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--intruder-eps" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+def test_plots_are_written(tool_runs, tmp_path, capsys):
+    import plot_weight_geometry as pwg
+
+    stats = tmp_path / "param_stats"
+    stats.mkdir()
+    (stats / "per_component.csv").write_text("layer,component,dW_fro_sq,rel_dW_fro,mean_dW_stable_rank,count_mats,"
+                                             "count_changed\n0,qkv,0.25,0.5,1.0,1,1\n1,qkv,0,0,,1,0\n"
+                                             "0,mlp_in,0,0,,1,0\n1,mlp_in,0.01,0.02,30,1,1\n")
+    out = tmp_path / "plots"
+    assert pwg.main(["--geometry-dir", str(tool_runs["llama"]), "--param-stats-dir", str(stats),
+                     "--outdir", str(out), "--name", "pair", "--model-index", "2"]) == 0
+    pngs = sorted(p.name for p in out.iterdir())
+    assert pngs == sorted(f"{k}_pair.png" for k in ("dW_spectra", "eff_rank", "intruders", "colspace", "rel_norm"))
+    assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # a table from another tool: one error line
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "weight_geometry.csv").write_text("a,b\n1,2\n")
+    capsys.readouterr()
+    assert pwg.main(["--geometry-dir", str(tmp_path / "bad"), "--outdir", str(tmp_path / "p2"), "--name", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "lacks the columns" in err[0]
