@@ -224,6 +224,8 @@ def figure_spectra(table: pd.DataFrame, spectra: dict, colour: str, title: str):
                 drawn = True
         ax.set_yscale("log")
         ax.set_xscale("log")
+        if drawn:
+            label_log_axis(ax.xaxis)
         ax.set_title(comp, fontsize=9)
         ax.set_xlabel("index i")
         ax.grid(True, alpha=0.3)
@@ -232,6 +234,8 @@ def figure_spectra(table: pd.DataFrame, spectra: dict, colour: str, title: str):
         else:
             ax.text(0.5, 0.5, "ΔW = 0", transform=ax.transAxes, ha="center", va="center", color="grey")
     axes[0][0].set_ylabel("σ_i / σ_1 of ΔW")
+    if drawn:
+        label_log_axis(axes[0][0].yaxis)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig, drawn
@@ -245,8 +249,7 @@ def figure_heatmap(table: pd.DataFrame, values: pd.Series, how: str, label: str,
     grid = grid.unstack("component").reindex(columns=components_in(table))
     data = np.ma.masked_invalid(grid.to_numpy(dtype=float))
     fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 2.5, 0.32 * grid.shape[0] + 1.8))
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("#dddddd")
+    cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
     kwargs = {}
     if centre is not None and data.count():
         from matplotlib.colors import TwoSlopeNorm
@@ -274,7 +277,11 @@ def figure_rel_norm(per_component: pd.DataFrame, colour: str, title: str):
         rows = table[table["component"] == comp].sort_values("layer")
         ax.plot(rows["layer"], rows["rel_dW_fro"], color=colour, marker=MARKERS[i % len(MARKERS)],
                 linestyle=DASHES[i % len(DASHES)], linewidth=1.4, markersize=5, label=comp)
-    ax.set_yscale("symlog", linthresh=max(1e-6, float(table["rel_dW_fro"].replace(0, np.nan).min() or 1e-6)))
+    positive = table["rel_dW_fro"][table["rel_dW_fro"] > 0]
+    if len(positive):  # log scale: unchanged components (0) are gaps
+        ax.set_yscale("log")
+        ax.set_ylim(float(positive.min()) / 1.5, float(positive.max()) * 1.5)
+        label_log_axis(ax.yaxis)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("‖ΔW‖_F / ‖W_A‖_F over the component")
     layers = sorted(set(table["layer"]))
