@@ -410,14 +410,15 @@ class Ops:
         asks for the largest `top` only."""
         n = G.shape[0]
         if self.cpu:
+            # G is not needed afterwards: LAPACK may overwrite it (no copy); dsyevr's workspace is
+            # O(n), where dsyevd's is 2n² doubles
             if not vectors:
-                w = scipy.linalg.eigh(G, lower=False, eigvals_only=True, driver="evd", check_finite=False)
+                w = scipy.linalg.eigh(G, lower=False, eigvals_only=True, driver="evr", overwrite_a=True,
+                                      check_finite=False)
                 return w[::-1].copy(), None
-            if top is not None and top < n:
-                w, V = scipy.linalg.eigh(G, lower=False, subset_by_index=[n - top, n - 1], driver="evr",
-                                         check_finite=False)
-            else:
-                w, V = scipy.linalg.eigh(G, lower=False, driver="evd", check_finite=False)
+            subset = [n - top, n - 1] if top is not None and top < n else None
+            w, V = scipy.linalg.eigh(G, lower=False, subset_by_index=subset, driver="evr", overwrite_a=True,
+                                     check_finite=False)
             return w[::-1].copy(), np.asfortranarray(V[:, ::-1])
         import torch
 
@@ -460,8 +461,10 @@ def matrix_geometry(raw_a: np.ndarray, raw_b: np.ndarray, conv1d: bool = False, 
     float dtype) and the singular values of ΔW (descending, float64).
 
     Two passes over row slices of the tall matrix T (tall_view), each slice cast to float64:
-      1. the Gram matrices TᵀT of W_a, W_b and ΔW (float64 dsyrk), then their eigenproblems: all
-         eigenpairs of W_a's, the top K = max(k, intruder_k) of W_b's, the eigenvalues of ΔW's;
+      1. the Gram matrices TᵀT of W_a and ΔW (float64 dsyrk), then their eigenproblems: all
+         eigenpairs of W_a's, the eigenvalues of ΔW's; then (a second sweep, so that at most two
+         s×s Gram matrices exist at a time) W_b's Gram matrix and its top K = max(k, intruder_k)
+         eigenpairs;
       2. the long-side top vectors L = T·v/σ of W_a and W_b, slice by slice, with every product
          the columns need: L_aᵀL_b (long-side overlap), L_aᵀ·ΔT (ΔW's energy in W_a's long-side
          top-k subspace), ‖ΔT·v_a‖² (small side), T_aᵀ·L_b (intruders when the left side is long).
@@ -494,22 +497,30 @@ def _matrix_geometry(raw_a, raw_b, conv1d, top_k, intruder_k, intruder_eps, chun
             xa, xb = ops.f64(Ta[sl]), ops.f64(Tb[sl])
             yield sl, xa, xb, xb - xa  # the float64 subtraction of fp32/bf16 values is exact
 
-    Ga, Gb, Gd = ops.zeros(s, s), ops.zeros(s, s), ops.zeros(s, s)
-    for _, xa, xb, xd in blocks():
+    def non_finite(what):
+        return UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ΔW and its "
+                          "spectrum are undefined; is the checkpoint corrupt or did its training diverge?")
+
+    # at most two s×s Gram matrices exist at a time (memory: the largest matrix sets the peak)
+    Ga, Gd = ops.zeros(s, s), ops.zeros(s, s)
+    for _, xa, _, xd in blocks():
         ops.gram_add(Ga, xa)
-        ops.gram_add(Gb, xb)
         ops.gram_add(Gd, xd)
-    fro_a, fro_b, fro_d = (float(G.diagonal().sum()) for G in (Ga, Gb, Gd))
-    for what, fro in (("model A", fro_a), ("model B", fro_b)):
-        if not math.isfinite(fro):
-            raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ΔW and its "
-                             "spectrum are undefined; is the checkpoint corrupt or did its training diverge?")
+    fro_a, fro_d = float(Ga.diagonal().sum()), float(Gd.diagonal().sum())
+    if not math.isfinite(fro_a):
+        raise non_finite("model A")
+    if not math.isfinite(fro_d):
+        raise non_finite("model B")
     k = min(top_k, s)
     ki = min(intruder_k, s)
     lam_d, _ = ops.eigh(Gd, vectors=False)
     del Gd
     lam_a, Sa = ops.eigh(Ga) if fro_a > 0 else (np.zeros(s), None)
     del Ga
+    Gb = ops.zeros(s, s)
+    for _, _, xb, _ in blocks():
+        ops.gram_add(Gb, xb)
+    fro_b = float(Gb.diagonal().sum())
     lam_b, Sb = ops.eigh(Gb, top=max(k, ki)) if fro_b > 0 else (np.zeros(max(k, ki)), None)
     del Gb
     sig_d = np.sqrt(np.clip(lam_d, 0.0, None))
