@@ -237,12 +237,11 @@ def figure_spectra(table: pd.DataFrame, spectra: dict, colour: str, title: str):
     if drawn:
         label_log_axis(axes[0][0].yaxis)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig, drawn
 
 
 def figure_heatmap(table: pd.DataFrame, values: pd.Series, how: str, label: str, title: str, cmap: str,
-                   centre: float | None = None):
+                   centre: float | None = None, vmin: float | None = None):
     """Layer (rows) × component (columns); empty cells (undefined, e.g. ΔW = 0) grey."""
     frame = table.assign(_v=values)
     grid = frame.groupby(["layer", "component"])["_v"].agg(how if how != "sum" else lambda x: x.sum(min_count=1))
@@ -256,6 +255,8 @@ def figure_heatmap(table: pd.DataFrame, values: pd.Series, how: str, label: str,
 
         lo, hi = float(data.min()), float(data.max())
         kwargs["norm"] = TwoSlopeNorm(vcenter=centre, vmin=min(lo, centre - 1e-9), vmax=max(hi, centre + 1e-9))
+    if vmin is not None and centre is None:  # counts and ranks read against zero
+        kwargs.update(vmin=vmin, vmax=max(float(data.max()) if data.count() else 1.0, vmin + 1))
     image = ax.imshow(data, aspect="auto", cmap=cm, interpolation="nearest", **kwargs)
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
     ax.set_yticks(range(grid.shape[0]), ["outside" if v < 0 else str(v) for v in grid.index])
@@ -266,7 +267,6 @@ def figure_heatmap(table: pd.DataFrame, values: pd.Series, how: str, label: str,
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -330,10 +330,10 @@ def main(argv=None) -> int:
         if not drawn:
             print(f"warning: no matrix changed between {pair}; {names['dW_spectra'].name} shows no data", file=sys.stderr)
         save_figure(figure_heatmap(table, table["dW_eff_rank_99"], "mean", "dW_eff_rank_99 (99% of ‖ΔW‖_F²)",
-                                   f"Effective rank of the change\n{pair}", "viridis"), names["eff_rank"])
+                                   f"Effective rank of the change\n{pair}", "viridis", vmin=0), names["eff_rank"])
         save_figure(figure_heatmap(table, table["intruders"], "sum", "intruder dimensions",
                                    f"Intruder dimensions (top-{int(table['intruder_k'].max()) if 'intruder_k' in table else ''} "
-                                   f"of W_B vs all of W_A)\n{pair}", "Reds"), names["intruders"])
+                                   f"of W_B vs all of W_A)\n{pair}", "Reds", vmin=0), names["intruders"])
         ratio = table["dW_in_colspace_k"] / table["dW_in_colspace_k_random"]
         save_figure(figure_heatmap(table, ratio, "mean", "share in W_A's top-k column space ÷ random k/rows",
                                    f"Does the change sit in W_A's top directions? (1 = like a random matrix)\n{pair}",

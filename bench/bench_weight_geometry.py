@@ -15,7 +15,7 @@ a fresh process of the project's Python:
       vectors) of W_A and of W_B plus torch.linalg.svdvals(ΔW), nothing else.
 
 Printed per run: wall seconds of (a) and (b) and their ratio (goal ≤ 0.5), the working memory of
-(a) (peak resident set minus the peak after its imports) against one checkpoint on disk (goal
+(a) (peak resident set minus the resident set after its imports) against one checkpoint on disk (goal
 ≤ 0.3) and the 1-minute load average. The working memory is set by the largest matrix (both
 versions of it in their stored dtype, three s×s float64 Gram matrices, the eigensolver's
 workspace), not by the number of layers.
@@ -74,7 +74,9 @@ def run_tool(a: str, b: str, out: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import collect_weight_geometry as cwg
 
-    imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the resident set after the imports (VmRSS, kB): the peak (VmHWM) minus this is the working memory
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    imports = int(status["VmRSS"].split()[0])
     t = time.perf_counter()
     code = cwg.main(["--model-a", a, "--model-b", b, "--outdir", out, "--device", "cpu"])
     seconds = time.perf_counter() - t
