@@ -376,9 +376,10 @@ class Ops:
     """The few dense operations of matrix_geometry: float64 numpy/SciPy on the CPU, float64 torch
     on a CUDA device."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", use_torch: bool | None = None):
         self.device = device
-        self.cpu = device == "cpu"
+        # the numpy/SciPy route on the CPU; torch on an accelerator (or, for the tests, on the CPU)
+        self.cpu = device == "cpu" if use_torch is None else not use_torch
 
     def f64(self, block: np.ndarray):
         x = np.asarray(block, dtype=np.float64, order="C")

@@ -184,6 +184,16 @@ def test_rank1_outside_the_column_space_is_one_intruder(shape_name, conv1d):
     assert np.count_nonzero(sigma) == 1
 
 
+@pytest.mark.parametrize("kind, shape_name", [("slow", "neox_qkv"), ("ill_conditioned", "llama_down"),
+                                              ("rank1_outside", "gpt2_c_fc")])
+def test_torch_route_matches_float64_svd(kind, shape_name):
+    """The accelerator route (torch float64: Gram by matmul, torch.linalg.eigh), run on the CPU."""
+    got, sigma, want, sd = run_case(kind, shape_name, shape_name == "gpt2_c_fc", top_k=5, intruder_k=4,
+                                    ops=cwg.Ops("cpu", use_torch=True))
+    assert_matches(got, want)
+    assert np.allclose(sigma, sd, rtol=1e-6, atol=1e-9 * sd[0])
+
+
 def test_bf16_storage():
     got, sigma, want, sd = run_case("slow", "neox_qkv", dtype=ml_dtypes.bfloat16, top_k=5, intruder_k=4)
     assert_matches(got, want)
