@@ -837,11 +837,12 @@ def spectra_bytes(spectra: dict[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
 
     return save({name: np.ascontiguousarray(s, dtype=np.float32) for name, s in spectra.items()},
-                metadata={"content": "singular values of dW = W_b - W_a, descending",
-                          "orientation": "(out_features, in_features)"})
+                # one metadata key: safetensors writes a map's keys in no fixed order
+                metadata={"content": "singular values of dW = W_b - W_a, descending; matrices as (out_features, in_features)"})
 
 
-def make_report(args, device: str, a: Checkpoint, b: Checkpoint, names: list[str], seconds: float) -> dict:
+def make_report(args, device: str, a: Checkpoint, b: Checkpoint, names: list[str]) -> dict:
+    """geometry_report.yaml: no timings, so the same inputs give byte-identical files."""
     import scipy
     import yaml  # noqa: F401  (checked here: the report is written with it)
 
@@ -859,7 +860,6 @@ def make_report(args, device: str, a: Checkpoint, b: Checkpoint, names: list[str
                      "dW_spectrum_floor": "sigma^2 <= min(rows, cols) * eps_fp64 * sigma_1^2 set to 0"},
         "Matrices": len(names),
         "Input_sha256": {"model_a": hashes(a), "model_b": hashes(b)},
-        "Seconds": round(seconds, 3),
         "Versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__},
     }
 
@@ -894,12 +894,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    import time
-
     args = parse_args(argv)
     outdir = Path(args.outdir) if args.outdir else Path("outputs") / (
         f"{Path(args.model_a.rstrip('/')).name}_vs_{Path(args.model_b.rstrip('/')).name}") / "weight_geometry"
-    started = time.perf_counter()
     try:
         if args.top_k < 1 or args.intruder_k < 1 or args.chunk_mb <= 0 or not 0 < args.intruder_eps <= 1:
             raise UsageError("--top-k and --intruder-k must be at least 1, --chunk-mb positive, "
@@ -943,7 +940,7 @@ def main(argv=None) -> int:
                 spectra[name] = sigma
         import yaml
 
-        report = make_report(args, device, a, b, names, time.perf_counter() - started)
+        report = make_report(args, device, a, b, names)
         write_atomically({
             outdir / "weight_geometry.csv": lambda p: write_csv(p, rows),
             outdir / "dW_spectra.safetensors": spectra_bytes(spectra),

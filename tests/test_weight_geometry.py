@@ -9,6 +9,7 @@ The reference (`reference` below) is numpy.linalg.svd in float64 with every colu
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -336,6 +337,21 @@ def test_identical_models_write_no_nan(model_pairs, tmp_path):
     assert (got["dW_fro"] == 0).all() and (got["dW_eff_rank_99"] == 0).all() and (got["intruders"] == 0).all()
     assert got["dW_in_colspace_k"].isna().all()  # undefined for ΔW = 0: an empty cell
     assert {"embed", "unembed", "qkv"} <= set(got["component"])
+
+
+def test_same_inputs_give_byte_identical_outputs(model_pairs, tool_runs, tmp_path):
+    a_dir, b_dir = model_pairs["gpt2"]
+    assert cwg.main(["--model-a", str(a_dir), "--model-b", str(b_dir), "--outdir", str(tmp_path / "again"),
+                     "--device", "cpu", "--top-k", "6", "--intruder-k", "4", "--chunk-mb", "0.01"]) == 0
+    for f in ("weight_geometry.csv", "dW_spectra.safetensors", "geometry_report.yaml"):
+        assert (tmp_path / "again" / f).read_bytes() == (tool_runs["gpt2"] / f).read_bytes(), f
+    assert oct((tmp_path / "again" / "weight_geometry.csv").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _one_error_line(capsys, argv):
