@@ -79,9 +79,13 @@ from tqdm.auto import tqdm
 # torch is imported only for a CUDA run (see choose_device)
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -89,6 +93,15 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def pick_device(name: str) -> str:
@@ -128,9 +141,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -166,6 +183,63 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def weight_component(name: str) -> str:
+    """Which part of a transformer a parameter belongs to, from its name:
+
+        qkv       fused query/key/value projection (GPT-NeoX query_key_value, GPT-2 c_attn)
+        q, k, v   separate projections (Llama q_proj, k_proj, v_proj)
+        attn_out  attention output projection (GPT-NeoX attention.dense, Llama o_proj, GPT-2 attn.c_proj)
+        mlp_in    MLP input side (GPT-NeoX dense_h_to_4h, Llama gate_proj and up_proj, GPT-2 mlp.c_fc)
+        mlp_out   MLP output side (GPT-NeoX dense_4h_to_h, Llama down_proj, GPT-2 mlp.c_proj)
+        embed     token/position embeddings (embed_in, embed_tokens, wte, wpe)
+        unembed   the LM head (embed_out, lm_head)
+        norm      LayerNorm/RMSNorm weights and biases (…norm…, GPT-2 ln_1/ln_2/ln_f)
+        other     anything else
+
+    Only names decide, never shapes: GPT-2's Conv1D weights are stored transposed ([in, out]),
+    so the shape of a c_attn weight is [hidden, 3·hidden] while GPT-NeoX's query_key_value is
+    [3·hidden, hidden]; the component is the same.
+
+    >>> weight_component("gpt_neox.layers.3.attention.dense.weight")
+    'attn_out'
+    >>> weight_component("transformer.h.0.mlp.c_proj.weight")
+    'mlp_out'
+    >>> weight_component("model.layers.1.self_attn.k_proj.weight")
+    'k'
+    """
+    embed = {"embed_in", "embed_tokens", "wte", "wpe", "word_embeddings", "embed_positions"}
+    unembed = {"embed_out", "lm_head"}
+    qkv = {"query_key_value", "c_attn", "qkv_proj", "wqkv"}
+    q, k, v = {"q_proj", "query"}, {"k_proj", "key"}, {"v_proj", "value"}
+    attn_out = {"o_proj", "out_proj"}
+    mlp_in = {"dense_h_to_4h", "gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc1", "w1", "w3"}
+    mlp_out = {"dense_4h_to_h", "down_proj", "fc2", "w2"}
+    attn_parents = {"attention", "self_attn", "attn", "self_attention"}
+    parts = name.lower().split(".")
+    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    module = parts[-1]
+    parent = parts[-2] if len(parts) > 1 else ""
+    if module in embed:
+        return "embed"
+    if module in unembed:
+        return "unembed"
+    if "norm" in module or module.startswith("ln_") or module == "ln_f":
+        return "norm"
+    if module in qkv:
+        return "qkv"
+    for component, modules in (("q", q), ("k", k), ("v", v)):
+        if module in modules:
+            return component
+    if module in attn_out or (module in ("dense", "c_proj") and parent in attn_parents):
+        return "attn_out"
+    if module in mlp_in:
+        return "mlp_in"
+    if module in mlp_out or (module == "c_proj" and parent == "mlp"):
+        return "mlp_out"
+    return "other"
 
 
 def _umask() -> int:
@@ -241,7 +315,7 @@ def write_atomically(files: dict) -> None:
 # --- end shared helpers ---
 
 
-COLUMNS = ["layer", "name", "component", "rows", "cols", "dW_fro", "rel_dW_fro", "dW_rank",
+GEOMETRY_COLUMNS = ["layer", "name", "component", "rows", "cols", "dW_fro", "rel_dW_fro", "dW_rank",
            "dW_eff_rank_99", "dW_top10_energy", "dW_erank", "dW_elbow", "k",
            "left_overlap_k", "left_overlap_k_random", "right_overlap_k", "right_overlap_k_random",
            "dW_in_colspace_k", "dW_in_colspace_k_random", "dW_in_rowspace_k", "dW_in_rowspace_k_random",
@@ -249,19 +323,6 @@ COLUMNS = ["layer", "name", "component", "rows", "cols", "dW_fro", "rel_dW_fro",
 DEFAULT_COMPONENTS = "qkv,attn_out,mlp_in,mlp_out"
 ALL_COMPONENTS = ("qkv", "q", "k", "v", "attn_out", "mlp_in", "mlp_out", "embed", "unembed", "norm", "other")
 EPS32, EPS64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
-
-
-class UsageError(Exception):
-    """Bad input: reported as one `error: ...` line on stderr, exit status 1."""
-
-
-# Copied from evaluate_unlearning.py: sha256_file
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +343,7 @@ def parse_components(spec: str) -> set[str]:
     return names
 
 
-def parse_layers(spec: str | None) -> set[int] | None:
+def parse_layer_spec(spec: str | None) -> set[int] | None:
     """--layers `0-3,7` → {0, 1, 2, 3, 7}; None (all layers) when not given."""
     if spec is None:
         return None
@@ -621,65 +682,6 @@ def parse_layer_group(name: str) -> tuple[int, str]:
 
 
 
-# Copied from collect_param_stats.py: weight_component
-def weight_component(name: str) -> str:
-    """Which part of a transformer a parameter belongs to, from its name:
-
-        qkv       fused query/key/value projection (GPT-NeoX query_key_value, GPT-2 c_attn)
-        q, k, v   separate projections (Llama q_proj, k_proj, v_proj)
-        attn_out  attention output projection (GPT-NeoX attention.dense, Llama o_proj, GPT-2 attn.c_proj)
-        mlp_in    MLP input side (GPT-NeoX dense_h_to_4h, Llama gate_proj and up_proj, GPT-2 mlp.c_fc)
-        mlp_out   MLP output side (GPT-NeoX dense_4h_to_h, Llama down_proj, GPT-2 mlp.c_proj)
-        embed     token/position embeddings (embed_in, embed_tokens, wte, wpe)
-        unembed   the LM head (embed_out, lm_head)
-        norm      LayerNorm/RMSNorm weights and biases (…norm…, GPT-2 ln_1/ln_2/ln_f)
-        other     anything else
-
-    Only names decide, never shapes: GPT-2's Conv1D weights are stored transposed ([in, out]),
-    so the shape of a c_attn weight is [hidden, 3·hidden] while GPT-NeoX's query_key_value is
-    [3·hidden, hidden]; the component is the same.
-
-    >>> weight_component("gpt_neox.layers.3.attention.dense.weight")
-    'attn_out'
-    >>> weight_component("transformer.h.0.mlp.c_proj.weight")
-    'mlp_out'
-    >>> weight_component("model.layers.1.self_attn.k_proj.weight")
-    'k'
-    """
-    embed = {"embed_in", "embed_tokens", "wte", "wpe", "word_embeddings", "embed_positions"}
-    unembed = {"embed_out", "lm_head"}
-    qkv = {"query_key_value", "c_attn", "qkv_proj", "wqkv"}
-    q, k, v = {"q_proj", "query"}, {"k_proj", "key"}, {"v_proj", "value"}
-    attn_out = {"o_proj", "out_proj"}
-    mlp_in = {"dense_h_to_4h", "gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc1", "w1", "w3"}
-    mlp_out = {"dense_4h_to_h", "down_proj", "fc2", "w2"}
-    attn_parents = {"attention", "self_attn", "attn", "self_attention"}
-    parts = name.lower().split(".")
-    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
-        parts = parts[:-1]
-    module = parts[-1]
-    parent = parts[-2] if len(parts) > 1 else ""
-    if module in embed:
-        return "embed"
-    if module in unembed:
-        return "unembed"
-    if "norm" in module or module.startswith("ln_") or module == "ln_f":
-        return "norm"
-    if module in qkv:
-        return "qkv"
-    for component, modules in (("q", q), ("k", k), ("v", v)):
-        if module in modules:
-            return component
-    if module in attn_out or (module in ("dense", "c_proj") and parent in attn_parents):
-        return "attn_out"
-    if module in mlp_in:
-        return "mlp_in"
-    if module in mlp_out or (module == "c_proj" and parent == "mlp"):
-        return "mlp_out"
-    return "other"
-
-
-
 # Copied from collect_param_stats.py: open_safetensors
 def open_safetensors(path: Path):
     """`safe_open` with numpy arrays (bf16 through ml_dtypes). Opened per read and closed at once:
@@ -825,7 +827,7 @@ def format_cell(value) -> str:
     return str(value)
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+def write_geometry_csv(path: Path, rows: list[dict], columns: list[str] = GEOMETRY_COLUMNS) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(columns)
@@ -841,7 +843,7 @@ def spectra_bytes(spectra: dict[str, np.ndarray]) -> bytes:
                 metadata={"content": "singular values of dW = W_b - W_a, descending; matrices as (out_features, in_features)"})
 
 
-def make_report(args, device: str, a: Checkpoint, b: Checkpoint, names: list[str]) -> dict:
+def make_geometry_report(args, device: str, a: Checkpoint, b: Checkpoint, names: list[str]) -> dict:
     """geometry_report.yaml: no timings, so the same inputs give byte-identical files."""
     import scipy
     import yaml  # noqa: F401  (checked here: the report is written with it)
@@ -901,7 +903,7 @@ def main(argv=None) -> int:
         if args.top_k < 1 or args.intruder_k < 1 or args.chunk_mb <= 0 or not 0 < args.intruder_eps <= 1:
             raise UsageError("--top-k and --intruder-k must be at least 1, --chunk-mb positive, "
                              "--intruder-eps in (0, 1]")
-        components, layers = parse_components(args.components), parse_layers(args.layers)
+        components, layers = parse_components(args.components), parse_layer_spec(args.layers)
         if args.device == "mps":
             raise UsageError("--device mps has no float64; use cpu")
         device = choose_device(args.device)
@@ -940,9 +942,9 @@ def main(argv=None) -> int:
                 spectra[name] = sigma
         import yaml
 
-        report = make_report(args, device, a, b, names)
+        report = make_geometry_report(args, device, a, b, names)
         write_atomically({
-            outdir / "weight_geometry.csv": lambda p: write_csv(p, rows),
+            outdir / "weight_geometry.csv": lambda p: write_geometry_csv(p, rows),
             outdir / "dW_spectra.safetensors": spectra_bytes(spectra),
             outdir / "geometry_report.yaml": yaml.safe_dump(report, sort_keys=False, allow_unicode=True),
         })

@@ -45,9 +45,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -129,6 +133,11 @@ def write_atomically(files: dict) -> None:
         raise
 
 
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
 def label_log_axis(axis) -> None:
     """Enough labelled ticks on a log-scaled matplotlib axis (``ax.yaxis``, after its limits are
     set): 1-2-5 in each decade (only powers of ten beyond four decades, every multiple within
@@ -146,17 +155,11 @@ def label_log_axis(axis) -> None:
 # --- end shared helpers ---
 
 
-# Okabe-Ito, colour-blind safe; index = the model's position in the study (reference model first)
-MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 COMPONENT_ORDER = ["qkv", "q", "k", "v", "attn_out", "mlp_in", "mlp_out", "embed", "unembed", "norm", "other"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
 DASHES = ["-", "--", "-.", ":"]
-REQUIRED = ["layer", "name", "component", "rows", "cols", "dW_eff_rank_99", "intruders",
+GEOMETRY_REQUIRED = ["layer", "name", "component", "rows", "cols", "dW_eff_rank_99", "intruders",
             "dW_in_colspace_k", "dW_in_colspace_k_random"]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one `error: ...` line on stderr, exit status 1."""
 
 
 def read_table(path: Path, required: list[str], producer: str) -> pd.DataFrame:
@@ -191,7 +194,7 @@ def components_in(table: pd.DataFrame) -> list[str]:
     return [c for c in COMPONENT_ORDER if c in present] + sorted(present - set(COMPONENT_ORDER))
 
 
-def save_figure(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     try:
         write_atomically({path: lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png")})
     finally:
@@ -314,7 +317,7 @@ def main(argv=None) -> int:
         if args.model_index < 0:
             raise UsageError("--model-index must be at least 0")
         gdir, outdir = Path(args.geometry_dir), Path(args.outdir)
-        table = read_table(gdir / "weight_geometry.csv", REQUIRED, "collect_weight_geometry.py")
+        table = read_table(gdir / "weight_geometry.csv", GEOMETRY_REQUIRED, "collect_weight_geometry.py")
         spectra = read_spectra(gdir / "dW_spectra.safetensors")
         per_component = None
         if args.param_stats_dir and (Path(args.param_stats_dir) / "per_component.csv").is_file():
@@ -326,21 +329,21 @@ def main(argv=None) -> int:
         colour = MODEL_COLOURS[args.model_index % len(MODEL_COLOURS)]
         pair = f"{args.model_a_label} → {args.model_b_label}"
         fig, drawn = figure_spectra(table, spectra, colour, f"ΔW singular values, normalised\n{pair}")
-        save_figure(fig, names["dW_spectra"])
+        save_png(fig, names["dW_spectra"])
         if not drawn:
             print(f"warning: no matrix changed between {pair}; {names['dW_spectra'].name} shows no data", file=sys.stderr)
-        save_figure(figure_heatmap(table, table["dW_eff_rank_99"], "mean", "dW_eff_rank_99 (99% of ‖ΔW‖_F²)",
+        save_png(figure_heatmap(table, table["dW_eff_rank_99"], "mean", "dW_eff_rank_99 (99% of ‖ΔW‖_F²)",
                                    f"Effective rank of the change\n{pair}", "viridis", vmin=0), names["eff_rank"])
-        save_figure(figure_heatmap(table, table["intruders"], "sum", "intruder dimensions",
+        save_png(figure_heatmap(table, table["intruders"], "sum", "intruder dimensions",
                                    f"Intruder dimensions (top-{int(table['intruder_k'].max()) if 'intruder_k' in table else ''} "
                                    f"of W_B vs all of W_A)\n{pair}", "Reds", vmin=0), names["intruders"])
         ratio = table["dW_in_colspace_k"] / table["dW_in_colspace_k_random"]
-        save_figure(figure_heatmap(table, ratio, "mean", "share in W_A's top-k column space ÷ random k/rows",
+        save_png(figure_heatmap(table, ratio, "mean", "share in W_A's top-k column space ÷ random k/rows",
                                    f"Does the change sit in W_A's top directions? (1 = like a random matrix)\n{pair}",
                                    "RdBu_r", centre=1.0), names["colspace"])
         written = [names[k] for k in ("dW_spectra", "eff_rank", "intruders", "colspace")]
         if per_component is not None:
-            save_figure(figure_rel_norm(per_component, colour, f"Relative change per component\n{pair}"),
+            save_png(figure_rel_norm(per_component, colour, f"Relative change per component\n{pair}"),
                         names["rel_norm"])
             written.append(names["rel_norm"])
     except UsageError as exc:

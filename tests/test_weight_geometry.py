@@ -228,11 +228,11 @@ def test_elbow_definition(sigma, elbow):
 
 
 def test_parse_layers_and_components():
-    assert cwg.parse_layers("0-2,5") == {0, 1, 2, 5} and cwg.parse_layers(None) is None
+    assert cwg.parse_layer_spec("0-2,5") == {0, 1, 2, 5} and cwg.parse_layer_spec(None) is None
     assert cwg.parse_components("qkv") == {"qkv", "q", "k", "v"}
     for bad in ("3-1", "a", "-1"):
         with pytest.raises(cwg.UsageError):
-            cwg.parse_layers(bad)
+            cwg.parse_layer_spec(bad)
     with pytest.raises(cwg.UsageError):
         cwg.parse_components("attention")
 
@@ -302,7 +302,7 @@ def tool_runs(model_pairs, tmp_path_factory):
 def test_tool_matches_float64_svd_on_every_matrix(model_pairs, tool_runs, arch):
     a_dir, b_dir = model_pairs[arch]
     got = pd.read_csv(tool_runs[arch] / "weight_geometry.csv")
-    assert list(got.columns) == cwg.COLUMNS
+    assert list(got.columns) == cwg.GEOMETRY_COLUMNS
     wa, wb = load_oriented(a_dir, arch), load_oriented(b_dir, arch)
     want_names = {n for n in wa if cwg.weight_component(n) in {"qkv", "q", "k", "v", "attn_out", "mlp_in", "mlp_out"}}
     assert set(got["name"]) == want_names
