@@ -19,12 +19,19 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source ./study.sh
 
+ARGS=()
+flag DEVICE --device
+flag SEED --seed
+flag TOP_K --top-k
+flag INTRUDER_K --intruder-k
+flag INTRUDER_EPS --intruder-eps
+flag COMPONENTS --components
+flag LAYERS --layers
+flag CHUNK_MB --chunk-mb
+
 for MODEL_B in $COMPARE_WITH; do
   cmp="$(comparison_name "$MODEL_A" "$MODEL_B")"
   echo "== weight geometry: $MODEL_A vs $MODEL_B -> $OUTPUTS_DIR/$cmp/weight_geometry"
   $UV_RUN collect_weight_geometry.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
-    --outdir "$OUTPUTS_DIR/$cmp/weight_geometry" ${DEVICE:+--device "$DEVICE"} ${SEED:+--seed "$SEED"} \
-    ${TOP_K:+--top-k "$TOP_K"} ${INTRUDER_K:+--intruder-k "$INTRUDER_K"} \
-    ${INTRUDER_EPS:+--intruder-eps "$INTRUDER_EPS"} ${COMPONENTS:+--components "$COMPONENTS"} \
-    ${LAYERS:+--layers "$LAYERS"} ${CHUNK_MB:+--chunk-mb "$CHUNK_MB"}
+    --outdir "$OUTPUTS_DIR/$cmp/weight_geometry" ${ARGS[@]+"${ARGS[@]}"}
 done
