@@ -221,6 +221,63 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
 
 
+def weight_component(name: str) -> str:
+    """Which part of a transformer a parameter belongs to, from its name:
+
+        qkv       fused query/key/value projection (GPT-NeoX query_key_value, GPT-2 c_attn)
+        q, k, v   separate projections (Llama q_proj, k_proj, v_proj)
+        attn_out  attention output projection (GPT-NeoX attention.dense, Llama o_proj, GPT-2 attn.c_proj)
+        mlp_in    MLP input side (GPT-NeoX dense_h_to_4h, Llama gate_proj and up_proj, GPT-2 mlp.c_fc)
+        mlp_out   MLP output side (GPT-NeoX dense_4h_to_h, Llama down_proj, GPT-2 mlp.c_proj)
+        embed     token/position embeddings (embed_in, embed_tokens, wte, wpe)
+        unembed   the LM head (embed_out, lm_head)
+        norm      LayerNorm/RMSNorm weights and biases (…norm…, GPT-2 ln_1/ln_2/ln_f)
+        other     anything else
+
+    Only names decide, never shapes: GPT-2's Conv1D weights are stored transposed ([in, out]),
+    so the shape of a c_attn weight is [hidden, 3·hidden] while GPT-NeoX's query_key_value is
+    [3·hidden, hidden]; the component is the same.
+
+    >>> weight_component("gpt_neox.layers.3.attention.dense.weight")
+    'attn_out'
+    >>> weight_component("transformer.h.0.mlp.c_proj.weight")
+    'mlp_out'
+    >>> weight_component("model.layers.1.self_attn.k_proj.weight")
+    'k'
+    """
+    embed = {"embed_in", "embed_tokens", "wte", "wpe", "word_embeddings", "embed_positions"}
+    unembed = {"embed_out", "lm_head"}
+    qkv = {"query_key_value", "c_attn", "qkv_proj", "wqkv"}
+    q, k, v = {"q_proj", "query"}, {"k_proj", "key"}, {"v_proj", "value"}
+    attn_out = {"o_proj", "out_proj"}
+    mlp_in = {"dense_h_to_4h", "gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc1", "w1", "w3"}
+    mlp_out = {"dense_4h_to_h", "down_proj", "fc2", "w2"}
+    attn_parents = {"attention", "self_attn", "attn", "self_attention"}
+    parts = name.lower().split(".")
+    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    module = parts[-1]
+    parent = parts[-2] if len(parts) > 1 else ""
+    if module in embed:
+        return "embed"
+    if module in unembed:
+        return "unembed"
+    if "norm" in module or module.startswith("ln_") or module == "ln_f":
+        return "norm"
+    if module in qkv:
+        return "qkv"
+    for component, modules in (("q", q), ("k", k), ("v", v)):
+        if module in modules:
+            return component
+    if module in attn_out or (module in ("dense", "c_proj") and parent in attn_parents):
+        return "attn_out"
+    if module in mlp_in:
+        return "mlp_in"
+    if module in mlp_out or (module == "c_proj" and parent == "mlp"):
+        return "mlp_out"
+    return "other"
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
@@ -377,9 +434,11 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
 
 PER_MATRIX_COLUMNS = ["name", "layer", "group", "shape0", "shape1", "dW_fro", "dW_stable_rank",
                       "W_stable_rank", "dW_spec", "W_fro", "W_spec", "rel_change", "dW_iters",
-                      "W_iters"]
+                      "W_iters", "component", "rel_dW_fro", "cos_sim"]
 PER_LAYER_COLUMNS = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats",
                      "count_changed"]
+PER_COMPONENT_COLUMNS = ["layer", "component", "dW_fro_sq", "rel_dW_fro", "mean_dW_stable_rank",
+                         "count_mats", "count_changed"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,6 +694,15 @@ class GramSum:
         return self.part.cpu().numpy()
 
 
+def inner_product(x: np.ndarray, y: np.ndarray, piece: int = 1 << 18) -> float:
+    """Σ x·y in float64 (fp32 products are exact in float64), piece by piece like sum_of_squares."""
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    total = 0.0
+    for start in range(0, fx.size, piece):
+        total += float(ddot(fx[start:start + piece].astype(np.float64), fy[start:start + piece].astype(np.float64)))
+    return total
+
+
 def sum_of_squares(x: np.ndarray, piece: int = 1 << 18) -> float:
     """Σ x² in float64: squares of fp32 numbers are exact in float64 and so is the running sum to
     ~1e-16 (an fp32 reduction over millions of entries is ~1e-4 off). Piece by piece, so the
@@ -843,7 +911,7 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: str = "cpu", *
     tall = shape[0] >= shape[1]
     side = shape[1] if tall else shape[0]
     G_dw, G_w = GramSum(side, device), GramSum(side, device)
-    fro_dw = fro_w = 0.0
+    fro_dw = fro_w = cross = 0.0  # ‖ΔW‖_F², ‖W_a‖_F², ⟨W_a, ΔW⟩_F, all in float64
     blocks = gram_blocks(shape, chunk_elems)
     # two fp32 slice buffers reused for every slice: a fresh 4 MB array per slice costs a page
     # fault per 4 kB page on first write
@@ -863,6 +931,7 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: str = "cpu", *
         G_w.add(wa, tall)
         fro_dw += sum_of_squares(dw)
         fro_w += sum_of_squares(wa)
+        cross += inner_product(wa, dw)
     for what, fro in (("model A", fro_w), ("model B", fro_dw)):
         if not math.isfinite(fro):
             raise UsageError(f"{name}: the weights of {what} hold NaN or infinite values, so ‖ΔW‖ and its spectrum "
@@ -879,7 +948,21 @@ def matrix_stats(a: Checkpoint, b: Checkpoint, name: str, device: str = "cpu", *
         "W_fro": math.sqrt(fro_w), "W_spec": math.sqrt(spec_w),
         "rel_change": math.sqrt(fro_dw / fro_w) if fro_w > 0 else math.nan,
         "dW_iters": it_dw, "W_iters": it_w, "converged": ok_dw and ok_w,
+        "component": weight_component(name),
+        "rel_dW_fro": math.sqrt(fro_dw / fro_w) if fro_w > 0 else math.nan,
+        "cos_sim": cosine_similarity(fro_w, fro_dw, cross),
+        "W_fro_sq": fro_w,  # for per_component.csv (not a CSV column)
     }
+
+
+def cosine_similarity(fro_a_sq: float, fro_dw_sq: float, cross: float) -> float:
+    """⟨W_a, W_b⟩_F / (‖W_a‖_F ‖W_b‖_F) from ‖W_a‖², ‖ΔW‖² and ⟨W_a, ΔW⟩ (W_b = W_a + ΔW):
+    ⟨W_a, W_b⟩ = ‖W_a‖² + ⟨W_a, ΔW⟩ and ‖W_b‖² = ‖W_a‖² + 2⟨W_a, ΔW⟩ + ‖ΔW‖². Clamped to
+    [−1, 1]; NaN when either matrix is zero."""
+    fro_b_sq = fro_a_sq + 2.0 * cross + fro_dw_sq
+    if fro_a_sq <= 0.0 or fro_b_sq <= 0.0:
+        return math.nan
+    return max(-1.0, min(1.0, (fro_a_sq + cross) / math.sqrt(fro_a_sq * fro_b_sq)))
 
 
 def aggregate_per_layer(per_matrix: list[dict]) -> list[dict]:
@@ -900,6 +983,32 @@ def aggregate_per_layer(per_matrix: list[dict]) -> list[dict]:
         rows.append({
             "layer": layer, "group": group,
             "dW_fro_layer": math.sqrt(math.fsum(r["dW_fro"] ** 2 for r in members)),
+            "mean_dW_stable_rank": math.fsum(changed) / len(changed) if changed else math.nan,
+            "count_mats": len(members), "count_changed": len(changed),
+        })
+    return rows
+
+
+def aggregate_per_component(per_matrix: list[dict]) -> list[dict]:
+    """per_component.csv rows: for each (layer, component), layer −1 (outside the decoder layers:
+    embeddings, LM head) included, sorted by layer then component,
+
+        dW_fro_sq           = Σ_i ‖ΔW_i‖_F²
+        rel_dW_fro          = √(Σ_i ‖ΔW_i‖_F² / Σ_i ‖W_a,i‖_F²)   (NaN when the W_a are all zero)
+        mean_dW_stable_rank = mean of dW_stable_rank over the matrices that changed, NaN when none did
+        count_mats, count_changed
+    """
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for row in per_matrix:
+        groups.setdefault((int(row["layer"]), row["component"]), []).append(row)
+    rows = []
+    for (layer, component), members in sorted(groups.items()):
+        changed = [r["dW_stable_rank"] for r in members if r["dW_fro"] > 0]
+        dw_sq = math.fsum(r["dW_fro"] ** 2 for r in members)
+        w_sq = math.fsum(r["W_fro_sq"] if "W_fro_sq" in r else r["W_fro"] ** 2 for r in members)
+        rows.append({
+            "layer": layer, "component": component, "dW_fro_sq": dw_sq,
+            "rel_dW_fro": math.sqrt(dw_sq / w_sq) if w_sq > 0 else math.nan,
             "mean_dW_stable_rank": math.fsum(changed) / len(changed) if changed else math.nan,
             "count_mats": len(members), "count_changed": len(changed),
         })
@@ -951,7 +1060,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-a", required=True, help="base model: local directory or Hugging Face hub ID")
     p.add_argument("--model-b", required=True, help="changed model: local directory or hub ID")
     p.add_argument("--outdir", default=None,
-                   help="folder for per_matrix.csv and per_layer.csv "
+                   help="folder for per_matrix.csv, per_layer.csv and per_component.csv "
                         "(default: outputs/<basenameA>_vs_<basenameB>/param_stats)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="where the Gram products run (auto: CUDA > MPS > CPU; the CPU needs no torch)")
@@ -1009,9 +1118,13 @@ def compare(args, outdir: Path) -> None:
               f"{args.tol:g} within --max-iter {args.max_iter} (e.g. {stalled[0]}); their stable "
               "ranks are upper bounds", file=sys.stderr)
     per_layer = aggregate_per_layer(per_matrix)
+    per_component = aggregate_per_component(per_matrix)
     write_atomically({outdir / "per_matrix.csv": lambda p: write_table_csv(p, per_matrix, PER_MATRIX_COLUMNS),
-                      outdir / "per_layer.csv": lambda p: write_table_csv(p, per_layer, PER_LAYER_COLUMNS)})
-    print(f"wrote {outdir / 'per_matrix.csv'} ({len(per_matrix)} matrices) and {outdir / 'per_layer.csv'}")
+                      outdir / "per_layer.csv": lambda p: write_table_csv(p, per_layer, PER_LAYER_COLUMNS),
+                      outdir / "per_component.csv":
+                          lambda p: write_table_csv(p, per_component, PER_COMPONENT_COLUMNS)})
+    print(f"wrote {outdir / 'per_matrix.csv'} ({len(per_matrix)} matrices), {outdir / 'per_layer.csv'} "
+          f"and {outdir / 'per_component.csv'}")
     changed = [r for r in per_layer if r["dW_fro_layer"] > 0]
     if changed:
         top = max(changed, key=lambda r: r["dW_fro_layer"])

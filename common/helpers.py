@@ -373,6 +373,63 @@ ATTACKS = ("loss", "zlib", "mink", "minkpp")
 CURVE_COLUMNS = ["step", "forget_nll", "retain_nll", "mcq_forget_acc"]
 
 
+def weight_component(name: str) -> str:
+    """Which part of a transformer a parameter belongs to, from its name:
+
+        qkv       fused query/key/value projection (GPT-NeoX query_key_value, GPT-2 c_attn)
+        q, k, v   separate projections (Llama q_proj, k_proj, v_proj)
+        attn_out  attention output projection (GPT-NeoX attention.dense, Llama o_proj, GPT-2 attn.c_proj)
+        mlp_in    MLP input side (GPT-NeoX dense_h_to_4h, Llama gate_proj and up_proj, GPT-2 mlp.c_fc)
+        mlp_out   MLP output side (GPT-NeoX dense_4h_to_h, Llama down_proj, GPT-2 mlp.c_proj)
+        embed     token/position embeddings (embed_in, embed_tokens, wte, wpe)
+        unembed   the LM head (embed_out, lm_head)
+        norm      LayerNorm/RMSNorm weights and biases (…norm…, GPT-2 ln_1/ln_2/ln_f)
+        other     anything else
+
+    Only names decide, never shapes: GPT-2's Conv1D weights are stored transposed ([in, out]),
+    so the shape of a c_attn weight is [hidden, 3·hidden] while GPT-NeoX's query_key_value is
+    [3·hidden, hidden]; the component is the same.
+
+    >>> weight_component("gpt_neox.layers.3.attention.dense.weight")
+    'attn_out'
+    >>> weight_component("transformer.h.0.mlp.c_proj.weight")
+    'mlp_out'
+    >>> weight_component("model.layers.1.self_attn.k_proj.weight")
+    'k'
+    """
+    embed = {"embed_in", "embed_tokens", "wte", "wpe", "word_embeddings", "embed_positions"}
+    unembed = {"embed_out", "lm_head"}
+    qkv = {"query_key_value", "c_attn", "qkv_proj", "wqkv"}
+    q, k, v = {"q_proj", "query"}, {"k_proj", "key"}, {"v_proj", "value"}
+    attn_out = {"o_proj", "out_proj"}
+    mlp_in = {"dense_h_to_4h", "gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc1", "w1", "w3"}
+    mlp_out = {"dense_4h_to_h", "down_proj", "fc2", "w2"}
+    attn_parents = {"attention", "self_attn", "attn", "self_attention"}
+    parts = name.lower().split(".")
+    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    module = parts[-1]
+    parent = parts[-2] if len(parts) > 1 else ""
+    if module in embed:
+        return "embed"
+    if module in unembed:
+        return "unembed"
+    if "norm" in module or module.startswith("ln_") or module == "ln_f":
+        return "norm"
+    if module in qkv:
+        return "qkv"
+    for component, modules in (("q", q), ("k", k), ("v", v)):
+        if module in modules:
+            return component
+    if module in attn_out or (module in ("dense", "c_proj") and parent in attn_parents):
+        return "attn_out"
+    if module in mlp_in:
+        return "mlp_in"
+    if module in mlp_out or (module == "c_proj" and parent == "mlp"):
+        return "mlp_out"
+    return "other"
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)

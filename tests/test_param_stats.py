@@ -591,3 +591,73 @@ def test_plot_without_data_is_one_line_error(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "per_layer.csv" in err[0]
     assert not (tmp_path / "plots").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# component, rel_dW_fro, cos_sim and per_component.csv (issue 22), against float64 numpy
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("gpt_neox.layers.3.attention.query_key_value.weight", "qkv"),
+    ("gpt_neox.layers.3.attention.dense.weight", "attn_out"),
+    ("gpt_neox.layers.3.mlp.dense_h_to_4h.weight", "mlp_in"),
+    ("gpt_neox.layers.3.mlp.dense_4h_to_h.weight", "mlp_out"),
+    ("gpt_neox.embed_in.weight", "embed"), ("embed_out.weight", "unembed"),
+    ("gpt_neox.layers.0.post_attention_layernorm.weight", "norm"), ("gpt_neox.final_layer_norm.bias", "norm"),
+    ("model.layers.0.self_attn.q_proj.weight", "q"), ("model.layers.0.self_attn.k_proj.weight", "k"),
+    ("model.layers.0.self_attn.v_proj.weight", "v"), ("model.layers.0.self_attn.o_proj.weight", "attn_out"),
+    ("model.layers.0.mlp.gate_proj.weight", "mlp_in"), ("model.layers.0.mlp.up_proj.weight", "mlp_in"),
+    ("model.layers.0.mlp.down_proj.weight", "mlp_out"), ("model.embed_tokens.weight", "embed"),
+    ("lm_head.weight", "unembed"), ("model.norm.weight", "norm"),
+    ("transformer.h.0.attn.c_attn.weight", "qkv"), ("transformer.h.0.attn.c_proj.weight", "attn_out"),
+    ("transformer.h.0.mlp.c_fc.weight", "mlp_in"), ("transformer.h.0.mlp.c_proj.weight", "mlp_out"),
+    ("transformer.wte.weight", "embed"), ("transformer.wpe.weight", "embed"), ("transformer.ln_f.weight", "norm"),
+    ("transformer.h.2.ln_1.weight", "norm"), ("gpt_neox.layers.0.attention.rotary_emb.inv_freq", "other"),
+])
+def test_weight_component(name, expected):
+    assert cps.weight_component(name) == expected
+
+
+def _numpy_reference(a_dir, b_dir):
+    ta, tb = load_dir(a_dir), load_dir(b_dir)
+    out = {}
+    for name, wa in ta.items():
+        if wa.ndim == 2 and name in tb:
+            a = wa.double().numpy()
+            b = tb[name].double().numpy()
+            out[name] = (a, b)
+    return out
+
+
+@pytest.mark.parametrize("arch", list(PLANTS))
+def test_component_rel_norm_and_cosine_match_float64_numpy(pairs, tool_output, arch):
+    a_dir, b_dir = pairs[arch, "fp32"]
+    out = tool_output(arch, "fp32", *extra_args("fp32"))
+    got = pd.read_csv(out / "per_matrix.csv").set_index("name")
+    ref = _numpy_reference(a_dir, b_dir)
+    for name, (a, b) in ref.items():
+        row = got.loc[name]
+        assert row["component"] == cps.weight_component(name)
+        want_rel = np.linalg.norm(b - a) / np.linalg.norm(a)
+        want_cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+        assert abs(row["rel_dW_fro"] - want_rel) <= 1e-6 * max(want_rel, 1e-30)
+        assert abs(row["cos_sim"] - want_cos) <= 1e-9
+    # per_component.csv: Σ‖ΔW‖², √(Σ‖ΔW‖² / Σ‖W_a‖²) and the mean stable rank per (layer, component)
+    per_comp = pd.read_csv(out / "per_component.csv")
+    assert list(per_comp.columns) == cps.PER_COMPONENT_COLUMNS
+    refs = reference(a_dir, b_dir)
+    for row in per_comp.itertuples():
+        members = [n for n in ref if (cps.parse_layer_group(n)[0], cps.weight_component(n)) == (row.layer, row.component)]
+        assert row.count_mats == len(members) > 0
+        dw_sq = sum(float(((ref[n][1] - ref[n][0]) ** 2).sum()) for n in members)
+        w_sq = sum(float((ref[n][0] ** 2).sum()) for n in members)
+        assert abs(row.dW_fro_sq - dw_sq) <= 1e-6 * max(dw_sq, 1e-30)
+        assert abs(row.rel_dW_fro - math.sqrt(dw_sq / w_sq)) <= 1e-6 * max(math.sqrt(dw_sq / w_sq), 1e-30)
+        ranks = [refs[n]["dW_stable_rank"] for n in members if refs[n]["dW_fro"] > 0]
+        if ranks:
+            assert abs(row.mean_dW_stable_rank - sum(ranks) / len(ranks)) <= 1e-4 * row.mean_dW_stable_rank
+        else:
+            assert math.isnan(row.mean_dW_stable_rank)
+    comps = set(per_comp["component"])
+    assert {"attn_out", "mlp_in", "mlp_out", "embed"} <= comps
+    assert ("unembed" in comps) == (arch != "gpt2")  # GPT-2 ties its LM head to wte
+    assert ({"q", "k", "v"} <= comps) if arch == "llama" else ("qkv" in comps)
