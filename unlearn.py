@@ -592,12 +592,21 @@ def lat_step(t, f, r):
     return lat_loss(nll_f, t.nll(r))
 
 
+def cb_notes(a) -> list[str]:
+    """cb's warning for a setting that cannot move it at the start."""
+    if a.cb_loss != "rr":
+        return []
+    return ["cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
+            "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
+            "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once"]
+
+
 @dataclass(frozen=True)
 class Method:
-    """What an unlearning method needs from the run, besides its ``step`` (the loss of a micro-batch).
+    """All that the run knows about an unlearning method, besides its ``step`` (the loss of a micro-batch).
 
     family     "loss": acts on token log-likelihoods; "repr": on the hidden states of the --layer-id
-               decoder layers (which are then also the default --trainable)
+               decoder layers (which are then also the default --trainable; hooks go on them)
     ref        splits whose log π_ref is computed once, up front, with the initial weights
     truncated  the loss reads hidden states only: the forward stops after the top target layer
                (so DDP must allow trainable parameters above it to get no gradient)
@@ -605,7 +614,12 @@ class Method:
     embedding_fallback  on an architecture whose decoder layers are unknown, read h_l from the
                model's output_hidden_states (full forward) and perturb the input embeddings
                instead of refusing
-    settings   the flags recorded under Training in run_report.yaml (besides the common ones)
+    settings   the method's own flags: recorded under Training in run_report.yaml; a method flag
+               given but not listed here is ignored by the method, with a warning (``ignored_flags``)
+    reads_hidden  the loss reads h_l at the --layer-id layers (without it --layer-id only places
+               the adversary's δ)
+    adversary  LAT's latent adversary δ at the target layers (``Trainer.adversary``)
+    notes      flags → warnings about settings that behave unexpectedly for this method
     """
     step: Callable
     family: str
@@ -614,6 +628,9 @@ class Method:
     frozen: bool = False
     embedding_fallback: bool = False
     settings: tuple[str, ...] = ()
+    reads_hidden: bool = False
+    adversary: bool = False
+    notes: Callable | None = None
 
     @property
     def uses_layers(self) -> bool:
@@ -627,9 +644,31 @@ class Method:
         (LoRA adapters are never above it: resolve_lora refuses that)."""
         return self.truncated and trainable not in ("layers", "lora")
 
+    def fallback_changes(self, layer_spec: str) -> list[str]:
+        """What changes on an architecture whose decoder layers are unknown (``embedding_fallback``);
+        ``layer_spec``: the --layer-id value."""
+        lost = [] if self.reads_hidden else ["--layer-id is ignored"]
+        if self.reads_hidden:
+            lost.append(f"h_l of --layer-id {layer_spec} is read from output_hidden_states (a full forward every pass: no "
+                        "truncated forward, and h_orig needs a frozen copy of every trainable parameter)")
+        if self.adversary:
+            lost.append("the adversary perturbs the input embeddings instead of the --layer-id layers")
+        return lost
+
+    def warnings(self, a: argparse.Namespace, defaults: dict, used: tuple[str, ...] = ()) -> list[str]:
+        """The row's notes, and one warning per method flag set away from its default that this method
+        ignores (``used``: flags the run reads for other reasons, e.g. --layer-id with --trainable layers)."""
+        out = list(self.notes(a)) if self.notes else []
+        for name in method_flags():
+            if name not in self.settings and name not in used and getattr(a, name) != defaults.get(name):
+                out.append(f"--{name.replace('_', '-')} {getattr(a, name)} is ignored by {a.method}")
+        return out
+
 
 _CB = ("layer_id", "alpha", "steering_coeff", "cb_loss")
 _LAT = ("lat_eps", "lat_steps", "lat_step_size")
+_REPR = dict(family="repr", embedding_fallback=True)
+_HIDDEN = dict(truncated=True, frozen=True, reads_hidden=True)
 METHOD_TABLE: dict[str, Method] = {
     "ga_simple": Method(ga_simple_step, "loss"),
     "ga":        Method(ga_step, "loss"),
@@ -637,14 +676,19 @@ METHOD_TABLE: dict[str, Method] = {
     "dpo":       Method(dpo_step, "loss", ref=("forget", "retain"), settings=("beta",)),
     "npo":       Method(npo_step, "loss", ref=("forget",), settings=("beta",)),
     "simnpo":    Method(simnpo_step, "loss", settings=("beta",)),
-    "rmu":       Method(rmu_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB[:3]),
-    "cb":        Method(cb_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB),
-    "lat":       Method(lat_step, "repr", embedding_fallback=True, settings=("layer_id",) + _LAT),
-    "cb_lat":    Method(cb_lat_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB + _LAT),
+    "rmu":       Method(rmu_step, **_REPR, **_HIDDEN, settings=_CB[:3]),
+    "cb":        Method(cb_step, **_REPR, **_HIDDEN, settings=_CB, notes=cb_notes),
+    "lat":       Method(lat_step, **_REPR, adversary=True, settings=("layer_id",) + _LAT),
+    "cb_lat":    Method(cb_lat_step, **_REPR, **_HIDDEN, adversary=True, settings=_CB + _LAT),
 }
 METHODS = tuple(METHOD_TABLE)
 LOSS_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "loss")
 REPR_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "repr")
+
+
+def method_flags() -> tuple[str, ...]:
+    """Every method's own flags (the union of the rows' settings, in table order)."""
+    return tuple(dict.fromkeys(s for spec in METHOD_TABLE.values() for s in spec.settings))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1045,7 +1089,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and run_report.yaml to --outdir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="base model, hub ID or local directory")
-    p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
+    p.add_argument("--method", required=True, choices=tuple(METHOD_TABLE), help="unlearning method")
     p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
     p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
     p.add_argument("--outdir", default=None,
@@ -1382,7 +1426,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
                              f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
         trainable = "lora" if trainable == "lora" else a.trainable or "all"
         n_layers = getattr(config, "num_hidden_layers", None)
-        if plan.method != "lat":  # lat reads no hidden state: its --layer-id is ignored
+        if plan.spec.reads_hidden:  # without it --layer-id is ignored here
             if not isinstance(n_layers, int):
                 raise UsageError(f"{plan.method}: cannot find the decoder layers of {arch}, nor their number in its "
                                  f"config")
@@ -1390,12 +1434,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
             if bad:
                 raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} layers "
                                  f"(0–{n_layers - 1})")
-        lost = ["--layer-id is ignored"] if plan.method == "lat" else []
-        if plan.method != "lat":
-            lost.append(f"h_l of --layer-id {a.layer_id} is read from output_hidden_states (a full forward every "
-                        f"pass: no truncated forward, and h_orig needs a frozen copy of every trainable parameter)")
-        if plan.method in ("lat", "cb_lat"):
-            lost.append("the adversary perturbs the input embeddings instead of the --layer-id layers")
+        lost = plan.spec.fallback_changes(a.layer_id)
         warnings.append(f"{plan.method}: cannot find the decoder layers of {arch} (known: "
                         f"{', '.join(KNOWN_LAYER_PATHS)}); falling back: {'; '.join(lost)}; "
                         f"training --trainable {trainable}")
@@ -1455,10 +1494,10 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
         env.warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger "
                  f"batch (per-sample means, clipping and the token-weighted representation losses differ); results "
                  f"will not match a run with --batch-size {a.batch_size * a.grad_accum_steps}")
-    if plan.method == "cb" and a.cb_loss == "rr":
-        env.warn("cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
-                 "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
-                 "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once")
+    parser = build_parser()
+    defaults = {name: parser.get_default(name) for name in method_flags()}
+    for w in plan.spec.warnings(a, defaults, used=("layer_id",) if arch.trainable == "layers" else ()):
+        env.warn(w)
     if dtype == "fp16":
         env.warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from "
                  "fp32/bf16 runs and overflow can skip steps")
