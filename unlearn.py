@@ -1441,6 +1441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    p.add_argument("--save-dtype", default="input", choices=["input", "fp32", "fp16", "bf16"],
+                   help="dtype of the saved model: input = the dtype of the input's weights (a bf16 checkpoint is "
+                        "saved in bf16 even when trained in fp32)")
     lora = p.add_argument_group("LoRA (peft): train low-rank adapters instead of the weights, merged into them on save")
     lora.add_argument("--lora-r", type=int, default=0, help="adapter rank R (0: no LoRA, train the weights)")
     lora.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha; the update is B·A·alpha/R (default: R)")
@@ -1660,6 +1663,7 @@ def run(a: argparse.Namespace) -> dict:
                                          sum(n.endswith(".lora_A.default.weight") for n, _ in model.named_parameters()))
                    if arch.lora else None)
     per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
+    trainer.save_dtype = resolve_save_dtype(a.save_dtype, arch.model_dir)   # --save-dtype (default: the input's)
     save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
     if env.accelerator.log_with:
         env.accelerator.end_training()
@@ -2248,7 +2252,7 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
         from safetensors import SafetensorError
         try:
             save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
-                            fp16=(env.dtype == "fp16"), files=files,
+                            dtype=getattr(t, "save_dtype", None), files=files,
                             lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
         except (OSError, SafetensorError) as e:
             kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
@@ -2397,7 +2401,30 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     }
 
 
-def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False,
+def input_weight_dtype(model_dir) -> str | None:
+    """The dtype most of a model folder's floating-point weights are stored in (``fp32``, ``fp16``,
+    ``bf16``), read from the safetensors headers alone (no weights are loaded); None when it has no
+    safetensors file or no floating-point tensor."""
+    names = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+    counts: dict[str, int] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for key, info in header.items():
+            if key != "__metadata__" and info.get("dtype") in names:
+                counts[names[info["dtype"]]] = counts.get(names[info["dtype"]], 0) + math.prod(info["shape"])
+    return max(counts, key=counts.get) if counts else None
+
+
+def resolve_save_dtype(choice: str, model_dir):
+    """The torch dtype the model is saved in: ``--save-dtype`` itself, or for ``input`` the input's weight
+    dtype (``input_weight_dtype``); None (as trained) when that cannot be told."""
+    name = input_weight_dtype(model_dir) if choice == "input" else choice
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
+
+
+def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, dtype=None,
                     files: dict | None = None, lora: tuple | None = None) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml (+ ``files``: name → text, e.g.
     per_sample_nll.csv) into a temp dir next to ``outdir``, then swap it in (an existing ``outdir``
@@ -2405,7 +2432,8 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
     and the parent folders made for it are removed and an earlier ``outdir`` is back in place. The
     folder gets the mode of a new folder (0755 under umask 022). ``lora`` = (PeftModel, keep_adapter): the
     adapters are merged into ``model`` here (merge_lora), the adapter first saved to ``outdir/adapter``
-    when asked."""
+    when asked. ``dtype`` (a torch dtype, None = as trained): the floating-point weights are saved in it,
+    after the merge."""
     import yaml
     made = [d for d in reversed(outdir.parents) if not d.exists()]
     tmp = None
@@ -2414,9 +2442,9 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
         if lora is not None:  # LoRA: W <- W + B·A·alpha/r, then an ordinary model is saved
             model = merge_lora(lora[0], tmp / "adapter" if lora[1] else None)
-        if fp16:
-            model = model.half()
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
+        if dtype is not None:
+            model = model.to(dtype)
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()} if state else None
         model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
