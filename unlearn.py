@@ -2245,9 +2245,6 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
     state = None
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
         state = {k[len("model."):]: v for k, v in acc.get_state_dict(t.wrapped).items()}
-    if env.precision == "mixed" and env.dtype == "bf16":  # fp32 masters, saved in the dtype computed in
-        t.runner.model.to(torch.bfloat16)
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()} if state else None
     if env.main:
         from safetensors import SafetensorError
         try:
