@@ -293,6 +293,10 @@ class UsageError(Exception):
     """Bad input: reported as one ``error: ...`` line, exit status 1."""
 
 
+class Terminated(Exception):
+    """SIGTERM during training with --save-every: the checkpoint is saved, the run stops (exit 143)."""
+
+
 class NonFiniteLoss(Exception):
     """The training loss became NaN/inf: the run stops and nothing is saved."""
 
@@ -1441,6 +1445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="keep a checkpoint of the training state (weights, optimizer, RNG, data position) every N "
+                        "steps in <outdir>.checkpoint/, and on SIGTERM; removed once the model is saved (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <outdir>.checkpoint/ (same flags): equals the uninterrupted run")
     p.add_argument("--save-dtype", default="input", choices=["input", "fp32", "fp16", "bf16"],
                    help="dtype of the saved model: input = the dtype of the input's weights (a bf16 checkpoint is "
                         "saved in bf16 even when trained in fp32)")
@@ -1654,6 +1663,7 @@ def run(a: argparse.Namespace) -> dict:
     tokens = tokenize_data(tokenizer, data, a.max_length)
     gc_on = prepare_for_training(model, trainable_names, a, env)
     trainer = setup_method(a, plan, model, tokens, pad_id, env, peft_model)   # what METHOD_TABLE says it needs
+    a.checkpoint_dir = checkpoint_dir(plan.outdir)                          # --save-every / --resume
     history = train(a, trainer, env)
     metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
     info = RunInfo(n_params=arch.n_params, dtype=env.dtype, device=env.device,
@@ -1665,6 +1675,8 @@ def run(a: argparse.Namespace) -> dict:
     per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
     trainer.save_dtype = resolve_save_dtype(a.save_dtype, arch.model_dir)   # --save-dtype (default: the input's)
     save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
+    if (a.save_every or a.resume) and env.main:                            # the run is complete: no resume needed
+        shutil.rmtree(checkpoint_dir(plan.outdir), ignore_errors=True)
     if env.accelerator.log_with:
         env.accelerator.end_training()
     metrics["outdir"] = str(plan.outdir)
@@ -2156,9 +2168,13 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     if stopper:
         stopper.update(0, gap)
     stopped = None
-    bar = tqdm(schedule, desc=f"unlearn {a.method}", disable=not env.main, dynamic_ncols=True)
+    start, ckpt = 0, Checkpointing(a, t, env, stopper)                      # --save-every / --resume
+    if a.resume:
+        start, curve, losses, step_times = ckpt.load(curve, n_steps)
+    bar = tqdm(schedule[start:], initial=start, total=n_steps, desc=f"unlearn {a.method}", disable=not env.main,
+               dynamic_ncols=True)
     t_train, t_eval = time.perf_counter(), 0.0
-    for step, micro in enumerate(bar, start=1):
+    for step, micro in enumerate(bar, start=start + 1):
         t_step = time.perf_counter()
         step_loss = torch.zeros((), device=t.dev)
         for fi_global, ri_global in micro:
@@ -2191,6 +2207,8 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
             if stopper and stopper.update(step, gap):
                 stopped = step
                 break
+        ckpt.after_step(step, n_steps, curve, losses, step_times)             # may save; SIGTERM: save and stop
+    ckpt.close()
     bar.close()
     if t.spec.finish:
         t.spec.finish(t)
@@ -2412,6 +2430,138 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     }
 
 
+def checkpoint_dir(outdir: Path) -> Path:
+    """Where --save-every keeps the training state: ``<outdir>.checkpoint`` beside the output folder."""
+    return outdir.parent / f"{outdir.name}.checkpoint"
+
+
+class Checkpointing:
+    """--save-every N / --resume: the training state after a step, in ``<outdir>.checkpoint/``:
+      state.safetensors   the trained parameters (``param.<i>`` in optimizer order), torch's CPU (and CUDA) RNG
+      optimizer.pt        the optimizer's state_dict (torch.save, i.e. a pickle of tensors and numbers; read
+                          back with torch.load(weights_only=True), which refuses anything but tensors and
+                          plain containers, so loading it runs no code)
+      checkpoint.json     the step (= the data position: the schedule is a function of the seed), the losses,
+                          step times and validation curve so far, Python's and NumPy's RNG states, the flags
+    Written into a temporary folder and swapped in, so a kill while saving keeps the previous checkpoint.
+    A resumed run first evaluates the initial weights (as the uninterrupted run did, so the "before" numbers
+    and any state a method sets up at the start are the same), then loads the parameters, the optimizer
+    and the RNG and continues at the next step: on the CPU the result is bit-identical to the
+    uninterrupted run. One process only; not with --early-stop-patience."""
+    IGNORED = ("resume", "save_every", "report_to", "checkpoint_dir")
+
+    def __init__(self, a, t, env, stopper):
+        self.a, self.t, self.env = a, t, env
+        self.folder = Path(a.checkpoint_dir) if getattr(a, "checkpoint_dir", None) else None
+        self.term = False
+        self.previous = None
+        if not (a.save_every or a.resume):
+            return
+        if a.save_every < 0:
+            raise UsageError("--save-every must be >= 0")
+        if env.accelerator.num_processes > 1:
+            raise UsageError("--save-every / --resume work with one process only (not under accelerate launch "
+                             "with several processes yet)")
+        if stopper is not None:
+            raise UsageError("--save-every / --resume do not work with --early-stop-patience yet")
+        if a.save_every:
+            import signal
+
+            def on_term(signum, frame):
+                self.term = True
+            self.previous = signal.signal(signal.SIGTERM, on_term)
+
+    def settings(self) -> dict:
+        return json.loads(json.dumps({k: v for k, v in sorted(vars(self.a).items()) if k not in self.IGNORED},
+                                     default=str))
+
+    def optimizers(self):
+        return getattr(self.t.optimizer, "optimizers", [self.t.optimizer])
+
+    def after_step(self, step: int, n_steps: int, curve, losses, step_times) -> None:
+        if not self.a.save_every:
+            return
+        if step < n_steps and (step % self.a.save_every == 0 or self.term):
+            self.save(step, curve, losses, step_times)
+        if self.term:
+            where = f"a checkpoint at step {step} is in {self.folder}" if step < n_steps else "training had finished"
+            raise Terminated(f"terminated (SIGTERM): {where}; run the same command with --resume to continue")
+
+    def close(self) -> None:
+        if self.previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    def save(self, step: int, curve, losses, step_times) -> None:
+        from safetensors.torch import save_file
+        import numpy as np
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        try:
+            tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.t.params)}
+            tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, st in enumerate(torch.cuda.get_rng_state_all()):
+                    tensors[f"rng.cuda.{i}"] = st
+            save_file(tensors, str(tmp / "state.safetensors"))
+            torch.save([o.state_dict() for o in self.optimizers()], tmp / "optimizer.pt")
+            py = random.getstate()
+            npst = np.random.get_state()
+            meta = {"step": step, "settings": self.settings(), "curve": curve, "losses": losses,
+                    "step_times": step_times, "python_rng": [py[0], list(py[1]), py[2]],
+                    "numpy_rng": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]}
+            (tmp / "checkpoint.json").write_text(json.dumps(meta))
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+            tmp.chmod(0o755)
+            old = self.folder.with_name(self.folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.folder.exists():
+                self.folder.rename(old)
+            tmp.rename(self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.env.main:
+            print(f"checkpoint: step {step} saved to {self.folder}", file=sys.stderr, flush=True)
+
+    def load(self, curve, n_steps: int):
+        """Parameters, optimizer and RNG from the checkpoint; returns (step, curve, losses, step_times)."""
+        from safetensors.torch import load_file
+        import numpy as np
+        meta_path = self.folder / "checkpoint.json"
+        if not meta_path.is_file():
+            raise UsageError(f"--resume: no checkpoint in {self.folder} (run with --save-every N first)")
+        meta = json.loads(meta_path.read_text())
+        now = self.settings()
+        changed = sorted(k for k in set(now) | set(meta["settings"]) if now.get(k) != meta["settings"].get(k))
+        if changed:
+            raise UsageError(f"--resume: the checkpoint in {self.folder} was made with other settings "
+                             f"({', '.join('--' + k.replace('_', '-') for k in changed[:5])}); use the same flags")
+        tensors = load_file(str(self.folder / "state.safetensors"))
+        if sum(k.startswith("param.") for k in tensors) != len(self.t.params):
+            raise UsageError(f"--resume: the checkpoint in {self.folder} does not fit this model")
+        with torch.no_grad():
+            for i, p in enumerate(self.t.params):
+                p.copy_(tensors[f"param.{i}"])
+        states = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        for o, st in zip(self.optimizers(), states):
+            o.load_state_dict(st)
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        py = meta["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = meta["numpy_rng"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        step = int(meta["step"])
+        if self.env.main:
+            print(f"resuming at step {step + 1} of {n_steps} from {self.folder}", file=sys.stderr, flush=True)
+        return step, meta["curve"], meta["losses"], meta["step_times"]
+
+
 def input_weight_dtype(model_dir) -> str | None:
     """The dtype most of a model folder's floating-point weights are stored in (``fp32``, ``fp16``,
     ``bf16``), read from the safetensors headers alone (no weights are loaded); None when it has no
@@ -2479,6 +2629,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, NonFiniteLoss, OutputError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except Terminated as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
         return 1
