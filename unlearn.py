@@ -2110,7 +2110,8 @@ class Trainer:
 
     def sample_nlls(self) -> dict:
         """split → per-sample NLLs (float64, CPU) of every reported split (validation and test)."""
-        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator)
+        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator,
+                                   f"per-sample NLL, {split}")
                 for split, tok in self.tokens.reported().items()}
 
 
@@ -2315,14 +2316,39 @@ def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_
 
 
 @torch.no_grad()
-def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator) -> torch.Tensor:
+# Copied from tamper_attack.py: progress
+def progress(iterable, desc: str, total: int | None = None, every: float = 60.0, clock=time.monotonic):
+    """Progress of a long loop, never silent: a tqdm bar with its ETA when stderr is a terminal, else
+    (a log) a line on stderr after the first item, then at least every ``every`` seconds while items
+    finish (done/total, elapsed, ETA), and one at the end.
+    (h28; for the shared helper source, unless h21's progress helper replaces it.)"""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    t0 = last = clock()
+    n = 0
+    for item in iterable:
+        yield item
+        n += 1
+        now = clock()
+        if n == 1 or now - last >= every or n == total:
+            last = now
+            eta = f", ETA {(now - t0) / n * (total - n):.0f} s" if total else ""
+            print(f"{desc}: {n}/{total if total else '?'} ({now - t0:.0f} s{eta})", file=sys.stderr, flush=True)
+
+
+def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "held-out NLL") -> torch.Tensor:
     """NLL of each sample, −log π(y)/|y| (mean over tokens 2..T, as ``mean_nll``), float64 on the CPU.
     Each process computes every world-th sample; a sum over processes gathers them."""
     world, rank = accelerator.num_processes, accelerator.process_index
     out = torch.zeros(len(tok), device=dev, dtype=torch.float64)
     mine = list(range(rank, len(tok), world))
+    batches = range(0, len(mine), batch_size)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in range(0, len(mine), batch_size):
+        for i in progress(batches, desc) if accelerator.is_main_process else batches:
             pos = mine[i:i + batch_size]
             ids, mask = pad_batch([tok[j] for j in pos], pad_id, dev)
             lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
@@ -2484,6 +2510,7 @@ class Checkpointing:
         if step < n_steps and (step % self.a.save_every == 0 or self.term):
             self.save(step, curve, losses, step_times)
         if self.term:
+            self.close()                                  # the caller's SIGTERM handler is back before we stop
             where = f"a checkpoint at step {step} is in {self.folder}" if step < n_steps else "training had finished"
             raise Terminated(f"terminated (SIGTERM): {where}; run the same command with --resume to continue")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,8 @@ def test_resume_after_sigterm_equals_the_uninterrupted_run(bf16_model, tmp_path,
     flags = ("--lora-r", "4", "--epochs", "2", "--save-dtype", "fp32", "--seed", "7")
     one = tmp_path / "one"
     assert run_main(argv(bf16_model, one, *flags)) == 0
+    # never silent in a log: the before/after evaluations report their batches (tamper_attack.progress's lines)
+    assert re.search(r"^per-sample NLL, \w+: \d+/\d+ \(\d+ s, ETA \d+ s\)$", capsys.readouterr().err, re.M)
     steps = len(json.loads((one / "metrics.json").read_text())["train_loss"])
     assert steps >= 5
 
