@@ -74,9 +74,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -84,6 +93,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def normalise(text: str) -> str:
@@ -175,9 +234,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -213,6 +276,20 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
 
 
 def _umask() -> int:
@@ -281,20 +358,93 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
 DEFAULT_LAYER_ID = "5,6,7"  # --layer-id of the representation methods when not given
 LORA_DROPOUT = 0.05  # --lora-dropout default (peft's examples and the Circuit Breakers recipe)
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
-
-
-class Terminated(Exception):
-    """SIGTERM during training with --save-every: the checkpoint is saved, the run stops (exit 143)."""
 
 
 class NonFiniteLoss(Exception):
@@ -1511,15 +1661,6 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
         raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
-def model_name(spec: str) -> str:
-    """The project's name of a model: hub ID ``org/name`` → ``org_name``; a local folder → its
-    basename, or its parent's name when the folder is an ``unlearned_model``."""
-    path = Path(spec.rstrip("/")).expanduser()
-    if not path.is_dir() and spec.count("/") == 1 and HUB_ID_RE.match(spec):
-        return spec.replace("/", "_")
-    return path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
-
-
 def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None,
                    optimizer: str = "adamw") -> Path:
     """<outputs_dir>/<model name>__<method>[__muon][__seed<k>]/unlearned_model (AdamW, the default, adds nothing)."""
@@ -2172,8 +2313,8 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     start, ckpt = 0, Checkpointing(a, t, env, stopper)                      # --save-every / --resume
     if a.resume:
         start, curve, losses, step_times = ckpt.load(curve, n_steps)
-    bar = tqdm(schedule[start:], initial=start, total=n_steps, desc=f"unlearn {a.method}", disable=not env.main,
-               dynamic_ncols=True)
+    bar = progress(schedule[start:], desc=f"unlearn {a.method}", unit="step", disable=not env.main,
+                   initial=start, total=n_steps)
     t_train, t_eval = time.perf_counter(), 0.0
     for step, micro in enumerate(bar, start=start + 1):
         t_step = time.perf_counter()
@@ -2306,40 +2447,15 @@ def eval_mode(model: nn.Module):
 @torch.no_grad()
 def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_process, desc) -> torch.Tensor:
     """log π_ref(y) of every training sample with the current (initial) weights, indexed like ``tok``."""
-    from tqdm.auto import tqdm
     out = torch.zeros(len(tok), device=dev)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in tqdm(range(0, len(tok), batch_size), desc=desc, disable=not main_process, leave=False):
+        for i in progress(range(0, len(tok), batch_size), desc=desc, unit="batch", disable=not main_process, leave=False):
             ids, mask = pad_batch(tok[i:i + batch_size], pad_id, dev)
             out[i:i + len(ids)] = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)[0]
     return out
 
 
 @torch.no_grad()
-# Copied from tamper_attack.py: progress
-def progress(iterable, desc: str, total: int | None = None, every: float = 60.0, clock=time.monotonic):
-    """Progress of a long loop, never silent: a tqdm bar with its ETA when stderr is a terminal, else
-    (a log) a line on stderr after the first item, then at least every ``every`` seconds while items
-    finish (done/total, elapsed, ETA), and one at the end.
-    (h28; for the shared helper source, unless h21's progress helper replaces it.)"""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
-        return
-    t0 = last = clock()
-    n = 0
-    for item in iterable:
-        yield item
-        n += 1
-        now = clock()
-        if n == 1 or now - last >= every or n == total:
-            last = now
-            eta = f", ETA {(now - t0) / n * (total - n):.0f} s" if total else ""
-            print(f"{desc}: {n}/{total if total else '?'} ({now - t0:.0f} s{eta})", file=sys.stderr, flush=True)
-
-
 def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "held-out NLL") -> torch.Tensor:
     """NLL of each sample, −log π(y)/|y| (mean over tokens 2..T, as ``mean_nll``), float64 on the CPU.
     Each process computes every world-th sample; a sum over processes gathers them."""
@@ -2348,7 +2464,7 @@ def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "
     mine = list(range(rank, len(tok), world))
     batches = range(0, len(mine), batch_size)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in progress(batches, desc) if accelerator.is_main_process else batches:
+        for i in progress(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process, leave=False):
             pos = mine[i:i + batch_size]
             ids, mask = pad_batch([tok[j] for j in pos], pad_id, dev)
             lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
@@ -2510,9 +2626,15 @@ class Checkpointing:
         if step < n_steps and (step % self.a.save_every == 0 or self.term):
             self.save(step, curve, losses, step_times)
         if self.term:
-            self.close()                                  # the caller's SIGTERM handler is back before we stop
-            where = f"a checkpoint at step {step} is in {self.folder}" if step < n_steps else "training had finished"
-            raise Terminated(f"terminated (SIGTERM): {where}; run the same command with --resume to continue")
+            import signal
+            self.close()                                  # run_tool's SIGTERM handler is back before we stop
+            if step < n_steps:
+                print(f"checkpoint: SIGTERM at step {step}: the training state is in {self.folder}; run the same "
+                      "command with --resume to continue", file=sys.stderr, flush=True)
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler):
+                handler(signal.SIGTERM, None)             # run_tool's: raises Terminated, exit 143
+            raise Terminated()
 
     def close(self) -> None:
         if self.previous is not None:
@@ -2651,18 +2773,7 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, NonFiniteLoss, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except Terminated as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 143
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_tool(lambda: run(args), kept="nothing was saved", errors=(NonFiniteLoss, OutputError))
 
 
 if __name__ == "__main__":
