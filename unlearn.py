@@ -2311,7 +2311,7 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
         stopper.update(0, gap)
     stopped = None
     start, ckpt = 0, Checkpointing(a, t, env, stopper)                      # --save-every / --resume
-    if a.resume:
+    if ckpt.resume:
         start, curve, losses, step_times = ckpt.load(curve, n_steps)
     bar = progress(schedule[start:], desc=f"unlearn {a.method}", unit="step", disable=not env.main,
                    initial=start, total=n_steps)
@@ -2597,16 +2597,17 @@ class Checkpointing:
         self.folder = Path(a.checkpoint_dir) if getattr(a, "checkpoint_dir", None) else None
         self.term = False
         self.previous = None
-        if not (a.save_every or a.resume):
+        self.every, self.resume = getattr(a, "save_every", 0), getattr(a, "resume", False)
+        if not (self.every or self.resume):
             return
-        if a.save_every < 0:
+        if self.every < 0:
             raise UsageError("--save-every must be >= 0")
         if env.accelerator.num_processes > 1:
             raise UsageError("--save-every / --resume work with one process only (not under accelerate launch "
                              "with several processes yet)")
         if stopper is not None:
             raise UsageError("--save-every / --resume do not work with --early-stop-patience yet")
-        if a.save_every:
+        if self.every:
             import signal
 
             def on_term(signum, frame):
@@ -2621,9 +2622,9 @@ class Checkpointing:
         return getattr(self.t.optimizer, "optimizers", [self.t.optimizer])
 
     def after_step(self, step: int, n_steps: int, curve, losses, step_times) -> None:
-        if not self.a.save_every:
+        if not self.every:
             return
-        if step < n_steps and (step % self.a.save_every == 0 or self.term):
+        if step < n_steps and (step % self.every == 0 or self.term):
             self.save(step, curve, losses, step_times)
         if self.term:
             import signal
