@@ -800,7 +800,7 @@ def estimate_memory(shape: dict, s: StepSettings) -> dict:
       offload (train)    the optimizer moments on the CPU: states - P_t x 8 (fp32 / mixed) or x 4 (bf16)
       offload (infer)    one decoder layer (and the embeddings) on the GPU at a time
       peak = states + max(activations + logits, optimizer step temporary: P_t x 4 (fp32, mixed, LoRA),
-                                       P_t x 2 (bf16_pure), largest tensor x 4 (bf16, per tensor))
+                                       P_t x 2 (bf16_pure), 6 x largest tensor x 4 (bf16, per tensor))
 
     Returns ``{"weights_and_states", "activations", "logits", "total"}`` (bytes, per device)."""
     P, L_all = shape["params"], shape["layers"]
@@ -851,8 +851,8 @@ def estimate_memory(shape: dict, s: StepSettings) -> dict:
             transient = trained * 4
         elif precision in OPTIMIZER_TEMP_BYTES:
             transient = trained * OPTIMIZER_TEMP_BYTES[precision]
-        else:
-            transient = shape["largest_tensor"] * 4
+        else:   # CompensatedAdamW: per tensor, ~6 fp32 temporaries (g, m, v, denominator, update, weight)
+            transient = 6 * shape["largest_tensor"] * 4
         if s.shard and s.gpus > 1:
             transient = math.ceil(transient / s.gpus)
         out["total"] = states + max(out["activations"] + out["logits"], transient)
@@ -918,12 +918,18 @@ def study_steps(args, environ: dict) -> list[StepSettings]:
     batch = lambda var, default: int(environ.get(var) or default)  # noqa: E731
     method = args.method
     precision = args.precision
+    if precision in (None, "auto"):   # unlearn.py's resolve_precision: mixed unless it does not fit 80 % of the GPU
+        if dtype == "fp32":
+            precision = "fp32"
+        else:
+            p_total = args.model_params or 0
+            precision = "bf16" if dtype == "bf16" and 18 * p_total > 0.8 * args.gpu_memory else "mixed"
     lora_r = args.lora_r
     repr_method = method in ("rmu", "cb", "lat", "cb_lat")
     layer_ids = [int(x) for x in re.findall(r"\d+", environ.get("LAYER_ID", "5,6,7"))] or [7]
     unlearn = StepSettings(
         f"unlearn.py --method {method}" + (f" --lora-r {lora_r}" if lora_r else "") + (f" --precision {precision}" if precision else ""),
-        kind="train", dtype=dtype if precision is None else ("bf16" if precision in ("bf16", "bf16_pure") else "fp32"),
+        kind="train", dtype="bf16" if precision in ("bf16", "bf16_pure") else "fp32",
         precision=precision, batch=batch("BATCH_SIZE", 4), length=length,
         sequences=1 if method in ("ga_simple", "ga") else 2, lora_r=lora_r,
         trainable_layers=len(layer_ids) if repr_method else None,
@@ -961,6 +967,7 @@ def check_memory(args, environ: dict) -> tuple[list[Check], dict]:
         f"{args.model}: {shape['params'] / 1e9:.2f}B parameters ({source}); {args.gpus} x {human_bytes(gpu)} GPU; "
         f"estimates per GPU include {human_bytes(GPU_RESERVED)} reserved (docs/scale.md)"),
         {"params": shape["params"], "config_source": source})]
+    args.model_params = shape["params"]
     for s in study_steps(args, environ):
         ok, est = fits(shape, s, gpu)
         entry = {"step": s.step, "fits": ok, "estimate_bytes": est["total"] + GPU_RESERVED, "parts": est,
@@ -1083,10 +1090,10 @@ def parse_args(argv=None):
                      help="the unlearning method to plan for (default: $METHOD or %(default)s)")
     mem.add_argument("--lora-r", type=int, default=int(os.environ.get("LORA_R") or 0),
                      help="LoRA rank of the unlearning run, 0 = full (default: $LORA_R or 0)")
-    mem.add_argument("--precision", default=os.environ.get("PRECISION") or None,
-                     choices=("fp32", "mixed", "bf16", "bf16_pure"),
-                     help="training precision of unlearn.py (default: $PRECISION, else from --dtype: fp32 -> fp32, "
-                          "fp16 -> mixed, bf16/auto -> bf16_pure)")
+    mem.add_argument("--precision", default=os.environ.get("PRECISION") or "auto",
+                     choices=("auto", "fp32", "mixed", "bf16"),
+                     help="unlearn.py's --precision (default: $PRECISION or auto: fp32 for --dtype fp32, else mixed, "
+                          "or bf16 when mixed does not fit 80%% of the GPU, as unlearn.py decides)")
     args = p.parse_args(argv)
     if args.gpu_memory is not None:
         args.gpu_memory = parse_size(args.gpu_memory)

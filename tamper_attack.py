@@ -513,6 +513,29 @@ def fmt(v) -> str:
 # ----------------------------------------------------------------------------------------------
 # The phases
 # ----------------------------------------------------------------------------------------------
+def progress(iterable, desc: str, total: int | None = None, every: float = 60.0, clock=time.monotonic):
+    """Progress of a long loop, never silent: a tqdm bar with its ETA when stderr is a terminal, else
+    (a log) a line on stderr after the first item, then at least every ``every`` seconds while items
+    finish (done/total, elapsed, ETA), and one at the end.
+    (h28; for the shared helper source, unless h21's progress helper replaces it.)"""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    t0 = last = clock()
+    n = 0
+    for item in iterable:
+        yield item
+        n += 1
+        now = clock()
+        if n == 1 or now - last >= every or n == total:
+            last = now
+            eta = f", ETA {(now - t0) / n * (total - n):.0f} s" if total else ""
+            print(f"{desc}: {n}/{total if total else '?'} ({now - t0:.0f} s{eta})", file=sys.stderr, flush=True)
+
+
 class Evaluator:
     """Forget/retain test NLL (and forget MCQ accuracy) of a model, on token lists made once."""
 
@@ -521,10 +544,10 @@ class Evaluator:
         self.batch_size, self.device, self.max_length = batch_size, device, max_length
 
     @torch.no_grad()
-    def nll(self, model, seqs: list[list[int]], pad_id: int) -> float:
+    def nll(self, model, seqs: list[list[int]], pad_id: int, desc: str = "evaluation") -> float:
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # length-sorted: less padding
         values = [0.0] * len(seqs)
-        for i in range(0, len(order), self.batch_size):
+        for i in progress(range(0, len(order), self.batch_size), desc):
             idx = order[i:i + self.batch_size]
             ids, mask = pad_right([seqs[j] for j in idx], pad_id)
             logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -532,11 +555,11 @@ class Evaluator:
                 values[j] = v
         return mean_of_lines(values)
 
-    def __call__(self, model, tok) -> dict:
+    def __call__(self, model, tok, desc: str = "evaluation") -> dict:
         was_training = model.training
         model.eval()
-        out = {"forget_nll": self.nll(model, self.forget_ids, tok.pad_token_id),
-               "retain_nll": self.nll(model, self.retain_ids, tok.pad_token_id),
+        out = {"forget_nll": self.nll(model, self.forget_ids, tok.pad_token_id, f"{desc}, forget test"),
+               "retain_nll": self.nll(model, self.retain_ids, tok.pad_token_id, f"{desc}, retain test"),
                "mcq_forget_acc": None}
         if self.mcq is not None:
             out["mcq_forget_acc"] = self.mcq.accuracy(model, tok, self.device, self.batch_size, self.max_length)
@@ -588,9 +611,11 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
     def evaluate(step):
         nonlocal t_eval
         t0 = time.perf_counter()
-        curve.append({"step": step, **evaluator(model, tok)})
+        curve.append({"step": step, **evaluator(model, tok, f"{model_name(spec)} step {step} evaluation")})
         t_eval += time.perf_counter() - t0
 
+    print(f"{model_name(spec)}: step-0 evaluation (forget/retain test NLL"
+          + (", forget MCQ" if evaluator.mcq is not None else "") + ")", file=sys.stderr, flush=True)
     evaluate(0)
     trainable_model.train()
     bar = tqdm(total=a.steps, desc=model_name(spec), leave=True, dynamic_ncols=True)

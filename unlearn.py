@@ -1794,6 +1794,16 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
                 n_trainable=sum(p.numel() for n, p in skeleton.named_parameters() if n in chosen))
 
 
+def check_fsdp_device(device: str, environ) -> None:
+    """FSDP (``accelerate launch`` with an FSDP config, e.g. configs/accelerate_fsdp.yaml) needs CUDA GPUs:
+    accelerate refuses FSDP on the CPU, and its ``--cpu`` flag silently drops the FSDP config and runs a
+    single process. One error line instead of accelerate's traceback (docs/scale.md: what was tested)."""
+    if environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes") and device != "cuda":
+        raise UsageError(f"FSDP needs CUDA GPUs and this run is on {device}: run unlearn.py as one process "
+                         "(uv run --script unlearn.py ...), or on GPUs data-parallel without sharding (accelerate "
+                         "launch --multi_gpu); see docs/scale.md")
+
+
 def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data) -> Env:
     """Device and precision, accelerate (data parallel when launched so), the seed, the warnings.
 
@@ -1818,13 +1828,17 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
             raise UsageError(f"--report-to {tracker} needs the {need[0]} package, which is not installed "
                              f"(e.g. uv run --with {need[0]} --script unlearn.py ...)")
     from accelerate.utils import ProjectConfiguration
-    accelerator = Accelerator(
-        cpu=(device == "cpu"), mixed_precision=dtype if precision == "mixed" else "no",
-        gradient_accumulation_steps=a.grad_accum_steps, log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=str(plan.outdir.parent),
-                                            logging_dir=str(plan.outdir.parent / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(
-            find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    check_fsdp_device(device, os.environ)
+    try:
+        accelerator = Accelerator(
+            cpu=(device == "cpu"), mixed_precision=dtype if precision == "mixed" else "no",
+            gradient_accumulation_steps=a.grad_accum_steps, log_with=tracker,
+            project_config=ProjectConfiguration(project_dir=str(plan.outdir.parent),
+                                                logging_dir=str(plan.outdir.parent / "logs")),
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    except (ValueError, RuntimeError, ImportError, NotImplementedError) as e:  # a launch setting it cannot run
+        raise UsageError(f"accelerate cannot start with this launch configuration ({first_line(e)})") from None
     if tracker:
         settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(a).items()}
         accelerator.init_trackers(f"unlearn-{plan.method}", config=settings)

@@ -67,3 +67,13 @@ def test_bf16_in_bf16_out(bf16_model, tmp_path, extra, expected):
             safe_open(str(out / "model.safetensors"), "pt") as b:
         changed = [k for k in a.keys() if not torch.equal(a.get_tensor(k).float(), b.get_tensor(k).float())]
     assert changed
+
+
+def test_fsdp_on_cpu_is_one_error_line(bf16_model, tmp_path, monkeypatch, capsys):
+    """What `accelerate launch --config_file configs/accelerate_fsdp.yaml` sets, on a machine without CUDA."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert run_main(argv(bf16_model, tmp_path / "out")) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith("error: FSDP needs CUDA GPUs and this run is on cpu: run unlearn.py as one process")
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "out").exists()
