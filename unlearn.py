@@ -74,9 +74,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -84,6 +93,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def normalise(text: str) -> str:
@@ -175,9 +234,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -213,6 +276,20 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
 
 
 def _umask() -> int:
@@ -281,16 +358,93 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
 DEFAULT_LAYER_ID = "5,6,7"  # --layer-id of the representation methods when not given
 LORA_DROPOUT = 0.05  # --lora-dropout default (peft's examples and the Circuit Breakers recipe)
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
 
 
 class NonFiniteLoss(Exception):
@@ -1451,6 +1605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="keep a checkpoint of the training state (weights, optimizer, RNG, data position) every N "
+                        "steps in <outdir>.checkpoint/, and on SIGTERM; removed once the model is saved (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <outdir>.checkpoint/ (same flags): equals the uninterrupted run")
     p.add_argument("--save-dtype", default="input", choices=["input", "fp32", "fp16", "bf16"],
                    help="dtype of the saved model: input = the dtype of the input's weights (a bf16 checkpoint is "
                         "saved in bf16 even when trained in fp32)")
@@ -1510,15 +1669,6 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
         raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
-
-
-def model_name(spec: str) -> str:
-    """The project's name of a model: hub ID ``org/name`` → ``org_name``; a local folder → its
-    basename, or its parent's name when the folder is an ``unlearned_model``."""
-    path = Path(spec.rstrip("/")).expanduser()
-    if not path.is_dir() and spec.count("/") == 1 and HUB_ID_RE.match(spec):
-        return spec.replace("/", "_")
-    return path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
 
 
 def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None,
@@ -1664,6 +1814,7 @@ def run(a: argparse.Namespace) -> dict:
     tokens = tokenize_data(tokenizer, data, a.max_length)
     gc_on = prepare_for_training(model, trainable_names, a, env)
     trainer = setup_method(a, plan, model, tokens, pad_id, env, peft_model)   # what METHOD_TABLE says it needs
+    a.checkpoint_dir = checkpoint_dir(plan.outdir)                          # --save-every / --resume
     history = train(a, trainer, env)
     metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
     info = RunInfo(n_params=arch.n_params, dtype=env.dtype, device=env.device,
@@ -1675,6 +1826,8 @@ def run(a: argparse.Namespace) -> dict:
     per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
     trainer.save_dtype = resolve_save_dtype(a.save_dtype, arch.model_dir)   # --save-dtype (default: the input's)
     save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
+    if (a.save_every or a.resume) and env.main:                            # the run is complete: no resume needed
+        shutil.rmtree(checkpoint_dir(plan.outdir), ignore_errors=True)
     if env.accelerator.log_with:
         env.accelerator.end_training()
     metrics["outdir"] = str(plan.outdir)
@@ -2108,7 +2261,8 @@ class Trainer:
 
     def sample_nlls(self) -> dict:
         """split → per-sample NLLs (float64, CPU) of every reported split (validation and test)."""
-        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator)
+        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator,
+                                   f"per-sample NLL, {split}")
                 for split, tok in self.tokens.reported().items()}
 
 
@@ -2166,9 +2320,13 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     if stopper:
         stopper.update(0, gap)
     stopped = None
-    bar = tqdm(schedule, desc=f"unlearn {a.method}", disable=not env.main, dynamic_ncols=True)
+    start, ckpt = 0, Checkpointing(a, t, env, stopper)                      # --save-every / --resume
+    if a.resume:
+        start, curve, losses, step_times = ckpt.load(curve, n_steps)
+    bar = progress(schedule[start:], desc=f"unlearn {a.method}", unit="step", disable=not env.main,
+                   initial=start, total=n_steps)
     t_train, t_eval = time.perf_counter(), 0.0
-    for step, micro in enumerate(bar, start=1):
+    for step, micro in enumerate(bar, start=start + 1):
         t_step = time.perf_counter()
         step_loss = torch.zeros((), device=t.dev)
         for fi_global, ri_global in micro:
@@ -2201,6 +2359,8 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
             if stopper and stopper.update(step, gap):
                 stopped = step
                 break
+        ckpt.after_step(step, n_steps, curve, losses, step_times)             # may save; SIGTERM: save and stop
+    ckpt.close()
     bar.close()
     if t.spec.finish:
         t.spec.finish(t)
@@ -2297,24 +2457,24 @@ def eval_mode(model: nn.Module):
 @torch.no_grad()
 def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_process, desc) -> torch.Tensor:
     """log π_ref(y) of every training sample with the current (initial) weights, indexed like ``tok``."""
-    from tqdm.auto import tqdm
     out = torch.zeros(len(tok), device=dev)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in tqdm(range(0, len(tok), batch_size), desc=desc, disable=not main_process, leave=False):
+        for i in progress(range(0, len(tok), batch_size), desc=desc, unit="batch", disable=not main_process, leave=False):
             ids, mask = pad_batch(tok[i:i + batch_size], pad_id, dev)
             out[i:i + len(ids)] = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)[0]
     return out
 
 
 @torch.no_grad()
-def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator) -> torch.Tensor:
+def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "held-out NLL") -> torch.Tensor:
     """NLL of each sample, −log π(y)/|y| (mean over tokens 2..T, as ``mean_nll``), float64 on the CPU.
     Each process computes every world-th sample; a sum over processes gathers them."""
     world, rank = accelerator.num_processes, accelerator.process_index
     out = torch.zeros(len(tok), device=dev, dtype=torch.float64)
     mine = list(range(rank, len(tok), world))
+    batches = range(0, len(mine), batch_size)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in range(0, len(mine), batch_size):
+        for i in progress(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process, leave=False):
             pos = mine[i:i + batch_size]
             ids, mask = pad_batch([tok[j] for j in pos], pad_id, dev)
             lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
@@ -2422,6 +2582,145 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     }
 
 
+def checkpoint_dir(outdir: Path) -> Path:
+    """Where --save-every keeps the training state: ``<outdir>.checkpoint`` beside the output folder."""
+    return outdir.parent / f"{outdir.name}.checkpoint"
+
+
+class Checkpointing:
+    """--save-every N / --resume: the training state after a step, in ``<outdir>.checkpoint/``:
+      state.safetensors   the trained parameters (``param.<i>`` in optimizer order), torch's CPU (and CUDA) RNG
+      optimizer.pt        the optimizer's state_dict (torch.save, i.e. a pickle of tensors and numbers; read
+                          back with torch.load(weights_only=True), which refuses anything but tensors and
+                          plain containers, so loading it runs no code)
+      checkpoint.json     the step (= the data position: the schedule is a function of the seed), the losses,
+                          step times and validation curve so far, Python's and NumPy's RNG states, the flags
+    Written into a temporary folder and swapped in, so a kill while saving keeps the previous checkpoint.
+    A resumed run first evaluates the initial weights (as the uninterrupted run did, so the "before" numbers
+    and any state a method sets up at the start are the same), then loads the parameters, the optimizer
+    and the RNG and continues at the next step: on the CPU the result is bit-identical to the
+    uninterrupted run. One process only; not with --early-stop-patience."""
+    IGNORED = ("resume", "save_every", "report_to", "checkpoint_dir")
+
+    def __init__(self, a, t, env, stopper):
+        self.a, self.t, self.env = a, t, env
+        self.folder = Path(a.checkpoint_dir) if getattr(a, "checkpoint_dir", None) else None
+        self.term = False
+        self.previous = None
+        if not (a.save_every or a.resume):
+            return
+        if a.save_every < 0:
+            raise UsageError("--save-every must be >= 0")
+        if env.accelerator.num_processes > 1:
+            raise UsageError("--save-every / --resume work with one process only (not under accelerate launch "
+                             "with several processes yet)")
+        if stopper is not None:
+            raise UsageError("--save-every / --resume do not work with --early-stop-patience yet")
+        if a.save_every:
+            import signal
+
+            def on_term(signum, frame):
+                self.term = True
+            self.previous = signal.signal(signal.SIGTERM, on_term)
+
+    def settings(self) -> dict:
+        return json.loads(json.dumps({k: v for k, v in sorted(vars(self.a).items()) if k not in self.IGNORED},
+                                     default=str))
+
+    def optimizers(self):
+        return getattr(self.t.optimizer, "optimizers", [self.t.optimizer])
+
+    def after_step(self, step: int, n_steps: int, curve, losses, step_times) -> None:
+        if not self.a.save_every:
+            return
+        if step < n_steps and (step % self.a.save_every == 0 or self.term):
+            self.save(step, curve, losses, step_times)
+        if self.term:
+            import signal
+            self.close()                                  # run_tool's SIGTERM handler is back before we stop
+            if step < n_steps:
+                print(f"checkpoint: SIGTERM at step {step}: the training state is in {self.folder}; run the same "
+                      "command with --resume to continue", file=sys.stderr, flush=True)
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler):
+                handler(signal.SIGTERM, None)             # run_tool's: raises Terminated, exit 143
+            raise Terminated()
+
+    def close(self) -> None:
+        if self.previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    def save(self, step: int, curve, losses, step_times) -> None:
+        from safetensors.torch import save_file
+        import numpy as np
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        try:
+            tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.t.params)}
+            tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, st in enumerate(torch.cuda.get_rng_state_all()):
+                    tensors[f"rng.cuda.{i}"] = st
+            save_file(tensors, str(tmp / "state.safetensors"))
+            torch.save([o.state_dict() for o in self.optimizers()], tmp / "optimizer.pt")
+            py = random.getstate()
+            npst = np.random.get_state()
+            meta = {"step": step, "settings": self.settings(), "curve": curve, "losses": losses,
+                    "step_times": step_times, "python_rng": [py[0], list(py[1]), py[2]],
+                    "numpy_rng": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]}
+            (tmp / "checkpoint.json").write_text(json.dumps(meta))
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+            tmp.chmod(0o755)
+            old = self.folder.with_name(self.folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.folder.exists():
+                self.folder.rename(old)
+            tmp.rename(self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.env.main:
+            print(f"checkpoint: step {step} saved to {self.folder}", file=sys.stderr, flush=True)
+
+    def load(self, curve, n_steps: int):
+        """Parameters, optimizer and RNG from the checkpoint; returns (step, curve, losses, step_times)."""
+        from safetensors.torch import load_file
+        import numpy as np
+        meta_path = self.folder / "checkpoint.json"
+        if not meta_path.is_file():
+            raise UsageError(f"--resume: no checkpoint in {self.folder} (run with --save-every N first)")
+        meta = json.loads(meta_path.read_text())
+        now = self.settings()
+        changed = sorted(k for k in set(now) | set(meta["settings"]) if now.get(k) != meta["settings"].get(k))
+        if changed:
+            raise UsageError(f"--resume: the checkpoint in {self.folder} was made with other settings "
+                             f"({', '.join('--' + k.replace('_', '-') for k in changed[:5])}); use the same flags")
+        tensors = load_file(str(self.folder / "state.safetensors"))
+        if sum(k.startswith("param.") for k in tensors) != len(self.t.params):
+            raise UsageError(f"--resume: the checkpoint in {self.folder} does not fit this model")
+        with torch.no_grad():
+            for i, p in enumerate(self.t.params):
+                p.copy_(tensors[f"param.{i}"])
+        states = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        for o, st in zip(self.optimizers(), states):
+            o.load_state_dict(st)
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        py = meta["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = meta["numpy_rng"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        step = int(meta["step"])
+        if self.env.main:
+            print(f"resuming at step {step + 1} of {n_steps} from {self.folder}", file=sys.stderr, flush=True)
+        return step, meta["curve"], meta["losses"], meta["step_times"]
+
+
 def input_weight_dtype(model_dir) -> str | None:
     """The dtype most of a model folder's floating-point weights are stored in (``fp32``, ``fp16``,
     ``bf16``), read from the safetensors headers alone (no weights are loaded); None when it has no
@@ -2484,15 +2783,7 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, NonFiniteLoss, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); nothing was saved", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_tool(lambda: run(args), kept="nothing was saved", errors=(NonFiniteLoss, OutputError))
 
 
 if __name__ == "__main__":

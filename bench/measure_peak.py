@@ -69,8 +69,10 @@ def run_steps(config, mode: str, dtype, batch: int, length: int, gc: bool, lora_
 
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_r, lora_dropout=0.05))
     if gc:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):    # transformers >= 5 (non-reentrant by default)
+            model.activation_checkpointing_enable()
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora_r:
             model.enable_input_require_grads()
     model.train()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +77,49 @@ def test_fsdp_on_cpu_is_one_error_line(bf16_model, tmp_path, monkeypatch, capsys
     assert err[-1].startswith("error: FSDP needs CUDA GPUs and this run is on cpu: run unlearn.py as one process")
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_after_sigterm_equals_the_uninterrupted_run(bf16_model, tmp_path, monkeypatch, capsys):
+    """LoRA (dropout draws from torch's RNG) grad_diff, 2 epochs: SIGTERM during step 3 saves a checkpoint
+    at step 3 and exits 143; --resume finishes; the saved weights are bit-identical to one run."""
+    import os
+    import signal
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    flags = ("--lora-r", "4", "--epochs", "2", "--save-dtype", "fp32", "--seed", "7")
+    one = tmp_path / "one"
+    assert run_main(argv(bf16_model, one, *flags)) == 0
+    # never silent in a log: the before/after evaluations report their batches (tamper_attack.progress's lines)
+    assert re.search(r"^per-sample NLL, \w+: done, \d+/\d+ batch", capsys.readouterr().err, re.M)
+    steps = len(json.loads((one / "metrics.json").read_text())["train_loss"])
+    assert steps >= 5
+
+    real_loss = ul.Trainer.loss
+    calls = {"n": 0}
+
+    def loss_with_sigterm(self, fi, ri):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)    # the handler only flags it: step 3 completes, then stop
+        return real_loss(self, fi, ri)
+
+    monkeypatch.setattr(ul.Trainer, "loss", loss_with_sigterm)
+    two = tmp_path / "two"
+    assert run_main(argv(bf16_model, two, *flags, "--save-every", "2")) == 143
+    err = capsys.readouterr().err
+    assert "checkpoint: step 2 saved" in err and "checkpoint: step 3 saved" in err
+    assert "checkpoint: SIGTERM at step 3: the training state is in" in err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM): nothing was saved"
+    ckpt = ul.checkpoint_dir(two)
+    assert json.loads((ckpt / "checkpoint.json").read_text())["step"] == 3 and not two.exists()
+    monkeypatch.setattr(ul.Trainer, "loss", real_loss)
+    assert signal.getsignal(signal.SIGTERM) == handler_before     # the run put the SIGTERM handler back
+    # other flags than the checkpoint's: one error line
+    assert run_main(argv(bf16_model, two, *flags, "--resume", "--lr", "2e-3")) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --resume: the checkpoint in")
+    assert run_main(argv(bf16_model, two, *flags, "--save-every", "2", "--resume")) == 0
+    assert "resuming at step 4" in capsys.readouterr().err
+    assert (two / "model.safetensors").read_bytes() == (one / "model.safetensors").read_bytes()
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["train_loss"] == m2["train_loss"] and m1["forget_NLL"] == m2["forget_NLL"]
+    assert not ckpt.exists()                         # removed once the model is saved
