@@ -808,6 +808,16 @@ def tar_step(t, f, r):
     return t.nll(f)
 
 
+def tar_notes(a) -> list[str]:
+    """tar's loop is the fine-tuning on the forget set: its learning rate is --tar-lr, its length --tar-steps."""
+    out = []
+    if a.lr != build_parser().get_default("lr"):
+        out.append(f"--lr {a.lr:g} is ignored by tar: its fine-tuning on the forget set uses --tar-lr {a.tar_lr:g}")
+    if a.tar_steps and a.epochs != build_parser().get_default("epochs"):
+        out.append(f"--epochs {a.epochs} is ignored by tar: --tar-steps {a.tar_steps} sets its length")
+    return out
+
+
 def tar_finish(t):
     """θ ← θ₀ − α·(θ_ft − θ₀) (``negate_task_vector``), θ₀ from the CPU copy. With LoRA the task vector is
     the merged adapter ΔW = s·B·A, linear in B: B ← −α·B makes the saved merge W − α·ΔW."""
@@ -938,7 +948,7 @@ METHOD_TABLE: dict[str, Method] = {
     "lat":       Method(lat_step, **_REPR, adversary=True, settings=("layer_id",) + _LAT),
     "cb_lat":    Method(cb_lat_step, **_REPR, **_HIDDEN, adversary=True, settings=_CB + _LAT),
     "tar":       Method(tar_step, "weight", finish=tar_finish, lr_flag="tar_lr", steps_flag="tar_steps",
-                        settings=("tar_alpha", "tar_lr", "tar_steps")),
+                        settings=("tar_alpha", "tar_lr", "tar_steps"), notes=tar_notes),
     "wt_dist":   Method(wt_dist_step, "weight", start=wt_dist_start, full_params=True, settings=("wt_noise_std",)),
     "wt_dist_reg": Method(wt_dist_reg_step, "weight", full_params=True, anchor=True,
                           settings=("wt_reg_lambda", "wt_reg_bound")),

@@ -109,6 +109,7 @@ def test_tar_alpha_0_is_the_original_and_alpha_1_negates_the_task_vector(tiny_ru
     assert moved > len(base) // 2
     m, rep = metrics_of(out["1"]), report_of(out["1"])
     assert m["steps"] == 3 and rep["Training"]["tar_steps"] == 3 and rep["Training"]["learning_rate"] == 1e-3
+    assert any(w.startswith("--lr 0.001 is ignored by tar") for w in m["warnings"])  # args_for passes --lr
     dist = math.sqrt(sum(float(((w1[k].double() - base[k].double()) ** 2).sum()) for k in base))
     assert m["dist_from_start"] == pytest.approx(dist, rel=1e-4)
     assert rep["Results"]["dist_from_start"] == m["dist_from_start"]
