@@ -732,6 +732,354 @@ def check_environment(args, token_stats: dict, dims: dict | None, dims_source: s
     return checks
 
 
+# ----------------------------------------------------------------------------- the memory plan
+# Bytes per TRAINABLE parameter of each training precision mode (weights + gradients + AdamW's two
+# moments + what the mode adds), shared with unlearn.py's --precision (issue 26):
+#   fp32       4 weights + 4 grads + 8 Adam moments (fp32)                          = 16
+#   mixed      4 fp32 master + 4 grads + 8 moments + 2 transient half copy (autocast) = 18
+#   bf16       2 bf16 weights + 2 grads + 2 + 2 moments + 2 Kahan compensation      = 10
+#   bf16_pure  2 + 2 + 2 + 2, no compensation (today's --dtype bf16 in unlearn.py/tamper_attack.py) = 8
+BYTES_PER_TRAINABLE = {"fp32": 16, "mixed": 18, "bf16": 10, "bf16_pure": 8}
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# Bytes per trained parameter of the optimizer step's temporary (torch.optim.AdamW, foreach on CUDA:
+# sqrt of the second moment for every tensor at once); absent = one tensor at a time (compensated bf16)
+OPTIMIZER_TEMP_BYTES = {"fp32": 4, "mixed": 4, "bf16_pure": 2}
+# Saved activations of one decoder layer in training, in elements per token: ACT_PER_HIDDEN x hidden
+# + ACT_PER_INTERMEDIATE x intermediate (layer-norm inputs and outputs, q/k/v and the rotary copies,
+# the attention output, the MLP's pre- and post-activation). Attention probabilities are not stored:
+# transformers 5 uses SDPA (flash / memory-efficient kernels). Checked against measured CPU peaks
+# (tests/test_memory_plan.py) within 25 %.
+ACT_PER_HIDDEN = 10
+ACT_PER_INTERMEDIATE = 2
+GPU_RESERVED = 2**30          # CUDA context, cuBLAS workspace and allocator slack, per GPU
+# peft's default LoRA targets per architecture (peft.utils.constants), for the adapter size
+LORA_DEFAULT_TARGETS = {"gpt_neox": ("query_key_value",), "llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"),
+                        "qwen2": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gptj": ("q_proj", "v_proj")}
+# The reference study's model when its config.json is not available offline (Pythia-6.9B shape)
+STUDY_CONFIG = {"model_type": "gpt_neox", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                "intermediate_size": 16384, "vocab_size": 50304, "max_position_embeddings": 2048,
+                "tie_word_embeddings": False}
+
+
+@dataclass
+class StepSettings:
+    """What one step of the study does with the model, as far as memory goes.
+
+    kind: ``train`` (forward, backward, AdamW step), ``infer`` (no-grad forward) or ``stream``
+    (collect_param_stats.py: one tensor pair at a time). dtype: the weights' dtype when loaded.
+    precision: training mode (a key of BYTES_PER_TRAINABLE). sequences: forward passes whose
+    activations are alive at once (forget + retain = 2). trainable_layers: None = every parameter,
+    else the number of decoder layers trained (rmu/cb: the --layer-id layers). layers_run: decoder
+    layers the forward goes through (a truncated forward stops at the top target layer).
+    frozen_copy: the method keeps a copy of the trainable parameters (rmu/cb without LoRA).
+    shard: training parameters, gradients and optimizer states are split over ``gpus`` (FSDP
+    FULL_SHARD, configs/accelerate_fsdp.yaml); inference splits the layers (device_map auto).
+    offload: optimizer states on the CPU (training) / layers beyond the GPU on the CPU (inference).
+    """
+    step: str
+    kind: str = "infer"
+    dtype: str = "bf16"
+    precision: str | None = None
+    batch: int = 8
+    length: int = 512
+    sequences: int = 1
+    lora_r: int = 0
+    lora_targets: tuple[str, ...] | None = None
+    trainable_layers: int | None = None
+    layers_run: int | None = None
+    gradient_checkpointing: bool = False
+    logits: bool = True
+    hidden_states: bool = False
+    frozen_copy: bool = False
+    gpus: int = 1
+    shard: bool = False
+    offload: bool = False
+
+
+def model_shape(config) -> dict:
+    """Parameter counts of a model built from ``config`` alone (a transformers config object or a
+    config.json dict), on the meta device: no weights are read or allocated.
+
+    Returns ``{"params", "embedding_params" (input and output embeddings, not in a decoder layer),
+    "layer_params" (one decoder layer), "largest_tensor", "hidden", "intermediate", "layers",
+    "vocab", "model_type", "linears": [(name, in, out) of one decoder layer]}``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(config, dict):
+        kw = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
+        config = AutoConfig.for_model(config["model_type"], **kw)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = None
+    for path in ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            layers = obj
+            break
+    text = getattr(config, "text_config", None) or config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+    params = sum(p.numel() for p in model.parameters())
+    layer_params = sum(p.numel() for p in layers[0].parameters()) if layers is not None else 0
+    linears = []
+    if layers is not None:
+        for name, mod in layers[0].named_modules():
+            w = getattr(mod, "weight", None)
+            if w is not None and w.dim() == 2 and not isinstance(mod, torch.nn.Embedding):
+                # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out)
+                fan_in, fan_out = (w.shape[0], w.shape[1]) if type(mod).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
+                linears.append((name.rsplit(".", 1)[-1], int(fan_in), int(fan_out)))
+    n_layers = len(layers) if layers is not None else getattr(text, "num_hidden_layers", 0)
+    return {"params": params, "layer_params": layer_params,
+            "embedding_params": params - n_layers * layer_params,
+            "largest_tensor": max(p.numel() for p in model.parameters()),
+            "hidden": hidden, "intermediate": inter, "layers": n_layers, "vocab": text.vocab_size,
+            "model_type": getattr(config, "model_type", ""), "linears": linears}
+
+
+def lora_params(shape: dict, r: int, targets: tuple[str, ...] | None) -> int:
+    """Adapter parameters: r x (fan_in + fan_out) per adapted matrix, in every decoder layer.
+    ``targets`` None: peft's default for the architecture; ``("all-linear",)``: every matrix."""
+    if targets is None:
+        targets = LORA_DEFAULT_TARGETS.get(shape["model_type"], ("all-linear",))
+    per_layer = sum(r * (i + o) for name, i, o in shape["linears"] if "all-linear" in targets or name in targets)
+    return per_layer * shape["layers"]
+
+
+def estimate_memory(shape: dict, s: StepSettings) -> dict:
+    """Peak memory of one step on one device, in bytes, and its parts. THE formulas of the memory
+    plan (docs/scale.md explains each; tests/test_memory_plan.py checks them against measured peaks).
+
+    P = parameters, P_t = trained parameters, w = bytes per weight of s.dtype, a = bytes per
+    activation (2 for bf16/fp16 and the mixed mode's autocast, else 4), T = tokens alive at once
+    = batch x length x sequences, h / I / V / L = hidden, intermediate, vocabulary, layers run.
+
+      train, full     states  = P_t x BYTES_PER_TRAINABLE[precision] + (P - P_t) x w
+      train, LoRA     states  = P x w + adapters x 16 (fp32 adapters and AdamW)
+      frozen copy     + P_t x w (rmu/cb keep the trained parameters' initial values)
+      activations     no checkpointing: L x T x (10 h + 2 I) x a
+                      checkpointing:    L x T x h x a + T x (10 h + 2 I) x a (one layer recomputed)
+      logits          T x V x (a + 4 + 4) (logits, their fp32 log-softmax, its gradient)
+      infer           P x w + T x (2 h + I) x a + T x V x (a + 4) [+ (L + 1) x T x h x a hidden states]
+      stream          6 x largest tensor x 4 (two fp32 matrices, their difference, SVD workspace)
+      sharded (N GPUs)   states / N + 2 x one layer's parameters x w (gathered layer and prefetch)
+      offload (train)    the optimizer moments on the CPU: states - P_t x 8 (fp32 / mixed) or x 4 (bf16)
+      offload (infer)    one decoder layer (and the embeddings) on the GPU at a time
+      peak = states + max(activations + logits, optimizer step temporary: P_t x 4 (fp32, mixed, LoRA),
+                                       P_t x 2 (bf16_pure), 6 x largest tensor x 4 (bf16, per tensor))
+
+    Returns ``{"weights_and_states", "activations", "logits", "total"}`` (bytes, per device)."""
+    P, L_all = shape["params"], shape["layers"]
+    h, I, V = shape["hidden"], shape["intermediate"], shape["vocab"]
+    w = DTYPE_BYTES[s.dtype]
+    half = s.dtype in ("bf16", "fp16") or s.precision in ("mixed", "bf16", "bf16_pure")
+    a = 2 if half else 4
+    T = s.batch * s.length * s.sequences
+    L = L_all if s.layers_run is None else min(s.layers_run, L_all)
+    per_layer_act = T * (ACT_PER_HIDDEN * h + ACT_PER_INTERMEDIATE * I) * a
+    out = {"weights_and_states": 0, "activations": 0, "logits": 0}
+    if s.kind == "stream":
+        out["weights_and_states"] = 6 * shape["largest_tensor"] * 4
+    elif s.kind == "infer":
+        weights = P * w
+        if s.offload:
+            weights = (shape["embedding_params"] + shape["layer_params"]) * w
+        elif s.shard and s.gpus > 1:
+            weights = math.ceil(P / s.gpus) * w
+        out["weights_and_states"] = weights
+        out["activations"] = T * (2 * h + I) * a + ((L_all + 1) * T * h * a if s.hidden_states else 0)
+        out["logits"] = T * V * (a + 4) if s.logits else 0
+    else:
+        precision = s.precision or {"fp32": "fp32", "fp16": "mixed", "bf16": "bf16_pure"}[s.dtype]
+        if s.lora_r:
+            trained = lora_params(shape, s.lora_r, s.lora_targets)
+            states = P * w + trained * BYTES_PER_TRAINABLE["fp32"]
+            moments = trained * 8
+        else:
+            trained = P if s.trainable_layers is None else min(s.trainable_layers, L_all) * shape["layer_params"]
+            states = trained * BYTES_PER_TRAINABLE[precision] + (P - trained) * w
+            if s.frozen_copy:
+                states += trained * w
+            moments = trained * (8 if precision in ("fp32", "mixed") else 4)
+        if s.offload:
+            states -= moments
+        if s.shard and s.gpus > 1:
+            states = math.ceil(states / s.gpus) + 2 * shape["layer_params"] * w
+        out["weights_and_states"] = states
+        if s.gradient_checkpointing:
+            out["activations"] = L * T * h * a + per_layer_act
+        else:
+            out["activations"] = L * per_layer_act
+        out["logits"] = T * V * (a + 8) if s.logits else 0
+        # torch's foreach AdamW (CUDA) makes one temporary the size of all moments (the square root of
+        # the second moment); the compensated bf16 optimizer updates one tensor at a time
+        if s.lora_r:
+            transient = trained * 4
+        elif precision in OPTIMIZER_TEMP_BYTES:
+            transient = trained * OPTIMIZER_TEMP_BYTES[precision]
+        else:   # CompensatedAdamW: per tensor, ~6 fp32 temporaries (g, m, v, denominator, update, weight)
+            transient = 6 * shape["largest_tensor"] * 4
+        if s.shard and s.gpus > 1:
+            transient = math.ceil(transient / s.gpus)
+        out["total"] = states + max(out["activations"] + out["logits"], transient)
+        return out
+    out["total"] = out["weights_and_states"] + out["activations"] + out["logits"]
+    return out
+
+
+def parse_size(text: str) -> int:
+    """``80GB`` / ``80G`` / ``24GiB`` / ``81920MiB`` / a plain number of bytes -> bytes (GB = 10^9,
+    GiB = 2^30; a bare G counts as GiB, as nvidia-smi's sizes do)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B?)\s*", text.upper())
+    if not m or not float(m.group(1)) > 0:
+        raise UsageError(f"--gpu-memory must be a size such as 80GB, 24GiB or 81920MiB, got {text!r}")
+    number, prefix, suffix = float(m.group(1)), m.group(2), m.group(3)
+    power = "_KMGT".index(prefix) if prefix else 0
+    base = 1000 if suffix == "B" else 1024
+    return int(number * base ** power)
+
+
+def fits(shape: dict, s: StepSettings, gpu_bytes: int) -> tuple[bool, dict]:
+    """Whether the step fits: its estimate plus GPU_RESERVED within one GPU's memory."""
+    est = estimate_memory(shape, s)
+    return est["total"] + GPU_RESERVED <= gpu_bytes, est
+
+
+def cheapest_fix(shape: dict, s: StepSettings, gpu_bytes: int, max_gpus: int = 8) -> tuple[str, StepSettings] | None:
+    """The cheapest change that makes a step that does not fit fit, as ``(advice, new settings)``, or
+    None. Tried in this order, cheapest first: settings that keep the method and the hardware
+    (gradient checkpointing, the compensated bf16 mode), then LoRA (r=16), then more GPUs (sharded,
+    the fewest that fit), then offload (optimizer states / layers on the CPU, slowest)."""
+    from dataclasses import replace
+
+    tries: list[tuple[str, StepSettings]] = []
+    if s.kind == "train":
+        if not s.gradient_checkpointing:
+            tries.append(("--gradient-checkpointing", replace(s, gradient_checkpointing=True)))
+        gc = replace(s, gradient_checkpointing=True)
+        if not s.lora_r and (s.precision or "") not in ("bf16", "bf16_pure") and s.dtype != "bf16":
+            tries.append(("--precision bf16 (compensated bf16: 10 bytes per trained parameter)",
+                          replace(gc, precision="bf16", dtype="bf16")))
+        if not s.lora_r:
+            tries.append(("LoRA (--lora-r 16)", replace(gc, lora_r=16, dtype="bf16" if s.dtype == "fp32" else s.dtype)))
+    if s.kind in ("train", "infer"):
+        for n in range(max(2, s.gpus + 1), max_gpus + 1):
+            what = ("accelerate launch --config_file configs/accelerate_fsdp.yaml (FSDP, sharded)" if s.kind == "train"
+                    else "--device-map auto over the GPUs")
+            tries.append((f"{n} GPUs: {what}", replace(s, gpus=n, shard=True)))
+        tries.append(("offload: optimizer states on the CPU (FSDP cpu_offload / DeepSpeed ZeRO offload)" if s.kind == "train"
+                      else "offload: --device-map auto --max-memory (layers beyond the GPU on the CPU)",
+                      replace(s, offload=True, gradient_checkpointing=s.kind == "train" or s.gradient_checkpointing)))
+    for advice, new in tries:
+        if fits(shape, new, gpu_bytes)[0]:
+            return advice, new
+    return None
+
+
+def study_steps(args, environ: dict) -> list[StepSettings]:
+    """The steps the study runs on its model, each with the settings it will get on a GPU (the
+    tools' defaults, overridden as the run scripts do from the environment and the flags)."""
+    length = args.max_length
+    dtype = args.dtype if args.dtype != "auto" else "bf16"        # --dtype auto is bf16 on CUDA
+    batch = lambda var, default: int(environ.get(var) or default)  # noqa: E731
+    method = args.method
+    precision = args.precision
+    if precision in (None, "auto"):   # unlearn.py's resolve_precision: mixed unless it does not fit 80 % of the GPU
+        if dtype == "fp32":
+            precision = "fp32"
+        else:
+            p_total = args.model_params or 0
+            precision = "bf16" if dtype == "bf16" and 18 * p_total > 0.8 * args.gpu_memory else "mixed"
+    lora_r = args.lora_r
+    repr_method = method in ("rmu", "cb", "lat", "cb_lat")
+    layer_ids = [int(x) for x in re.findall(r"\d+", environ.get("LAYER_ID", "5,6,7"))] or [7]
+    unlearn = StepSettings(
+        f"unlearn.py --method {method}" + (f" --lora-r {lora_r}" if lora_r else "") + (f" --precision {precision}" if precision else ""),
+        kind="train", dtype="bf16" if precision in ("bf16", "bf16_pure") else "fp32",
+        precision=precision, batch=batch("BATCH_SIZE", 4), length=length,
+        sequences=1 if method in ("ga_simple", "ga") else 2, lora_r=lora_r,
+        trainable_layers=len(layer_ids) if repr_method else None,
+        layers_run=max(layer_ids) + 1 if method in ("rmu", "cb", "cb_lat") else None,
+        gradient_checkpointing=environ.get("GRADIENT_CHECKPOINTING", "1").strip().lower() not in ("0", "false", "no", "off"),
+        logits=not repr_method or method == "lat", frozen_copy=method in ("rmu", "cb", "cb_lat") and not lora_r,
+        gpus=args.gpus, shard=args.gpus > 1)
+    tamper_lora = int(environ.get("TAMPER_LORA_R") or 0)
+    return [
+        StepSettings("collect_param_stats.py", kind="stream", dtype="fp32"),
+        StepSettings("collect_activation_norms.py", kind="infer", dtype=dtype, batch=batch("BATCH_SIZE", 8), length=length,
+                     logits=False, hidden_states=True, gpus=args.gpus, shard=args.gpus > 1),
+        StepSettings("evaluate_unlearning.py", kind="infer", dtype=dtype, batch=batch("BATCH_SIZE", 8), length=length,
+                     gpus=args.gpus, shard=args.gpus > 1),
+        StepSettings("tamper_attack.py" + (f" --lora-r {tamper_lora}" if tamper_lora else ""), kind="train", dtype=dtype,
+                     batch=batch("TAMPER_BATCH_SIZE", 4), length=length, lora_r=tamper_lora, gpus=args.gpus, shard=args.gpus > 1),
+        unlearn,
+    ]
+
+
+def check_memory(args, environ: dict) -> tuple[list[Check], dict]:
+    """One check per study step: its estimated peak per GPU against ``--gpu-memory``, and, when it
+    does not fit, the cheapest change that makes it fit."""
+    config, source = model_config(args.model)
+    if config is None:
+        return [Check("WARN", "memory", f"no estimate: {source}")], {"source": source}
+    try:
+        shape = model_shape(config)
+    except Exception as e:  # an architecture transformers cannot build
+        return [Check("WARN", "memory", f"no estimate: cannot build {args.model} from its config ({first_line(e)})")], {}
+    gpu = args.gpu_memory
+    plan = {"gpu_memory_bytes": gpu, "gpus": args.gpus, "config_source": source,
+            "params": shape["params"], "steps": []}
+    checks = [Check("INFO", "memory plan", (
+        f"{args.model}: {shape['params'] / 1e9:.2f}B parameters ({source}); {args.gpus} x {human_bytes(gpu)} GPU; "
+        f"estimates per GPU include {human_bytes(GPU_RESERVED)} reserved (docs/scale.md)"),
+        {"params": shape["params"], "config_source": source})]
+    args.model_params = shape["params"]
+    for s in study_steps(args, environ):
+        ok, est = fits(shape, s, gpu)
+        entry = {"step": s.step, "fits": ok, "estimate_bytes": est["total"] + GPU_RESERVED, "parts": est,
+                 "settings": asdict(s), "fix": None}
+        parts = (f"states {human_bytes(est['weights_and_states'])} + activations {human_bytes(est['activations'])}"
+                 + (f" + logits {human_bytes(est['logits'])}" if est["logits"] else ""))
+        desc = (f"{s.kind}, {s.precision or s.dtype}" + (f", LoRA r={s.lora_r}" if s.lora_r else "")
+                + (f", batch {s.batch} x {s.length}" if s.kind != "stream" else "")
+                + (", gradient checkpointing" if s.gradient_checkpointing else "")
+                + (f", sharded over {s.gpus} GPUs" if s.shard and s.gpus > 1 else ""))
+        total = human_bytes(est["total"] + GPU_RESERVED)
+        if ok:
+            checks.append(Check("PASS", f"memory: {s.step}", f"~{total} of {human_bytes(gpu)} ({desc}; {parts})", entry))
+        else:
+            fix = cheapest_fix(shape, s, gpu)
+            if fix:
+                new_total = estimate_memory(shape, fix[1])["total"] + GPU_RESERVED
+                entry["fix"] = {"advice": fix[0], "estimate_bytes": new_total}
+                advice = f"; cheapest fix: {fix[0]} (~{human_bytes(new_total)})"
+            else:
+                advice = "; nothing tried fits (a smaller --batch-size or --max-length, or a bigger GPU)"
+            checks.append(Check("FAIL", f"memory: {s.step}",
+                                f"~{total} does not fit {human_bytes(gpu)} ({desc}; {parts}){advice}", entry))
+        plan["steps"].append(entry)
+    return checks, plan
+
+
+def model_config(model: str):
+    """``(config.json dict, source)`` of ``model``, the study's assumed 6.9B config for its hub
+    models offline, or ``(None, reason)``."""
+    path = find_model_file(model, "config.json")
+    if path is not None:
+        try:
+            config = json.loads(Path(path).read_text(encoding="utf-8"))
+            if isinstance(config, dict) and config.get("model_type"):
+                return config, f"config.json of {model}"
+        except (OSError, ValueError):
+            pass
+    if model.rstrip("/") in STUDY_MODELS:
+        return dict(STUDY_CONFIG), "the reference study's GPT-NeoX 6.9B config (assumed: config.json not available offline)"
+    return None, f"no usable config.json for {model}"
+
+
 def run_checks(args) -> dict:
     """All checks for parsed ``args``: ``{"checks": [...], "summary": {...}, "environment": {...}}``."""
     tokenizer_name = args.tokenizer or args.model
@@ -754,10 +1102,14 @@ def run_checks(args) -> dict:
     if not args.data_only:
         checks.append(check_model(args.model))
         checks += check_environment(args, token_stats, dims, dims_source, environment)
+    memory = None
+    if args.gpu_memory is not None:
+        memory_checks, memory = check_memory(args, os.environ)
+        checks += memory_checks
     tally = Counter(c.status for c in checks)
     summary = {s.lower(): tally.get(s, 0) for s in ("PASS", "WARN", "FAIL", "INFO")}
     summary["ok"] = summary["fail"] == 0
-    return {"checks": [asdict(c) for c in checks], "summary": summary, "environment": environment,
+    return {"checks": [asdict(c) for c in checks], "summary": summary, "environment": environment, "memory": memory,
             "inputs": {"forget_data": str(args.forget_data), "retain_data": str(args.retain_data),
                        "max_length": args.max_length, "model": args.model, "tokenizer": tokenizer_name,
                        "exact_token_counts": counter is not None}}
@@ -797,7 +1149,27 @@ def parse_args(argv=None):
     p.add_argument("--cache-fp16", action="store_true", help="the next activation run caches in fp16 (else $CACHE_FP16)")
     p.add_argument("--data-only", action="store_true", help="skip the environment checks (torch, devices, disk, versions)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    mem = p.add_argument_group("memory plan (docs/scale.md): estimated peak per GPU of every study step, from the "
+                                  "model's config alone")
+    mem.add_argument("--gpu-memory", default=None, metavar="SIZE",
+                     help="memory of one GPU, e.g. 80GB, 24GiB: turns the memory plan on")
+    mem.add_argument("--gpus", type=int, default=1, help="GPUs of the run; above 1 training is sharded (FSDP) and "
+                                                        "inference splits the layers (default: %(default)s)")
+    mem.add_argument("--method", default=os.environ.get("METHOD", "npo"),
+                     help="the unlearning method to plan for (default: $METHOD or %(default)s)")
+    mem.add_argument("--lora-r", type=int, default=int(os.environ.get("LORA_R") or 0),
+                     help="LoRA rank of the unlearning run, 0 = full (default: $LORA_R or 0)")
+    mem.add_argument("--precision", default=os.environ.get("PRECISION") or "auto",
+                     choices=("auto", "fp32", "mixed", "bf16"),
+                     help="unlearn.py's --precision (default: $PRECISION or auto: fp32 for --dtype fp32, else mixed, "
+                          "or bf16 when mixed does not fit 80%% of the GPU, as unlearn.py decides)")
     args = p.parse_args(argv)
+    if args.gpu_memory is not None:
+        args.gpu_memory = parse_size(args.gpu_memory)
+    if args.gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.lora_r < 0:
+        raise UsageError(f"--lora-r must be 0 or more, got {args.lora_r}")
     try:
         args.max_length = int(args.max_length)
     except ValueError:

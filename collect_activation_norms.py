@@ -246,6 +246,58 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
 
 
+def parse_max_memory(text: str | None) -> dict | None:
+    """``--max-memory`` as accelerate wants it: ``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}``.
+
+    Keys: a GPU index, ``cpu``, ``mps`` or ``disk``; values: a size with its unit (``GiB``, ``GB``,
+    ``MiB``, ...) or a number of bytes. None or empty: no limit (accelerate fills what is free)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"--max-memory must look like 0=20GiB,cpu=60GiB, got {text!r}")
+        if key.isdigit():
+            key = int(key)
+        elif key not in ("cpu", "mps", "disk"):
+            raise UsageError(f"--max-memory: {key!r} is not a GPU index, cpu, mps or disk")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B)?", value, flags=re.IGNORECASE):
+            raise UsageError(f"--max-memory: {value!r} is not a size such as 20GiB or 512MB")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
+                   offload_folder: str | None = None, trust_remote_code: bool = False):
+    """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
+
+    ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
+    ``"auto"``: accelerate's big-model inference: decoder layers go to the GPUs while they fit
+    ``max_memory`` (``parse_max_memory``), then to the CPU, then to ``offload_folder`` on disk (a
+    temporary folder, removed with the model, when None); accelerate's hooks move each layer's
+    inputs to its device and the output back to the input's device, so callers need no change.
+    transformers builds the model on the meta device and fills every tensor from the safetensors
+    file into its final place: the weights are never held twice (disk-offloaded layers are
+    memory-mapped and read per forward)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    tmp = None
+    if device_map == "auto":
+        if offload_folder is None:
+            tmp = tempfile.TemporaryDirectory(prefix="offload-")
+            offload_folder = tmp.name
+        kwargs.update(device_map="auto", max_memory=max_memory, offload_folder=offload_folder)
+    else:
+        kwargs["device_map"] = device
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tmp is not None:
+        model._offload_tmp = tmp      # the offload folder lives (and is removed) with the model
+    return model.eval()
+
+
 def pad_right(seqs: list[list[int]], pad_id: int):
     """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
     import torch
@@ -510,7 +562,8 @@ def hidden_states(body, input_ids, attention_mask):
 
     with torch.inference_mode():
         out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    return out.hidden_states
+    # --device-map auto: a layer's output stays on that layer's device; bring every state to the input's
+    return tuple(h.to(input_ids.device) for h in out.hidden_states)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -578,14 +631,18 @@ def stats_table(sums: dict, splits: list[str]):
 # The two passes
 
 
-def load_compared_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
 
+
+def load_compared_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool, big=None):
+    from safetensors import SafetensorError
+
+    kwargs = {}
+    if big is not None and getattr(big, "device_map", None):
+        kwargs = {"device_map": big.device_map, "max_memory": parse_max_memory(big.max_memory),
+                  "offload_folder": big.offload_folder}
     try:
         # device_map puts the weights straight onto the device (no detour through CPU memory)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, device_map=device,
-                                                     trust_remote_code=trust_remote_code)
+        model = from_pretrained_big(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
     return model.eval()
@@ -715,6 +772,9 @@ class Models:
 def run(args) -> Path:
     """Check everything that can be checked, run the two passes, write the CSV; returns its path."""
     check_flags(args)
+    if args.max_memory and not args.device_map:
+        raise UsageError("--max-memory needs --device-map auto")
+    parse_max_memory(args.max_memory)          # a malformed --max-memory fails before any model is read
     texts = {"forget": read_texts(args.forget_text, args.max_samples),
              "retain": read_texts(args.retain_text, args.max_samples)}
     models = inspect_models(args)                         # configs agree, weights readable, device, dtype
@@ -901,11 +961,11 @@ def two_passes(args, models: Models, batches: list, cache_root: Path, cache_dtyp
     cache_dir = Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=cache_root))
     try:
         (cache_dir / CACHE_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        model = load_compared_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        model = load_compared_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code, args)
         pass_one(base_of(model), batches, models.device, cache_dir, cache_dtype, sums, models.n_states, progress)
         del model  # model A is gone before model B is loaded: one model in memory at a time
         release_memory()
-        model = load_compared_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        model = load_compared_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code, args)
         pass_two(base_of(model), batches, models.device, cache_dir, sums, models.n_states, progress)
         del model
     finally:
@@ -933,6 +993,13 @@ def parse_args(argv=None):
                    help="cache an fp32 model's hidden states in fp16 (half the disk; changes numbers slightly)")
     p.add_argument("--cache-dir", default=None, help="parent of the temporary cache directory (default: $TMPDIR)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
+    p.add_argument("--device-map", default=None, choices=["auto"],
+                   help="auto: spread a model that does not fit --device over the GPUs, the CPU and disk "
+                        "(accelerate's big-model inference; same numbers, slower; docs/scale.md)")
+    p.add_argument("--max-memory", default=None,
+                   help="with --device-map auto: memory per device, e.g. 0=20GiB,cpu=60GiB (default: what is free)")
+    p.add_argument("--offload-folder", default=None,
+                   help="with --device-map auto: where layers beyond --max-memory go (default: a temporary folder)")
     return p.parse_args(argv)
 
 

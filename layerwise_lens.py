@@ -324,19 +324,80 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
-def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
+def parse_max_memory(text: str | None) -> dict | None:
+    """``--max-memory`` as accelerate wants it: ``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}``.
+
+    Keys: a GPU index, ``cpu``, ``mps`` or ``disk``; values: a size with its unit (``GiB``, ``GB``,
+    ``MiB``, ...) or a number of bytes. None or empty: no limit (accelerate fills what is free)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"--max-memory must look like 0=20GiB,cpu=60GiB, got {text!r}")
+        if key.isdigit():
+            key = int(key)
+        elif key not in ("cpu", "mps", "disk"):
+            raise UsageError(f"--max-memory: {key!r} is not a GPU index, cpu, mps or disk")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B)?", value, flags=re.IGNORECASE):
+            raise UsageError(f"--max-memory: {value!r} is not a size such as 20GiB or 512MB")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
+                   offload_folder: str | None = None, trust_remote_code: bool = False):
+    """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
+
+    ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
+    ``"auto"``: accelerate's big-model inference: decoder layers go to the GPUs while they fit
+    ``max_memory`` (``parse_max_memory``), then to the CPU, then to ``offload_folder`` on disk (a
+    temporary folder, removed with the model, when None); accelerate's hooks move each layer's
+    inputs to its device and the output back to the input's device, so callers need no change.
+    transformers builds the model on the meta device and fills every tensor from the safetensors
+    file into its final place: the weights are never held twice (disk-offloaded layers are
+    memory-mapped and read per forward)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    tmp = None
+    if device_map == "auto":
+        if offload_folder is None:
+            tmp = tempfile.TemporaryDirectory(prefix="offload-")
+            offload_folder = tmp.name
+        kwargs.update(device_map="auto", max_memory=max_memory, offload_folder=offload_folder)
+    else:
+        kwargs["device_map"] = device
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tmp is not None:
+        model._offload_tmp = tmp      # the offload folder lives (and is removed) with the model
+    return model.eval()
+
+
+def big_model_kwargs(args) -> dict:
+    """load_causal_lm's keywords from the parsed --device-map, --max-memory and --offload-folder."""
+    if args is None or getattr(args, "device_map", None) is None:
+        return {}
+    return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
+            "offload_folder": args.offload_folder}
+
+
+def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool, big=None):
     """A causal LM and its tokenizer from a resolved model folder (``name``: what the user passed), in
-    eval mode on ``device`` in ``dtype``; every failure is one UsageError sentence."""
+    eval mode on ``device`` in ``dtype``; every failure is one UsageError sentence. ``big``: parsed
+    arguments carrying ``--device-map``/``--max-memory``/``--offload-folder`` (``big_model_kwargs``)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
-                                                     device_map=device, trust_remote_code=trust_remote_code)
+        model = from_pretrained_big(path, dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code,
+                                    **big_model_kwargs(big))
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
     if tok.pad_token_id is None:  # causal LMs often ship without one; it only fills masked slots

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unlearn with one method: ./run_unlearn.sh METHOD [EXTRA unlearn.py FLAGS]
-#   METHOD: ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat
+#   METHOD: ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat tar wt_dist wt_dist_reg
 # Settings come from the environment; a variable that is not set passes no flag, so unlearn.py's
 # own default applies (`uv run --script unlearn.py --help` lists them). For example
 #   DEVICE=mps EPOCHS=3 LR=2e-5 ./run_unlearn.sh npo
@@ -11,7 +11,9 @@
 # FORGET_DATA / RETAIN_DATA, DEVICE, DTYPE, LR, EPOCHS, BATCH_SIZE, GRAD_ACCUM, MAX_LENGTH,
 # MAX_SAMPLES, BETA, ALPHA, STEERING_COEFF, LAYER_ID, FORGET_WEIGHT, LAT_EPS, LAT_STEPS,
 # LAT_STEP_SIZE, EVAL_SPLIT, TEST_SPLIT, SPLIT_SEED, EVAL_INTERVAL, EARLY_STOP_PATIENCE, GRAD_CLIP,
-# SEED or SEEDS, CB_LOSS, TRAINABLE, REPORT_TO, and for LoRA LORA_R, LORA_ALPHA,
+# SEED or SEEDS, CB_LOSS, TRAINABLE, REPORT_TO, TAR_ALPHA, TAR_LR, TAR_STEPS, WT_NOISE_STD,
+# WT_REG_LAMBDA, WT_REG_BOUND, NORM_REG_LAMBDA, OPTIMIZER (adamw|muon), PRECISION (fp32|mixed|bf16),
+# and for LoRA LORA_R, LORA_ALPHA,
 # LORA_DROPOUT, LORA_TARGET_MODULES, LORA_LAYERS (e.g. LORA_R=16 LORA_LAYERS=0-30 LAYER_ID=10,20
 # ./run_unlearn.sh cb_lat --save-adapter). For several GPUs run unlearn.py under
 # `accelerate launch` instead (see docs).
@@ -21,7 +23,7 @@ user_data_dir="${DATA_DIR:-}" user_outputs_dir="${OUTPUTS_DIR:-}"  # set by the 
 source ./study.sh
 
 if [[ $# -lt 1 || -z "${1:-}" ]]; then
-  echo "usage: $0 METHOD   (ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat; settings from env: MODEL DEVICE DTYPE EPOCHS LR ...)" >&2
+  echo "usage: $0 METHOD   (ga_simple ga grad_diff dpo npo simnpo rmu cb lat cb_lat tar wt_dist wt_dist_reg; settings from env: MODEL DEVICE DTYPE EPOCHS LR ...)" >&2
   exit 2
 fi
 METHOD="$1"
@@ -58,6 +60,15 @@ flag GRAD_CLIP --grad-clip
 flag CB_LOSS --cb-loss
 flag TRAINABLE --trainable
 flag REPORT_TO --report-to
+flag TAR_ALPHA --tar-alpha
+flag TAR_LR --tar-lr
+flag TAR_STEPS --tar-steps
+flag WT_NOISE_STD --wt-noise-std
+flag WT_REG_LAMBDA --wt-reg-lambda
+flag WT_REG_BOUND --wt-reg-bound
+flag NORM_REG_LAMBDA --norm-reg-lambda
+flag OPTIMIZER --optimizer
+flag PRECISION --precision
 flag LORA_R --lora-r
 flag LORA_ALPHA --lora-alpha
 flag LORA_DROPOUT --lora-dropout

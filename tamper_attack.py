@@ -693,10 +693,10 @@ class Evaluator:
         self.batch_size, self.device, self.max_length = batch_size, device, max_length
 
     @torch.no_grad()
-    def nll(self, model, seqs: list[list[int]], pad_id: int) -> float:
+    def nll(self, model, seqs: list[list[int]], pad_id: int, desc: str = "evaluation") -> float:
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # length-sorted: less padding
         values = [0.0] * len(seqs)
-        for i in range(0, len(order), self.batch_size):
+        for i in progress(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False):
             idx = order[i:i + self.batch_size]
             ids, mask = pad_right([seqs[j] for j in idx], pad_id)
             logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -704,11 +704,11 @@ class Evaluator:
                 values[j] = v
         return mean_of_lines(values)
 
-    def __call__(self, model, tok) -> dict:
+    def __call__(self, model, tok, desc: str = "evaluation") -> dict:
         was_training = model.training
         model.eval()
-        out = {"forget_nll": self.nll(model, self.forget_ids, tok.pad_token_id),
-               "retain_nll": self.nll(model, self.retain_ids, tok.pad_token_id),
+        out = {"forget_nll": self.nll(model, self.forget_ids, tok.pad_token_id, f"{desc}, forget test"),
+               "retain_nll": self.nll(model, self.retain_ids, tok.pad_token_id, f"{desc}, retain test"),
                "mcq_forget_acc": None}
         if self.mcq is not None:
             out["mcq_forget_acc"] = self.mcq.accuracy(model, tok, self.device, self.batch_size, self.max_length)
@@ -759,9 +759,11 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
     def evaluate(step):
         nonlocal t_eval
         t0 = time.perf_counter()
-        curve.append({"step": step, **evaluator(model, tok)})
+        curve.append({"step": step, **evaluator(model, tok, f"{model_name(spec)} step {step} evaluation")})
         t_eval += time.perf_counter() - t0
 
+    print(f"{model_name(spec)}: step-0 evaluation (forget/retain test NLL"
+          + (", forget MCQ" if evaluator.mcq is not None else "") + ")", file=sys.stderr, flush=True)
     evaluate(0)
     trainable_model.train()
     bar = progress(total=a.steps, desc=model_name(spec), unit="step", leave=True)

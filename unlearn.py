@@ -12,12 +12,19 @@
 #     "peft>=0.13",
 # ]
 # ///
-"""Unlearn a forget set from a causal LM with one of ten methods, keeping a retain set intact.
+"""Unlearn a forget set from a causal LM with one of thirteen methods, keeping a retain set intact.
 
 Loss-based methods act on the model's token log-likelihoods:
     ga_simple, ga, grad_diff, dpo, npo, simnpo
 Representation-level methods act on the hidden states h_l of decoder layers (``--layer-id``):
     rmu, cb, lat, cb_lat
+Weight-space methods edit the weights themselves:
+    tar (negated task vector), wt_dist (noise, then retain fine-tuning), wt_dist_reg (retain
+    fine-tuning pushed away from the original weights, bounded)
+Any method can add an activation-norm anchor (``--norm-reg-lambda``), train with Muon
+(``--optimizer muon``), and keep its updates in fp32, mixed precision (fp32 master weights) or
+bf16 with Kahan-compensated updates (``--precision``); plain bf16 updates, which round away steps
+below half a bf16 ulp, are never used.
 
 Why a new script: public unlearning code keeps a second full model in memory for the reference
 methods (dpo/npo) and runs the whole network although RMU/Circuit-Breaker losses only read layer L.
@@ -38,8 +45,9 @@ changes. After training it writes the model (safetensors + tokenizer), ``metrics
 into ``--outdir``, atomically.
 
 Reading the code: what each method needs (reference log-probs, a truncated forward, target layers,
-a frozen copy, the settings it records) and its loss is one row of ``METHOD_TABLE``; ``run()`` is
-a list of phases, plan → data → model → method setup → train → save.
+a frozen copy, LAT's adversary, a start or finish edit of the weights, the settings it records and
+the warnings it gives) and its loss is one row of ``METHOD_TABLE``; nothing else branches on a
+method's name. ``run()`` is a list of phases, plan → data → model → method setup → train → save.
 """
 from __future__ import annotations
 
@@ -435,6 +443,7 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
 
 # decoder-layer containers of the architectures we know, relative to the CausalLM module
 KNOWN_LAYER_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
+DEFAULT_LAYER_ID = "5,6,7"  # --layer-id of the representation methods when not given
 LORA_DROPOUT = 0.05  # --lora-dropout default (peft's examples and the Circuit Breakers recipe)
 
 
@@ -660,6 +669,54 @@ def hidden_states_offset(h0: torch.Tensor, emb: torch.Tensor) -> int:
     return int(bool((a - c * b).norm() <= tol * a.norm()))
 
 
+def weight_rms(params: list, anchors: list) -> torch.Tensor:
+    """RMS(θ − θ₀) = sqrt(Σ_i (θ_i − θ₀_i)² / N) over every element of ``params`` (N elements in all), in
+    fp32. Its gradient at θ = θ₀ is zero (torch's norm subgradient), so it starts moving once anything else
+    has moved the weights."""
+    n = sum(p.numel() for p in params)
+    sq = [torch.linalg.vector_norm(p.float() - p0.float()) for p, p0 in zip(params, anchors)]
+    return torch.linalg.vector_norm(torch.stack(sq)) / math.sqrt(n)
+
+
+def wt_dist_reg_loss(nll_retain: torch.Tensor, rms: torch.Tensor, lam: float, bound: float) -> torch.Tensor:
+    """Weight-distance regularisation (Siddiqui et al. 2025, "From Dormant to Deleted: Tamper-Resistant
+    Unlearning Through Weight-Space Regularization"; the paper's code subtracts α·RMS(θ − θ₀)):
+
+        L = NLL_retain − λ · b · tanh(RMS(θ − θ₀) / b)        (b = --wt-reg-bound > 0)
+        L = NLL_retain − λ · RMS(θ − θ₀)                      (b = 0: the paper's unbounded form)
+
+    The unbounded term runs to −∞ as the weights fly apart, whatever happens to NLL_retain. The tanh
+    form has the paper's slope λ near θ₀ and levels off at −λ·b: once the weights have moved by about
+    b (default 0.02, the init std of GPT-NeoX/Llama weights, i.e. by their own scale) there is nothing
+    more to gain and NLL_retain decides."""
+    push = bound * torch.tanh(rms / bound) if bound > 0 else rms
+    return nll_retain - lam * push
+
+
+def norm_reg_loss(h: tuple, ref_norms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Activation-norm anchor: mean over the layers l of the mean over counted tokens of
+    (‖h_l‖₂ − ‖h_l^orig‖₂)²; ``h``: one [B, T, H] tensor per layer, ``ref_norms`` [L, B, T] the original
+    model's norms, ``mask`` [B, T]."""
+    per_layer = [masked_token_mean((x.float().norm(dim=-1) - n0) ** 2, mask) for x, n0 in zip(h, ref_norms)]
+    return torch.stack(per_layer).mean()
+
+
+def negate_task_vector(theta0: torch.Tensor, theta_ft: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Task arithmetic, negation (Ilharco et al. 2023, "Editing Models with Task Arithmetic"): the task
+    vector τ = θ_ft − θ₀ of a fine-tuning on the forget set, subtracted: θ₀ − α·τ (α = 0: θ₀ exactly)."""
+    return theta0 - alpha * (theta_ft - theta0)
+
+
+@torch.no_grad()
+def add_weight_noise(named_params: list, std: float, seed: int) -> None:
+    """Weight distortion (Siddiqui et al. 2025): θ ← θ + ε, ε ~ N(0, std²) i.i.d. on every element of every
+    given parameter (an absolute std, as in the paper's code), drawn on the CPU from ``seed`` in the order
+    given, so a seed gives the same noise on any device."""
+    g = torch.Generator().manual_seed(seed)
+    for _, p in named_params:
+        p.add_((torch.randn(p.shape, generator=g, dtype=torch.float32) * std).to(p.device, p.dtype))
+
+
 class EarlyStopper:
     """Early stopping on the validation gap (forget NLL − retain NLL, bigger is better): ``update``
     says stop once the gap has not improved for ``patience`` validations in a row; the trainable
@@ -746,12 +803,65 @@ def lat_step(t, f, r):
     return lat_loss(nll_f, t.nll(r))
 
 
+def tar_step(t, f, r):
+    """tar's loop fine-tunes on the forget set (its NLL descends); ``tar_finish`` negates what it learned."""
+    return t.nll(f)
+
+
+def tar_notes(a) -> list[str]:
+    """tar's loop is the fine-tuning on the forget set: its learning rate is --tar-lr, its length --tar-steps."""
+    out = []
+    if a.lr != build_parser().get_default("lr"):
+        out.append(f"--lr {a.lr:g} is ignored by tar: its fine-tuning on the forget set uses --tar-lr {a.tar_lr:g}")
+    if a.tar_steps and a.epochs != build_parser().get_default("epochs"):
+        out.append(f"--epochs {a.epochs} is ignored by tar: --tar-steps {a.tar_steps} sets its length")
+    return out
+
+
+def tar_finish(t):
+    """θ ← θ₀ − α·(θ_ft − θ₀) (``negate_task_vector``), θ₀ from the CPU copy. With LoRA the task vector is
+    the merged adapter ΔW = s·B·A, linear in B: B ← −α·B makes the saved merge W − α·ΔW."""
+    alpha = t.a.tar_alpha
+    with torch.no_grad():
+        if t.peft is not None:
+            for name, p in t.runner.model.named_parameters():
+                if ".lora_B." in name and p.requires_grad:
+                    p.mul_(-alpha)
+            return
+        for name, p in t.runner.model.named_parameters():
+            if name in t.start:
+                p.copy_(negate_task_vector(t.start[name].to(p.device, torch.float32), p.float(), alpha).to(p.dtype))
+
+
+def wt_dist_start(t):
+    add_weight_noise([(n, p) for n, p in t.runner.model.named_parameters() if p.requires_grad],
+                     t.a.wt_noise_std, t.a.seed)
+
+
+def wt_dist_step(t, f, r):
+    return t.nll(r)
+
+
+def wt_dist_reg_step(t, f, r):
+    return wt_dist_reg_loss(t.nll(r), weight_rms(t.params, t.anchor), t.a.wt_reg_lambda, t.a.wt_reg_bound)
+
+
+def cb_notes(a) -> list[str]:
+    """cb's warning for a setting that cannot move it at the start."""
+    if a.cb_loss != "rr":
+        return []
+    return ["cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
+            "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
+            "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once"]
+
+
 @dataclass(frozen=True)
 class Method:
-    """What an unlearning method needs from the run, besides its ``step`` (the loss of a micro-batch).
+    """All that the run knows about an unlearning method, besides its ``step`` (the loss of a micro-batch).
 
     family     "loss": acts on token log-likelihoods; "repr": on the hidden states of the --layer-id
-               decoder layers (which are then also the default --trainable)
+               decoder layers (which are then also the default --trainable; hooks go on them);
+               "weight": edits the weights themselves (noise, task vectors, distance from θ₀)
     ref        splits whose log π_ref is computed once, up front, with the initial weights
     truncated  the loss reads hidden states only: the forward stops after the top target layer
                (so DDP must allow trainable parameters above it to get no gradient)
@@ -759,7 +869,18 @@ class Method:
     embedding_fallback  on an architecture whose decoder layers are unknown, read h_l from the
                model's output_hidden_states (full forward) and perturb the input embeddings
                instead of refusing
-    settings   the flags recorded under Training in run_report.yaml (besides the common ones)
+    settings   the method's own flags: recorded under Training in run_report.yaml; a method flag
+               given but not listed here is ignored by the method, with a warning (``ignored_flags``)
+    reads_hidden  the loss reads h_l at the --layer-id layers (without it --layer-id only places
+               the adversary's δ)
+    adversary  LAT's latent adversary δ at the target layers (``Trainer.adversary``)
+    notes      flags → warnings about settings that behave unexpectedly for this method
+    start      Trainer → None, once before the first step (after the "before" evaluation)
+    finish     Trainer → None, once after the last step (before the "after" evaluation)
+    lr_flag    the flag that holds the learning rate of the loop
+    steps_flag the flag that counts the loop's optimizer steps (None: --epochs over the forget set)
+    full_params  edits every weight directly: refuses LoRA
+    anchor     keeps θ₀ of the trainable parameters on the device for the loss (``Trainer.anchor``)
     """
     step: Callable
     family: str
@@ -768,6 +889,15 @@ class Method:
     frozen: bool = False
     embedding_fallback: bool = False
     settings: tuple[str, ...] = ()
+    reads_hidden: bool = False
+    adversary: bool = False
+    notes: Callable | None = None
+    start: Callable | None = None
+    finish: Callable | None = None
+    lr_flag: str = "lr"
+    steps_flag: str | None = None
+    full_params: bool = False
+    anchor: bool = False
 
     @property
     def uses_layers(self) -> bool:
@@ -781,9 +911,31 @@ class Method:
         (LoRA adapters are never above it: resolve_lora refuses that)."""
         return self.truncated and trainable not in ("layers", "lora")
 
+    def fallback_changes(self, layer_spec: str) -> list[str]:
+        """What changes on an architecture whose decoder layers are unknown (``embedding_fallback``);
+        ``layer_spec``: the --layer-id value."""
+        lost = [] if self.reads_hidden else ["--layer-id is ignored"]
+        if self.reads_hidden:
+            lost.append(f"h_l of --layer-id {layer_spec} is read from output_hidden_states (a full forward every pass: no "
+                        "truncated forward, and h_orig needs a frozen copy of every trainable parameter)")
+        if self.adversary:
+            lost.append("the adversary perturbs the input embeddings instead of the --layer-id layers")
+        return lost
+
+    def warnings(self, a: argparse.Namespace, defaults: dict, used: tuple[str, ...] = ()) -> list[str]:
+        """The row's notes, and one warning per method flag set away from its default that this method
+        ignores (``used``: flags the run reads for other reasons, e.g. --layer-id with --trainable layers)."""
+        out = list(self.notes(a)) if self.notes else []
+        for name in method_flags():
+            if name not in self.settings and name not in used and getattr(a, name) != defaults.get(name):
+                out.append(f"--{name.replace('_', '-')} {getattr(a, name)} is ignored by {a.method}")
+        return out
+
 
 _CB = ("layer_id", "alpha", "steering_coeff", "cb_loss")
 _LAT = ("lat_eps", "lat_steps", "lat_step_size")
+_REPR = dict(family="repr", embedding_fallback=True)
+_HIDDEN = dict(truncated=True, frozen=True, reads_hidden=True)
 METHOD_TABLE: dict[str, Method] = {
     "ga_simple": Method(ga_simple_step, "loss"),
     "ga":        Method(ga_step, "loss"),
@@ -791,14 +943,160 @@ METHOD_TABLE: dict[str, Method] = {
     "dpo":       Method(dpo_step, "loss", ref=("forget", "retain"), settings=("beta",)),
     "npo":       Method(npo_step, "loss", ref=("forget",), settings=("beta",)),
     "simnpo":    Method(simnpo_step, "loss", settings=("beta",)),
-    "rmu":       Method(rmu_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB[:3]),
-    "cb":        Method(cb_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB),
-    "lat":       Method(lat_step, "repr", embedding_fallback=True, settings=("layer_id",) + _LAT),
-    "cb_lat":    Method(cb_lat_step, "repr", truncated=True, frozen=True, embedding_fallback=True, settings=_CB + _LAT),
+    "rmu":       Method(rmu_step, **_REPR, **_HIDDEN, settings=_CB[:3]),
+    "cb":        Method(cb_step, **_REPR, **_HIDDEN, settings=_CB, notes=cb_notes),
+    "lat":       Method(lat_step, **_REPR, adversary=True, settings=("layer_id",) + _LAT),
+    "cb_lat":    Method(cb_lat_step, **_REPR, **_HIDDEN, adversary=True, settings=_CB + _LAT),
+    "tar":       Method(tar_step, "weight", finish=tar_finish, lr_flag="tar_lr", steps_flag="tar_steps",
+                        settings=("tar_alpha", "tar_lr", "tar_steps"), notes=tar_notes),
+    "wt_dist":   Method(wt_dist_step, "weight", start=wt_dist_start, full_params=True, settings=("wt_noise_std",)),
+    "wt_dist_reg": Method(wt_dist_reg_step, "weight", full_params=True, anchor=True,
+                          settings=("wt_reg_lambda", "wt_reg_bound")),
 }
 METHODS = tuple(METHOD_TABLE)
 LOSS_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "loss")
 REPR_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "repr")
+WEIGHT_METHODS = tuple(m for m, spec in METHOD_TABLE.items() if spec.family == "weight")
+
+
+def method_flags() -> tuple[str, ...]:
+    """Every method's own flags (the union of the rows' settings, in table order)."""
+    return tuple(dict.fromkeys(s for spec in METHOD_TABLE.values() for s in spec.settings))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers and precision
+# ----------------------------------------------------------------------------------------------
+# Bytes per trainable parameter of each --precision mode, with AdamW (check_experiment.py's memory
+# plan uses the same numbers):  fp32   weights 4 + grads 4 + Adam moments 8                 = 16
+#                               mixed  fp32 master 4 + fp32 grads 4 + moments 8 + half copy 2 = 18
+#                               bf16   weights 2 + grads 2 + bf16 moments 2+2 + Kahan comp. 2 = 10
+# A frozen parameter costs its weights only (4 in fp32/mixed, 2 in bf16).
+PRECISION_BYTES = {"fp32": 16, "mixed": 18, "bf16": 10}
+FROZEN_BYTES = {"fp32": 4, "mixed": 4, "bf16": 2}
+PRECISION_HEADROOM = 0.8  # the share of the GPU the weights and optimizer may take (activations need the rest)
+
+
+def precision_bytes(mode: str, n_trainable: int, n_frozen: int = 0) -> int:
+    """Bytes for weights, gradients and optimizer state of a run in ``mode`` (see PRECISION_BYTES)."""
+    return PRECISION_BYTES[mode] * n_trainable + FROZEN_BYTES[mode] * n_frozen
+
+
+def resolve_precision(precision: str, dtype: str, n_trainable: int, n_frozen: int,
+                      gpu_bytes: int | None) -> tuple[str, str | None]:
+    """(mode, note) for --precision (auto|fp32|mixed|bf16) and the resolved --dtype (fp32|fp16|bf16).
+
+    --dtype is what the model computes in; --precision how updates are kept. auto: fp32 for --dtype
+    fp32; otherwise mixed (fp32 master weights, autocast), or the compensated bf16 mode when mixed does
+    not fit ``gpu_bytes`` (None: no limit known), said in ``note``. Plain bf16 updates are never chosen."""
+    if precision == "auto":
+        if dtype == "fp32":
+            return "fp32", None
+        if dtype == "bf16" and gpu_bytes is not None and \
+                precision_bytes("mixed", n_trainable, n_frozen) > PRECISION_HEADROOM * gpu_bytes:
+            need = precision_bytes("mixed", n_trainable, n_frozen)
+            return "bf16", (f"--dtype bf16: mixed precision (fp32 master weights, {PRECISION_BYTES['mixed']} bytes per "
+                            f"trainable parameter, {need / 2**30:.1f} GiB) does not fit "
+                            f"{PRECISION_HEADROOM:.0%} of the GPU's {gpu_bytes / 2**30:.1f} GiB; training in "
+                            f"--precision bf16 (bf16 weights with Kahan-compensated updates, "
+                            f"{PRECISION_BYTES['bf16']} bytes per parameter)")
+        return "mixed", None
+    if precision == "fp32" and dtype != "fp32":
+        raise UsageError(f"--precision fp32 computes in fp32; --dtype {dtype} contradicts it (drop --dtype)")
+    if precision == "mixed" and dtype == "fp32":
+        raise UsageError("--precision mixed computes in bf16 or fp16: give --dtype bf16 or fp16 (or leave --dtype auto)")
+    if precision == "bf16" and dtype != "bf16":
+        raise UsageError(f"--precision bf16 keeps bf16 weights: it needs --dtype bf16 (or auto), not {dtype}")
+    return precision, None
+
+
+class CompensatedAdamW(torch.optim.Optimizer):
+    """AdamW for bf16 weights that does not drop small updates: moments in bf16, and a bf16 Kahan
+    compensation buffer c per parameter holding what the last rounding of the weight lost
+    (Kahan 1965; as in torch-optimi's Kahan summation). Per step, in fp32:
+        m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  u = −lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε) − lr·wd·θ
+        y = u + c,  θ' = bf16(θ + y),  c ← y − (θ' − θ)
+    so the sum of the updates is kept to bf16 precision of c, not lost below half a bf16 step of θ."""
+
+    def __init__(self, params, lr: float = 1e-5, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                    st["comp"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                st["step"] += 1
+                g = p.grad.float()
+                m = st["exp_avg"].float().mul_(b1).add_(g, alpha=1 - b1)
+                v = st["exp_avg_sq"].float().mul_(b2).addcmul_(g, g, value=1 - b2)
+                st["exp_avg"].copy_(m)
+                st["exp_avg_sq"].copy_(v)
+                t = st["step"]
+                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+                y = (m / (1 - b1 ** t)).div_(denom).mul_(-group["lr"])
+                w = p.float()
+                if group["weight_decay"]:
+                    y.add_(w, alpha=-group["lr"] * group["weight_decay"])
+                y.add_(st["comp"].float())
+                p.copy_(w + y)
+                st["comp"].copy_(y - (p.float() - w))
+        return loss
+
+
+class OptimizerSet:
+    """Several optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest)."""
+
+    def __init__(self, optimizers: list):
+        self.optimizers = optimizers
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def muon_split(model: nn.Module, params: list) -> tuple[list, list]:
+    """(Muon's, AdamW's) share of ``params``, as Keller Jordan's reference splits them: the hidden 2-D
+    matrices go to Muon; the input embedding, the unembedding (output head), norms, biases and any
+    other non-matrix parameter go to AdamW."""
+    skip = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings())
+            if m is not None and getattr(m, "weight", None) is not None}
+    muon = [p for p in params if p.ndim == 2 and id(p) not in skip]
+    ids = {id(p) for p in muon}
+    return muon, [p for p in params if id(p) not in ids]
+
+
+def make_optimizers(model: nn.Module, params: list, lr: float, optimizer: str, precision: str) -> list:
+    """The run's optimizers: AdamW (weight decay 0, constant lr), its Kahan-compensated bf16 variant
+    for --precision bf16, or torch.optim.Muon (Moonshot's "match_rms_adamw" lr scaling, so the AdamW
+    --lr carries over; momentum 0.95, Nesterov, 5 Newton–Schulz steps) on the hidden matrices with
+    AdamW on the rest."""
+    adamw = CompensatedAdamW if precision == "bf16" else functools.partial(torch.optim.AdamW, weight_decay=0.0)
+    if optimizer == "adamw":
+        return [adamw(params, lr=lr)]
+    muon, rest = muon_split(model, params)
+    out = [torch.optim.Muon(muon, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")] if muon else []
+    return out + ([adamw(rest, lr=lr)] if rest else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -959,7 +1257,8 @@ class Runner(nn.Module):
     """
 
     def __init__(self, model: nn.Module, targets: dict | None = None, stop_before: nn.Module | None = None,
-                 hidden_layers: list[int] | None = None):
+                 hidden_layers: list[int] | None = None, norm_layers: dict | None = None,
+                 norm_stop: nn.Module | None = None):
         super().__init__()
         self.model = model
         targets = targets or {}
@@ -974,6 +1273,22 @@ class Runner(nn.Module):
             module.register_forward_hook(self._layer_hook(key))
         if stop_before is not None:
             stop_before.register_forward_pre_hook(self._stop_hook)
+        # --norm-reg-lambda: mode="norms" returns the outputs of ``norm_layers`` (forward stopped above them)
+        self.norm_ids, self._norms, self._norm_stop = list(norm_layers or {}), None, False
+        for key, module in (norm_layers or {}).items():
+            module.register_forward_hook(self._norm_hook(key))
+        if norm_stop is not None:
+            norm_stop.register_forward_pre_hook(self._norm_stop_hook)
+
+    def _norm_hook(self, key):
+        def hook(module, args, output):
+            if self._norms is not None:
+                self._norms[key] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def _norm_stop_hook(self, module, args):
+        if self._norm_stop:
+            raise StopForward
 
     def _layer_hook(self, key):
         def hook(module, args, output):
@@ -1002,6 +1317,15 @@ class Runner(nn.Module):
     def forward(self, input_ids, attention_mask, mode: str = "lm"):
         if mode == "lm":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        if mode == "norms":
+            self._norms, self._norm_stop = {}, True
+            try:
+                self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                captured, self._norms, self._norm_stop = self._norms, None, False
+            return tuple(captured[l] for l in self.norm_ids)
         if self.hidden_layers is not None:
             return self._hidden_states(input_ids, attention_mask)
         self._captured, self._stop = {}, True
@@ -1195,11 +1519,11 @@ def merge_lora(peft_model, adapter_dir: Path | None) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Unlearn a forget set from a causal LM (ten methods); writes the model, metrics.json "
+        description=f"Unlearn a forget set from a causal LM ({len(METHOD_TABLE)} methods); writes the model, metrics.json "
                     "and run_report.yaml to --outdir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="base model, hub ID or local directory")
-    p.add_argument("--method", required=True, choices=METHODS, help="unlearning method")
+    p.add_argument("--method", required=True, choices=tuple(METHOD_TABLE), help="unlearning method")
     p.add_argument("--forget-data", default="data/forget.txt", help="forget texts, one per line")
     p.add_argument("--retain-data", default="data/retain.txt", help="retain texts, one per line")
     p.add_argument("--outdir", default=None,
@@ -1207,8 +1531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs-dir", default="outputs", help="the folder the default --outdir is made in")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: CUDA > MPS > CPU")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (AdamW, no weight decay)")
+                   help="the dtype the model computes in (auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU); "
+                        "--precision says how the updates are kept")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (AdamW, no weight decay; tar: --tar-lr)")
     p.add_argument("--epochs", type=int, default=1, help="epochs over the forget set")
     p.add_argument("--batch-size", type=int, default=4, help="forget (and retain) samples per step, per process")
     p.add_argument("--grad-accum-steps", type=int, default=1, help="gradient accumulation (not equivalent to a larger batch)")
@@ -1216,7 +1541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.1, help="inverse temperature for dpo/npo/simnpo")
     p.add_argument("--alpha", type=float, default=100.0, help="retain weight for rmu/cb/cb_lat")
     p.add_argument("--steering-coeff", type=float, default=20.0, help="steering coefficient c for rmu/cb")
-    p.add_argument("--layer-id", default="5,6,7", help="target decoder layers for rmu/cb/lat/cb_lat")
+    p.add_argument("--layer-id", default=None,
+                   help=f"target decoder layers for rmu/cb/lat/cb_lat (default: {DEFAULT_LAYER_ID}); the layers of "
+                        f"--norm-reg-lambda (default: all)")
     p.add_argument("--forget-weight", type=float, default=1.0, help="forget weight for grad_diff")
     p.add_argument("--lat-eps", type=float, default=0.1, help="L∞ perturbation budget for lat/cb_lat")
     p.add_argument("--lat-steps", type=int, default=5, help="adversary PGD steps for lat/cb_lat")
@@ -1241,6 +1568,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb", "trackio"],
                    help="experiment tracker (accelerate's): loss, validation curve, settings; its package must be "
                         "installed (e.g. uv run --with tensorboard --script unlearn.py ...)")
+    p.add_argument("--tar-alpha", type=float, default=1.0,
+                   help="tar: θ ← θ₀ − α·(θ_ft − θ₀), α scales the negated task vector (0: the original weights)")
+    p.add_argument("--tar-lr", type=float, default=1e-5, help="tar: learning rate of the fine-tuning on the forget set")
+    p.add_argument("--tar-steps", type=int, default=0,
+                   help="tar: optimizer steps of the fine-tuning on the forget set (0: --epochs passes over it)")
+    p.add_argument("--wt-noise-std", type=float, default=0.02,
+                   help="wt_dist: std of the Gaussian noise added to every trainable weight (absolute), then "
+                        "fine-tuning on the retain set")
+    p.add_argument("--wt-reg-lambda", type=float, default=0.1,
+                   help="wt_dist_reg: weight λ of the push away from the original weights, "
+                        "L = NLL_retain − λ·b·tanh(RMS(θ − θ₀)/b)")
+    p.add_argument("--wt-reg-bound", type=float, default=0.02,
+                   help="wt_dist_reg: the level b where the push levels off (an RMS displacement the size of "
+                        "typical weights); 0: the paper's unbounded −λ·RMS(θ − θ₀), which can diverge")
+    p.add_argument("--norm-reg-lambda", type=float, default=0.0,
+                   help="every method: add λ·mean over the --layer-id layers (all when unset) of "
+                        "(‖h_l‖ − ‖h_l^orig‖)² per retain token, keeping activation norms near the original's "
+                        "(0: off)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
+                   help="adamw, or muon: torch.optim.Muon for the hidden 2-D matrices and AdamW for embeddings, "
+                        "unembedding, norms and biases (same --lr; the default --outdir gets __muon)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "mixed", "bf16"],
+                   help="how updates are kept: fp32; mixed (fp32 master weights and optimizer state, bf16/fp16 "
+                        "autocast); bf16 (bf16 weights with Kahan-compensated AdamW, bf16 moments: "
+                        f"{PRECISION_BYTES['bf16']} bytes/parameter). auto: fp32 for --dtype fp32, else mixed, or "
+                        "bf16 when mixed does not fit the GPU (said in a warning)")
     p.add_argument("--cb-loss", default="cos", choices=["cos", "rr"],
                    help="cb/cb_lat loss: cos (turn toward a random direction) or rr (Circuit Breakers rerouting)")
     p.add_argument("--trainable", default=None,
@@ -1252,6 +1605,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--retain-domain", default=None, help="recorded in run_report.yaml (default: the file name)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safe default)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="keep a checkpoint of the training state (weights, optimizer, RNG, data position) every N "
+                        "steps in <outdir>.checkpoint/, and on SIGTERM; removed once the model is saved (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <outdir>.checkpoint/ (same flags): equals the uninterrupted run")
+    p.add_argument("--save-dtype", default="input", choices=["input", "fp32", "fp16", "bf16"],
+                   help="dtype of the saved model: input = the dtype of the input's weights (a bf16 checkpoint is "
+                        "saved in bf16 even when trained in fp32)")
     lora = p.add_argument_group("LoRA (peft): train low-rank adapters instead of the weights, merged into them on save")
     lora.add_argument("--lora-r", type=int, default=0, help="adapter rank R (0: no LoRA, train the weights)")
     lora.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha; the update is B·A·alpha/R (default: R)")
@@ -1283,12 +1644,18 @@ def check_args(a: argparse.Namespace) -> None:
         (a.lat_step_size is None or a.lat_step_size > 0, "--lat-step-size must be > 0"),
         (not a.early_stop_patience or (a.eval_interval > 0 and a.eval_split > 0),
          "--early-stop-patience needs validations: set --eval-interval N and --eval-split > 0"),
+        (a.tar_lr > 0, "--tar-lr must be > 0"), (a.tar_steps >= 0, "--tar-steps must be >= 0"),
+        (a.wt_noise_std >= 0, "--wt-noise-std must be >= 0"), (a.wt_reg_lambda >= 0, "--wt-reg-lambda must be >= 0"),
+        (a.wt_reg_bound >= 0, "--wt-reg-bound must be >= 0"), (a.norm_reg_lambda >= 0, "--norm-reg-lambda must be >= 0"),
+        (not (a.optimizer == "muon" and a.precision == "bf16"),
+         "--optimizer muon keeps no compensated bf16 update: use --precision mixed (or fp32) with it"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
     for name in ("lr", "beta", "alpha", "steering_coeff", "forget_weight", "lat_eps", "grad_clip", "eval_split",
-                 "test_split", "lat_step_size"):
+                 "test_split", "lat_step_size", "tar_alpha", "tar_lr", "wt_noise_std", "wt_reg_lambda", "wt_reg_bound",
+                 "norm_reg_lambda"):
         if getattr(a, name) is not None and not math.isfinite(getattr(a, name)):
             raise UsageError(f"--{name.replace('_', '-')} must be finite")
 
@@ -1304,9 +1671,10 @@ def load_config(model_dir: Path, model_id: str, trust_remote_code: bool):
         raise UsageError(f"cannot read the config of {model_id}: {first_line(e)}") from None
 
 
-def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None) -> Path:
-    """<outputs_dir>/<model name>__<method>[__seed<k>]/unlearned_model."""
-    tag = f"__seed{seed}" if seed is not None else ""
+def default_outdir(model_id: str, method: str, outputs_dir: str = "outputs", seed: int | None = None,
+                   optimizer: str = "adamw") -> Path:
+    """<outputs_dir>/<model name>__<method>[__muon][__seed<k>]/unlearned_model (AdamW, the default, adds nothing)."""
+    tag = (f"__{optimizer}" if optimizer != "adamw" else "") + (f"__seed{seed}" if seed is not None else "")
     return Path(outputs_dir) / f"{model_name(model_id)}__{method}{tag}" / "unlearned_model"
 
 
@@ -1365,6 +1733,7 @@ class Arch:
     n_params: int
     fallback: bool = False
     lora: LoraSettings | None = None  # --lora-r: the adapters (trainable_names then come from peft)
+    n_trainable: int = 0  # elements of the trainable parameters (LoRA: 0, the adapters are tiny)
 
 
 @dataclass
@@ -1375,6 +1744,7 @@ class Env:
     dtype: str
     weight_dtype: torch.dtype
     warnings: list[str]
+    precision: str = "fp32"  # --precision, resolved: fp32 | mixed | bf16
 
     @property
     def main(self) -> bool:
@@ -1421,6 +1791,7 @@ class RunInfo:
     gradient_checkpointing: bool
     sizes: dict
     lora: dict | None = None  # LoraSettings.record(...)
+    precision: str = "fp32"
 
 
 class Batch(NamedTuple):
@@ -1443,16 +1814,20 @@ def run(a: argparse.Namespace) -> dict:
     tokens = tokenize_data(tokenizer, data, a.max_length)
     gc_on = prepare_for_training(model, trainable_names, a, env)
     trainer = setup_method(a, plan, model, tokens, pad_id, env, peft_model)   # what METHOD_TABLE says it needs
+    a.checkpoint_dir = checkpoint_dir(plan.outdir)                          # --save-every / --resume
     history = train(a, trainer, env)
     metrics = make_metrics(a, history, bool(tokens.eval_f), time.time() - t_start, env)
     info = RunInfo(n_params=arch.n_params, dtype=env.dtype, device=env.device,
                    processes=env.accelerator.num_processes, trainable=arch.trainable, layer_ids=plan.layer_ids,
-                   gradient_checkpointing=gc_on, sizes=data.sizes(),
+                   gradient_checkpointing=gc_on, sizes=data.sizes(), precision=env.precision,
                    lora=arch.lora.record(sum(p.numel() for p in trainer.params),
                                          sum(n.endswith(".lora_A.default.weight") for n, _ in model.named_parameters()))
                    if arch.lora else None)
     per_sample = per_sample_csv(tokens.lines, history.samples_before, history.samples_after)
+    trainer.save_dtype = resolve_save_dtype(a.save_dtype, arch.model_dir)   # --save-dtype (default: the input's)
     save(plan, trainer, tokenizer, env, metrics, run_report(a, info, metrics), {"per_sample_nll.csv": per_sample})
+    if (a.save_every or a.resume) and env.main:                            # the run is complete: no resume needed
+        shutil.rmtree(checkpoint_dir(plan.outdir), ignore_errors=True)
     if env.accelerator.log_with:
         env.accelerator.end_training()
     metrics["outdir"] = str(plan.outdir)
@@ -1464,9 +1839,14 @@ def make_plan(a: argparse.Namespace) -> Plan:
     check_args(a)
     check_lora_flags(a)
     spec = METHOD_TABLE[a.method]
-    layer_ids = parse_layer_ids(a.layer_id)
+    layer_ids = parse_layer_ids(a.layer_id or DEFAULT_LAYER_ID)
+    if a.lora_r and spec.full_params:
+        raise UsageError(f"{a.method} changes every weight directly and needs full parameters: drop --lora-r")
+    if a.early_stop_patience and spec.finish:
+        raise UsageError(f"--early-stop-patience does not apply to {a.method}: its weights are only final after "
+                         f"the last step")
     outdir = Path(a.outdir) if a.outdir else default_outdir(a.model, a.method, a.outputs_dir,
-                                                            a.seed if a.seed_in_outdir else None)
+                                                            a.seed if a.seed_in_outdir else None, a.optimizer)
     # replaced only when empty or an earlier output (it holds run_report.yaml), never the input model
     check_outdir(outdir, "run_report.yaml", inputs=(Path(a.model).expanduser(),))
     trainable = "lora" if a.lora_r else a.trainable or spec.default_trainable()
@@ -1520,6 +1900,14 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
                          f"({first_line(e)})") from None
     found = find_decoder_layers(skeleton)
     layers_path, trainable, warnings = (found[0] if found else None), plan.trainable, []
+    if a.norm_reg_lambda and found is None:
+        raise UsageError(f"--norm-reg-lambda needs the decoder layers, and {type(skeleton).__name__} does not expose "
+                         f"them (known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
+    if a.norm_reg_lambda and a.layer_id:
+        bad = [i for i in plan.layer_ids if i >= len(found[1])]
+        if bad:
+            raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {len(found[1])} decoder layers "
+                             f"(0–{len(found[1]) - 1})")
     if (plan.spec.uses_layers or trainable == "layers") and found is None:
         arch = type(skeleton).__name__
         if not (plan.spec.embedding_fallback and a.trainable != "layers"):
@@ -1527,7 +1915,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
                              f"(known layer containers: {', '.join(KNOWN_LAYER_PATHS)})")
         trainable = "lora" if trainable == "lora" else a.trainable or "all"
         n_layers = getattr(config, "num_hidden_layers", None)
-        if plan.method != "lat":  # lat reads no hidden state: its --layer-id is ignored
+        if plan.spec.reads_hidden:  # without it --layer-id is ignored here
             if not isinstance(n_layers, int):
                 raise UsageError(f"{plan.method}: cannot find the decoder layers of {arch}, nor their number in its "
                                  f"config")
@@ -1535,12 +1923,7 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
             if bad:
                 raise UsageError(f"--layer-id {bad[0]} is outside the model: it has {n_layers} layers "
                                  f"(0–{n_layers - 1})")
-        lost = ["--layer-id is ignored"] if plan.method == "lat" else []
-        if plan.method != "lat":
-            lost.append(f"h_l of --layer-id {a.layer_id} is read from output_hidden_states (a full forward every "
-                        f"pass: no truncated forward, and h_orig needs a frozen copy of every trainable parameter)")
-        if plan.method in ("lat", "cb_lat"):
-            lost.append("the adversary perturbs the input embeddings instead of the --layer-id layers")
+        lost = plan.spec.fallback_changes(a.layer_id or DEFAULT_LAYER_ID)
         warnings.append(f"{plan.method}: cannot find the decoder layers of {arch} (known: "
                         f"{', '.join(KNOWN_LAYER_PATHS)}); falling back: {'; '.join(lost)}; "
                         f"training --trainable {trainable}")
@@ -1558,20 +1941,38 @@ def inspect_architecture(a: argparse.Namespace, plan: Plan) -> Arch:
     names = select_trainable(skeleton, trainable, layers_path, plan.layer_ids)
     if not names:
         raise UsageError(f"--trainable {trainable!r} selects no parameters")
+    chosen = set(names)
     return Arch(model_dir, layers_path, trainable, names, warnings, n_params,
-                fallback=found is None and plan.spec.uses_layers)
+                fallback=found is None and plan.spec.uses_layers,
+                n_trainable=sum(p.numel() for n, p in skeleton.named_parameters() if n in chosen))
+
+
+def check_fsdp_device(device: str, environ) -> None:
+    """FSDP (``accelerate launch`` with an FSDP config, e.g. configs/accelerate_fsdp.yaml) needs CUDA GPUs:
+    accelerate refuses FSDP on the CPU, and its ``--cpu`` flag silently drops the FSDP config and runs a
+    single process. One error line instead of accelerate's traceback (docs/scale.md: what was tested)."""
+    if environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes") and device != "cuda":
+        raise UsageError(f"FSDP needs CUDA GPUs and this run is on {device}: run unlearn.py as one process "
+                         "(uv run --script unlearn.py ...), or on GPUs data-parallel without sharding (accelerate "
+                         "launch --multi_gpu); see docs/scale.md")
 
 
 def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data) -> Env:
     """Device and precision, accelerate (data parallel when launched so), the seed, the warnings.
 
-    bf16/fp32: the weights live (and train) in that dtype. fp16: fp32 master weights + fp16 autocast
-    with loss scaling (pure fp16 AdamW training overflows)."""
+    --dtype is what the model computes in, --precision how the updates are kept (resolve_precision):
+    fp32; mixed = fp32 master weights and optimizer state with bf16/fp16 autocast (fp16 with loss
+    scaling); bf16 = bf16 weights with Kahan-compensated AdamW (CompensatedAdamW)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     device = pick_device(a.device)
     dtype = pick_dtype(a.dtype, device)
-    weight_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[dtype]
+    if a.dtype == "auto" and a.precision != "auto":  # the dtype the asked precision computes in
+        dtype = "fp32" if a.precision == "fp32" else "bf16" if a.precision == "bf16" or dtype == "fp32" else dtype
+    gpu_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if device == "cuda" else None
+    precision, note = resolve_precision(a.precision, dtype, arch.n_trainable, arch.n_params - arch.n_trainable,
+                                        gpu_bytes)
+    weight_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tracker = None if a.report_to == "none" else a.report_to
     if tracker:  # optional packages, never needed on the default path
         import importlib.util
@@ -1580,18 +1981,22 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
             raise UsageError(f"--report-to {tracker} needs the {need[0]} package, which is not installed "
                              f"(e.g. uv run --with {need[0]} --script unlearn.py ...)")
     from accelerate.utils import ProjectConfiguration
-    accelerator = Accelerator(
-        cpu=(device == "cpu"), mixed_precision="fp16" if dtype == "fp16" else "no",
-        gradient_accumulation_steps=a.grad_accum_steps, log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=str(plan.outdir.parent),
-                                            logging_dir=str(plan.outdir.parent / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(
-            find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    check_fsdp_device(device, os.environ)
+    try:
+        accelerator = Accelerator(
+            cpu=(device == "cpu"), mixed_precision=dtype if precision == "mixed" else "no",
+            gradient_accumulation_steps=a.grad_accum_steps, log_with=tracker,
+            project_config=ProjectConfiguration(project_dir=str(plan.outdir.parent),
+                                                logging_dir=str(plan.outdir.parent / "logs")),
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=plan.spec.find_unused_parameters(arch.trainable))])
+    except (ValueError, RuntimeError, ImportError, NotImplementedError) as e:  # a launch setting it cannot run
+        raise UsageError(f"accelerate cannot start with this launch configuration ({first_line(e)})") from None
     if tracker:
         settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(a).items()}
         accelerator.init_trackers(f"unlearn-{plan.method}", config=settings)
-    env = Env(accelerator, device, dtype, weight_dtype, [])
-    for w in arch.warnings:
+    env = Env(accelerator, device, dtype, weight_dtype, [], precision)
+    for w in arch.warnings + ([note] if note else []):
         env.warn(w)
     dup_f, dup_r = data.dropped
     if dup_f or dup_r:
@@ -1600,10 +2005,11 @@ def start_accelerator(a: argparse.Namespace, plan: Plan, arch: Arch, data: Data)
         env.warn(f"--grad-accum-steps {a.grad_accum_steps}: gradient accumulation is not equivalent to a larger "
                  f"batch (per-sample means, clipping and the token-weighted representation losses differ); results "
                  f"will not match a run with --batch-size {a.batch_size * a.grad_accum_steps}")
-    if plan.method == "cb" and a.cb_loss == "rr":
-        env.warn("cb with --cb-loss rr: the rerouting term ReLU(cos(h, h_orig)) has zero gradient while h = h_orig "
-                 "(where training starts); it moves only through noise such as dropout (the paper's LoRA dropout) or "
-                 "the other layers' updates. cb_lat (whose δ breaks the tie) or --cb-loss cos start moving at once")
+    parser = build_parser()
+    defaults = {name: parser.get_default(name) for name in method_flags()}
+    reads_layers = arch.trainable == "layers" or a.norm_reg_lambda > 0
+    for w in plan.spec.warnings(a, defaults, used=("layer_id",) if reads_layers else ()):
+        env.warn(w)
     if dtype == "fp16":
         env.warn("fp16 in use: fp32 master weights with fp16 autocast and loss scaling; numbers differ from "
                  "fp32/bf16 runs and overflow can skip steps")
@@ -1708,12 +2114,26 @@ def setup_method(a: argparse.Namespace, plan: Plan, model: nn.Module, tokens: To
             stop_before = layers[max(layer_ids) + 1]
     elif spec.uses_layers:  # fallback (warned about): output_hidden_states; δ on the input embeddings
         targets = {"emb": model.get_input_embeddings()}
-    runner = Runner(model, targets, stop_before, hidden_layers=layer_ids if spec.uses_layers and layers is None else None)
+    norm_layers, norm_stop = {}, None
+    if a.norm_reg_lambda:  # decoder layers exist (inspect_architecture checked)
+        norm_ids = parse_layer_ids(a.layer_id) if a.layer_id else list(range(len(layers)))
+        norm_layers = {l: layers[l] for l in norm_ids}
+        norm_stop = layers[max(norm_ids) + 1] if max(norm_ids) + 1 < len(layers) else None
+    runner = Runner(model, targets, stop_before, hidden_layers=layer_ids if spec.uses_layers and layers is None else None,
+                    norm_layers=norm_layers, norm_stop=norm_stop)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
-    wrapped, optimizer = env.accelerator.prepare(runner, optimizer)
+    optimizers = make_optimizers(model, params, getattr(a, spec.lr_flag), a.optimizer, env.precision)
+    wrapped, *optimizers = env.accelerator.prepare(runner, *optimizers)
+    optimizer = optimizers[0] if len(optimizers) == 1 else OptimizerSet(optimizers)
     t = Trainer(a, spec, runner, wrapped, optimizer, params, env.accelerator, tokens, pad_id)
     t.peft = peft_model
+    if peft_model is None:  # θ₀ on the CPU: dist_from_start, tar's task vector
+        t.start = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    if spec.anchor:  # θ₀ on the device, read by the loss every step
+        t.anchor = [p.detach().clone() for p in params]
+    if norm_layers:
+        with t.adapters_off():
+            t.ref_norms = t.precompute_norms()
     for split in spec.ref:
         with t.adapters_off():
             t.ref[split] = t.precompute_ref(split)
@@ -1740,6 +2160,9 @@ class Trainer:
         self.frozen: dict | None = None
         self.peft = None  # LoRA: the PeftModel whose adapters are switched off for h_orig and log π_ref
         self.control: torch.Tensor | None = None
+        self.start: dict = {}  # name → θ₀ (CPU) of the trainable parameters (not with LoRA: ΔW = s·B·A)
+        self.anchor: list | None = None  # θ₀ on the device, aligned with params (Method.anchor)
+        self.ref_norms: list | None = None  # --norm-reg-lambda: ‖h_l^orig‖ [L, T_i] per retain training sample
 
     def adapters_off(self):
         """LoRA: the base model (adapters disabled) inside the block; without LoRA a no-op."""
@@ -1749,7 +2172,47 @@ class Trainer:
         return Batch(*pad_batch([tok[i] for i in idx], self.pad_id, self.dev), idx)
 
     def loss(self, fi: list[int], ri: list[int]) -> torch.Tensor:
-        return self.spec.step(self, self.batch(self.tokens.train_f, fi), self.batch(self.tokens.train_r, ri))
+        f, r = self.batch(self.tokens.train_f, fi), self.batch(self.tokens.train_r, ri)
+        loss = self.spec.step(self, f, r)
+        if self.a.norm_reg_lambda:
+            loss = loss + self.a.norm_reg_lambda * self.norm_reg(r)
+        return loss
+
+    def norm_reg(self, b: Batch) -> torch.Tensor:
+        """norm_reg_loss of the retain micro-batch against the original model's norms (precomputed)."""
+        h = self.wrapped(b.ids, b.mask, mode="norms")
+        ref = torch.zeros((len(h),) + tuple(b.ids.shape), device=self.dev)
+        for j, i in enumerate(b.idx):
+            n = self.ref_norms[i]
+            ref[:, j, :n.shape[1]] = n.to(self.dev)
+        return norm_reg_loss(h, ref, b.mask)
+
+    @torch.no_grad()
+    def precompute_norms(self) -> list:
+        """‖h_l‖ of every retain training sample at the norm layers, initial weights: one [L, T_i] per sample."""
+        out, tok = [], self.tokens.train_r
+        with eval_mode(self.runner.model), self.accelerator.autocast():
+            for i in range(0, len(tok), self.a.batch_size):
+                ids, mask = pad_batch(tok[i:i + self.a.batch_size], self.pad_id, self.dev)
+                norms = torch.stack([x.float().norm(dim=-1) for x in self.runner(ids, mask, mode="norms")]).cpu()
+                out += [norms[:, j, :len(tok[i + j])] for j in range(len(ids))]
+        return out
+
+    @torch.no_grad()
+    def dist_from_start(self) -> float:
+        """‖θ − θ₀‖₂ over every weight: the trainable parameters against their CPU copy, or with LoRA the
+        merged update ΔW = s·B·A of every adapted matrix (the frozen base is θ₀)."""
+        total = 0.0
+        if self.peft is not None:
+            for m in self.runner.model.modules():
+                if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and "default" in m.lora_A:
+                    d = m.lora_B["default"].weight.float() @ m.lora_A["default"].weight.float()
+                    total += float((d * m.scaling["default"]).pow(2).sum())
+            return math.sqrt(total)
+        for name, p in self.runner.model.named_parameters():
+            if name in self.start:
+                total += float((p.detach().float() - self.start[name].to(p.device).float()).pow(2).sum())
+        return math.sqrt(total)
 
     def logprobs(self, b: Batch):
         return sequence_logprobs(self.wrapped(b.ids, b.mask, mode="lm"), b.ids, b.mask)
@@ -1798,7 +2261,8 @@ class Trainer:
 
     def sample_nlls(self) -> dict:
         """split → per-sample NLLs (float64, CPU) of every reported split (validation and test)."""
-        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator)
+        return {split: sample_nlls(self.runner, tok, self.pad_id, self.dev, self.a.batch_size, self.accelerator,
+                                   f"per-sample NLL, {split}")
                 for split, tok in self.tokens.reported().items()}
 
 
@@ -1816,6 +2280,17 @@ class History:
     samples_before: dict = field(default_factory=dict)
     samples_after: dict = field(default_factory=dict)
     early_stopping: dict | None = None
+    dist_from_start: float = 0.0  # ‖θ − θ₀‖ of the final weights
+
+
+def loop_schedule(a: argparse.Namespace, spec: Method, n_forget: int, n_retain: int, world: int) -> list:
+    """The loop's steps: --epochs over the forget set, or the row's step flag (e.g. --tar-steps) when set."""
+    n = getattr(a, spec.steps_flag) if spec.steps_flag else 0
+    if not n:
+        return make_schedule(n_forget, n_retain, a.batch_size, world, a.grad_accum_steps, a.epochs, a.seed)
+    per_epoch = len(make_schedule(n_forget, n_retain, a.batch_size, world, a.grad_accum_steps, 1, a.seed))
+    return make_schedule(n_forget, n_retain, a.batch_size, world, a.grad_accum_steps, -(-n // per_epoch),
+                         a.seed)[:n]
 
 
 def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
@@ -1823,8 +2298,7 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     held-out NLL before, after and every --eval-interval steps."""
     from tqdm.auto import tqdm
     acc, world, rank = env.accelerator, env.accelerator.num_processes, env.accelerator.process_index
-    schedule = make_schedule(len(t.tokens.train_f), len(t.tokens.train_r), a.batch_size, world,
-                             a.grad_accum_steps, a.epochs, a.seed)
+    schedule = loop_schedule(a, t.spec, len(t.tokens.train_f), len(t.tokens.train_r), world)
     n_steps = len(schedule)
     prefix = "eval" if t.tokens.eval_f else "train"
 
@@ -1838,15 +2312,21 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
 
     samples_before = t.sample_nlls()
     before = {k: v for k, v in split_means(samples_before, prefix).items() if k != "gap"}
-    curve, losses, step_times = [{"step": 0, **before}], [], []
+    curve, losses, step_times = [{"step": 0, **before, "dist_from_start": t.dist_from_start()}], [], []
+    if t.spec.start:
+        t.spec.start(t)
     stopper = EarlyStopper(a.early_stop_patience, t.params) if a.early_stop_patience else None
     gap = validation(0, before)
     if stopper:
         stopper.update(0, gap)
     stopped = None
-    bar = progress(schedule, desc=f"unlearn {a.method}", unit="step", disable=not env.main)
+    start, ckpt = 0, Checkpointing(a, t, env, stopper)                      # --save-every / --resume
+    if ckpt.resume:
+        start, curve, losses, step_times = ckpt.load(curve, n_steps)
+    bar = progress(schedule[start:], desc=f"unlearn {a.method}", unit="step", disable=not env.main,
+                   initial=start, total=n_steps)
     t_train, t_eval = time.perf_counter(), 0.0
-    for step, micro in enumerate(bar, start=1):
+    for step, micro in enumerate(bar, start=start + 1):
         t_step = time.perf_counter()
         step_loss = torch.zeros((), device=t.dev)
         for fi_global, ri_global in micro:
@@ -1873,13 +2353,17 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
         if a.eval_interval and step % a.eval_interval == 0 and step < n_steps:
             t0 = time.perf_counter()
             res = t.evaluate()
-            curve.append({"step": step, **res})
+            curve.append({"step": step, **res, "dist_from_start": t.dist_from_start()})
             gap = validation(step, res)
             t_eval += time.perf_counter() - t0
             if stopper and stopper.update(step, gap):
                 stopped = step
                 break
+        ckpt.after_step(step, n_steps, curve, losses, step_times)             # may save; SIGTERM: save and stop
+    ckpt.close()
     bar.close()
+    if t.spec.finish:
+        t.spec.finish(t)
     train_s = time.perf_counter() - t_train - t_eval
     samples_after = t.sample_nlls()
     after = {k: v for k, v in split_means(samples_after, prefix).items() if k != "gap"}
@@ -1887,7 +2371,7 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     if stopper:
         last = stopped if stopped is not None else n_steps
         if stopped is None:
-            curve.append({"step": n_steps, **after})
+            curve.append({"step": n_steps, **after, "dist_from_start": t.dist_from_start()})
             stopper.update(n_steps, validation(n_steps, after))
         if stopper.best_step != last:  # put the best validation's weights back, and evaluate them
             stopper.restore()
@@ -1900,9 +2384,9 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
                   + (f"; stopped at step {stopped}" if stopped is not None else "")
                   + ("; its weights were restored" if early["restored_best"] else ""), flush=True)
     else:
-        curve.append({"step": n_steps, **after})
+        curve.append({"step": n_steps, **after, "dist_from_start": t.dist_from_start()})
     return History(before, after, curve, losses, step_times, train_s, n_steps, samples_before, samples_after,
-                   early)
+                   early, t.dist_from_start())
 
 
 def make_metrics(a: argparse.Namespace, h: History, held_out: bool, runtime: float, env: Env) -> dict:
@@ -1919,6 +2403,7 @@ def make_metrics(a: argparse.Namespace, h: History, held_out: bool, runtime: flo
         "runtime_s": round(runtime, 3), "train_s": round(h.train_s, 4),
         "s_per_step": round(h.train_s / len(h.losses), 4), "step_s": [round(s, 5) for s in h.step_times],
         "warnings": env.warnings, "seed": a.seed, "split_seed": a.split_seed,
+        "dist_from_start": h.dist_from_start,
     }
     test_before, test_after = split_means(h.samples_before, "test"), split_means(h.samples_after, "test")
     if test_after:  # reported only now, never looked at during training
@@ -1948,7 +2433,7 @@ def save(plan: Plan, t: Trainer, tokenizer, env: Env, metrics: dict, report: dic
         from safetensors import SafetensorError
         try:
             save_atomically(t.runner.model, tokenizer, plan.outdir, metrics, report, state,
-                            fp16=(env.dtype == "fp16"), files=files,
+                            dtype=getattr(t, "save_dtype", None), files=files,
                             lora=(t.peft, t.a.save_adapter) if t.peft is not None else None)
         except (OSError, SafetensorError) as e:
             kept = "; the earlier output there is kept" if plan.outdir.exists() else ""
@@ -1981,14 +2466,15 @@ def precompute_logprobs(runner, tok, pad_id, dev, batch_size, accelerator, main_
 
 
 @torch.no_grad()
-def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator) -> torch.Tensor:
+def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "held-out NLL") -> torch.Tensor:
     """NLL of each sample, −log π(y)/|y| (mean over tokens 2..T, as ``mean_nll``), float64 on the CPU.
     Each process computes every world-th sample; a sum over processes gathers them."""
     world, rank = accelerator.num_processes, accelerator.process_index
     out = torch.zeros(len(tok), device=dev, dtype=torch.float64)
     mine = list(range(rank, len(tok), world))
+    batches = range(0, len(mine), batch_size)
     with eval_mode(runner.model), accelerator.autocast():
-        for i in range(0, len(mine), batch_size):
+        for i in progress(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process, leave=False):
             pos = mine[i:i + batch_size]
             ids, mask = pad_batch([tok[j] for j in pos], pad_id, dev)
             lp, n = sequence_logprobs(runner(ids, mask, mode="lm"), ids, mask)
@@ -2029,20 +2515,33 @@ def gpu_driver_version() -> str | None:
         return None
 
 
+def optimizer_text(optimizer: str, precision: str) -> str:
+    """The optimizer as run_report.yaml states it."""
+    adamw = "AdamW, Kahan-compensated bf16 weights and bf16 moments" if precision == "bf16" else "AdamW"
+    if optimizer == "muon":
+        return (f"Muon (hidden 2-D matrices; torch.optim.Muon, lr scaled to match AdamW's RMS, momentum 0.95, "
+                f"Nesterov) + {adamw} (embeddings, unembedding, norms, biases); weight_decay 0, constant lr")
+    return f"{adamw} (weight_decay 0, constant lr)"
+
+
 def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     """The reporting format of the project (Model / Dataset / Training / Hardware / Results); the
     method's own settings are those METHOD_TABLE lists for it."""
     import accelerate
     import transformers
     training = {
-        "method": a.method, "learning_rate": a.lr, "batch_size": a.batch_size, "epochs": a.epochs,
-        "gradient_clip": a.grad_clip, "seed": a.seed, "optimizer": "AdamW (weight_decay 0, constant lr)",
+        "method": a.method, "learning_rate": getattr(a, METHOD_TABLE[a.method].lr_flag), "batch_size": a.batch_size,
+        "epochs": a.epochs,
+        "gradient_clip": a.grad_clip, "seed": a.seed, "optimizer": optimizer_text(a.optimizer, info.precision),
         "grad_accum_steps": a.grad_accum_steps,
         "global_batch_size": a.batch_size * info.processes * a.grad_accum_steps,
         "max_length": a.max_length, "eval_split": a.eval_split, "test_split": a.test_split,
         "split_seed": a.split_seed, "eval_interval": a.eval_interval,
         "early_stop_patience": a.early_stop_patience, "max_samples": a.max_samples,
         "trainable": info.trainable, "gradient_checkpointing": info.gradient_checkpointing, "steps": metrics["steps"],
+        "precision": {"mode": info.precision, "compute_dtype": info.dtype,
+                      "bytes_per_trainable_parameter": PRECISION_BYTES[info.precision]},
+        "norm_reg_lambda": a.norm_reg_lambda,
     }
     for name in METHOD_TABLE[a.method].settings:
         training[name] = info.layer_ids if name == "layer_id" else getattr(a, name)
@@ -2060,7 +2559,9 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     results = {"forget_nll": metrics["forget_NLL"], "retain_nll": metrics["retain_NLL"],
                "gap": metrics["gap"], "forget_nll_before": metrics["before"]["forget_NLL"],
                "retain_nll_before": metrics["before"]["retain_NLL"], "runtime": metrics["runtime_s"],
-               "eval_set": metrics["eval_set"]}
+               "eval_set": metrics["eval_set"], "dist_from_start": metrics["dist_from_start"],
+               "dist_from_start_curve": [{"step": c["step"], "dist_from_start": c["dist_from_start"]}
+                                         for c in metrics["eval_curve"]]}
     if "test" in metrics:
         results.update(forget_nll_test=metrics["test"]["forget_NLL"], retain_nll_test=metrics["test"]["retain_NLL"],
                        forget_nll_test_before=metrics["test"]["before"]["forget_NLL"],
@@ -2081,7 +2582,170 @@ def run_report(a: argparse.Namespace, info: RunInfo, metrics: dict) -> dict:
     }
 
 
-def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, fp16=False,
+def checkpoint_dir(outdir: Path) -> Path:
+    """Where --save-every keeps the training state: ``<outdir>.checkpoint`` beside the output folder."""
+    return outdir.parent / f"{outdir.name}.checkpoint"
+
+
+class Checkpointing:
+    """--save-every N / --resume: the training state after a step, in ``<outdir>.checkpoint/``:
+      state.safetensors   the trained parameters (``param.<i>`` in optimizer order), torch's CPU (and CUDA) RNG
+      optimizer.pt        the optimizer's state_dict (torch.save, i.e. a pickle of tensors and numbers; read
+                          back with torch.load(weights_only=True), which refuses anything but tensors and
+                          plain containers, so loading it runs no code)
+      checkpoint.json     the step (= the data position: the schedule is a function of the seed), the losses,
+                          step times and validation curve so far, Python's and NumPy's RNG states, the flags
+    Written into a temporary folder and swapped in, so a kill while saving keeps the previous checkpoint.
+    A resumed run first evaluates the initial weights (as the uninterrupted run did, so the "before" numbers
+    and any state a method sets up at the start are the same), then loads the parameters, the optimizer
+    and the RNG and continues at the next step: on the CPU the result is bit-identical to the
+    uninterrupted run. One process only; not with --early-stop-patience."""
+    IGNORED = ("resume", "save_every", "report_to", "checkpoint_dir")
+
+    def __init__(self, a, t, env, stopper):
+        self.a, self.t, self.env = a, t, env
+        self.folder = Path(a.checkpoint_dir) if getattr(a, "checkpoint_dir", None) else None
+        self.term = False
+        self.previous = None
+        self.every, self.resume = getattr(a, "save_every", 0), getattr(a, "resume", False)
+        if not (self.every or self.resume):
+            return
+        if self.every < 0:
+            raise UsageError("--save-every must be >= 0")
+        if env.accelerator.num_processes > 1:
+            raise UsageError("--save-every / --resume work with one process only (not under accelerate launch "
+                             "with several processes yet)")
+        if stopper is not None:
+            raise UsageError("--save-every / --resume do not work with --early-stop-patience yet")
+        if self.every:
+            import signal
+
+            def on_term(signum, frame):
+                self.term = True
+            self.previous = signal.signal(signal.SIGTERM, on_term)
+
+    def settings(self) -> dict:
+        return json.loads(json.dumps({k: v for k, v in sorted(vars(self.a).items()) if k not in self.IGNORED},
+                                     default=str))
+
+    def optimizers(self):
+        return getattr(self.t.optimizer, "optimizers", [self.t.optimizer])
+
+    def after_step(self, step: int, n_steps: int, curve, losses, step_times) -> None:
+        if not self.every:
+            return
+        if step < n_steps and (step % self.every == 0 or self.term):
+            self.save(step, curve, losses, step_times)
+        if self.term:
+            import signal
+            self.close()                                  # run_tool's SIGTERM handler is back before we stop
+            if step < n_steps:
+                print(f"checkpoint: SIGTERM at step {step}: the training state is in {self.folder}; run the same "
+                      "command with --resume to continue", file=sys.stderr, flush=True)
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler):
+                handler(signal.SIGTERM, None)             # run_tool's: raises Terminated, exit 143
+            raise Terminated()
+
+    def close(self) -> None:
+        if self.previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    def save(self, step: int, curve, losses, step_times) -> None:
+        from safetensors.torch import save_file
+        import numpy as np
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.tmp-", dir=self.folder.parent))
+        try:
+            tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.t.params)}
+            tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, st in enumerate(torch.cuda.get_rng_state_all()):
+                    tensors[f"rng.cuda.{i}"] = st
+            save_file(tensors, str(tmp / "state.safetensors"))
+            torch.save([o.state_dict() for o in self.optimizers()], tmp / "optimizer.pt")
+            py = random.getstate()
+            npst = np.random.get_state()
+            meta = {"step": step, "settings": self.settings(), "curve": curve, "losses": losses,
+                    "step_times": step_times, "python_rng": [py[0], list(py[1]), py[2]],
+                    "numpy_rng": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]}
+            (tmp / "checkpoint.json").write_text(json.dumps(meta))
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+            tmp.chmod(0o755)
+            old = self.folder.with_name(self.folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.folder.exists():
+                self.folder.rename(old)
+            tmp.rename(self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.env.main:
+            print(f"checkpoint: step {step} saved to {self.folder}", file=sys.stderr, flush=True)
+
+    def load(self, curve, n_steps: int):
+        """Parameters, optimizer and RNG from the checkpoint; returns (step, curve, losses, step_times)."""
+        from safetensors.torch import load_file
+        import numpy as np
+        meta_path = self.folder / "checkpoint.json"
+        if not meta_path.is_file():
+            raise UsageError(f"--resume: no checkpoint in {self.folder} (run with --save-every N first)")
+        meta = json.loads(meta_path.read_text())
+        now = self.settings()
+        changed = sorted(k for k in set(now) | set(meta["settings"]) if now.get(k) != meta["settings"].get(k))
+        if changed:
+            raise UsageError(f"--resume: the checkpoint in {self.folder} was made with other settings "
+                             f"({', '.join('--' + k.replace('_', '-') for k in changed[:5])}); use the same flags")
+        tensors = load_file(str(self.folder / "state.safetensors"))
+        if sum(k.startswith("param.") for k in tensors) != len(self.t.params):
+            raise UsageError(f"--resume: the checkpoint in {self.folder} does not fit this model")
+        with torch.no_grad():
+            for i, p in enumerate(self.t.params):
+                p.copy_(tensors[f"param.{i}"])
+        states = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        for o, st in zip(self.optimizers(), states):
+            o.load_state_dict(st)
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        py = meta["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = meta["numpy_rng"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        step = int(meta["step"])
+        if self.env.main:
+            print(f"resuming at step {step + 1} of {n_steps} from {self.folder}", file=sys.stderr, flush=True)
+        return step, meta["curve"], meta["losses"], meta["step_times"]
+
+
+def input_weight_dtype(model_dir) -> str | None:
+    """The dtype most of a model folder's floating-point weights are stored in (``fp32``, ``fp16``,
+    ``bf16``), read from the safetensors headers alone (no weights are loaded); None when it has no
+    safetensors file or no floating-point tensor."""
+    names = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+    counts: dict[str, int] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for key, info in header.items():
+            if key != "__metadata__" and info.get("dtype") in names:
+                counts[names[info["dtype"]]] = counts.get(names[info["dtype"]], 0) + math.prod(info["shape"])
+    return max(counts, key=counts.get) if counts else None
+
+
+def resolve_save_dtype(choice: str, model_dir):
+    """The torch dtype the model is saved in: ``--save-dtype`` itself, or for ``input`` the input's weight
+    dtype (``input_weight_dtype``); None (as trained) when that cannot be told."""
+    name = input_weight_dtype(model_dir) if choice == "input" else choice
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
+
+
+def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict, state=None, dtype=None,
                     files: dict | None = None, lora: tuple | None = None) -> None:
     """Write model + tokenizer + metrics.json + run_report.yaml (+ ``files``: name → text, e.g.
     per_sample_nll.csv) into a temp dir next to ``outdir``, then swap it in (an existing ``outdir``
@@ -2089,7 +2753,8 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
     and the parent folders made for it are removed and an earlier ``outdir`` is back in place. The
     folder gets the mode of a new folder (0755 under umask 022). ``lora`` = (PeftModel, keep_adapter): the
     adapters are merged into ``model`` here (merge_lora), the adapter first saved to ``outdir/adapter``
-    when asked."""
+    when asked. ``dtype`` (a torch dtype, None = as trained): the floating-point weights are saved in it,
+    after the merge."""
     import yaml
     made = [d for d in reversed(outdir.parents) if not d.exists()]
     tmp = None
@@ -2098,9 +2763,9 @@ def save_atomically(model, tokenizer, outdir: Path, metrics: dict, report: dict,
         tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
         if lora is not None:  # LoRA: W <- W + B·A·alpha/r, then an ordinary model is saved
             model = merge_lora(lora[0], tmp / "adapter" if lora[1] else None)
-        if fp16:
-            model = model.half()
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()} if state else None
+        if dtype is not None:
+            model = model.to(dtype)
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()} if state else None
         model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -167,8 +167,10 @@ def test_parse_layer_ids_and_normalised_overlap():
 def test_method_table_rows_say_what_each_method_needs():
     """The table against the method descriptions written out by hand (README / SPEC / the papers)."""
     t = ul.METHOD_TABLE
-    assert ul.METHODS == ("ga_simple", "ga", "grad_diff", "dpo", "npo", "simnpo", "rmu", "cb", "lat", "cb_lat")
-    assert ul.LOSS_METHODS == ul.METHODS[:6] and ul.REPR_METHODS == ul.METHODS[6:]
+    assert ul.METHODS == ("ga_simple", "ga", "grad_diff", "dpo", "npo", "simnpo", "rmu", "cb", "lat", "cb_lat",
+                          "tar", "wt_dist", "wt_dist_reg")
+    assert ul.LOSS_METHODS == ul.METHODS[:6] and ul.REPR_METHODS == ul.METHODS[6:10]
+    assert ul.WEIGHT_METHODS == ul.METHODS[10:]
     assert {m: t[m].ref for m in ul.METHODS if t[m].ref} == {"dpo": ("forget", "retain"), "npo": ("forget",)}
     assert [m for m in ul.METHODS if t[m].truncated] == ["rmu", "cb", "cb_lat"]
     assert all(t[m].frozen == t[m].truncated for m in ul.METHODS)  # h_orig only ever from the truncated forward
@@ -182,6 +184,11 @@ def test_method_table_rows_say_what_each_method_needs():
         "simnpo": ("beta",), "rmu": ("layer_id", "alpha", "steering_coeff"),
         "cb": ("layer_id", "alpha", "steering_coeff", "cb_loss"),
         "lat": ("layer_id", "lat_eps", "lat_steps", "lat_step_size"),
-        "cb_lat": ("layer_id", "alpha", "steering_coeff", "cb_loss", "lat_eps", "lat_steps", "lat_step_size")}
+        "cb_lat": ("layer_id", "alpha", "steering_coeff", "cb_loss", "lat_eps", "lat_steps", "lat_step_size"),
+        "tar": ("tar_alpha", "tar_lr", "tar_steps"), "wt_dist": ("wt_noise_std",),
+        "wt_dist_reg": ("wt_reg_lambda", "wt_reg_bound")}
+    assert [m for m in ul.METHODS if t[m].full_params] == ["wt_dist", "wt_dist_reg"]  # with LoRA: an error
+    assert [m for m in ul.METHODS if t[m].reads_hidden] == ["rmu", "cb", "cb_lat"]
+    assert [m for m in ul.METHODS if t[m].adversary] == ["lat", "cb_lat"]
     dests = {a.dest for a in ul.build_parser()._actions}
     assert all(s in dests for row in settings.values() for s in row)  # every recorded setting is a flag

@@ -1,0 +1,88 @@
+"""--device-map auto / --max-memory (accelerate's big-model inference) in the read-only tools: a memory
+limit that pushes the layers out of memory onto disk gives the numbers of the in-memory run.
+
+On this CPU-only machine the limit is ``--max-memory cpu=<a few KB>``: accelerate keeps the embeddings
+on the CPU and offloads the decoder layers and the head to the offload folder (memory-mapped,
+loaded per forward). On a GPU the same flags put layers on the GPU until it is full."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import TINY_TEXTS, make_tiny_model, save_model
+
+import collect_activation_norms as can
+import evaluate_unlearning as ev
+
+LIMIT = ["--device-map", "auto", "--max-memory", "cpu=20KB"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("big")
+    a = save_model(make_tiny_model("gpt_neox", seed=3, vocab_size=len(tiny_tokenizer)), root / "a", tiny_tokenizer)
+    b = save_model(make_tiny_model("gpt_neox", seed=4, vocab_size=len(tiny_tokenizer)), root / "b", tiny_tokenizer)
+    (root / "forget.txt").write_text("\n".join(TINY_TEXTS[1::2]) + "\n")
+    (root / "retain.txt").write_text("\n".join(TINY_TEXTS[0::2]) + "\n")
+    return root
+
+
+def test_parse_max_memory():
+    assert ev.parse_max_memory("0=20GiB, cpu=60GiB,disk=1000") == {0: "20GiB", "cpu": "60GiB", "disk": 1000}
+    assert ev.parse_max_memory(None) is None and ev.parse_max_memory("") is None
+    for bad in ("20GiB", "gpu=20GiB", "0=lots", "0="):
+        with pytest.raises(ev.UsageError):
+            ev.parse_max_memory(bad)
+
+
+def test_the_limit_offloads_to_disk(tiny, tmp_path):
+    import torch
+
+    model = ev.from_pretrained_big(tiny / "a", dtype=torch.float32, device="cpu", device_map="auto",
+                              max_memory={"cpu": "20KB"}, offload_folder=str(tmp_path / "off"))
+    assert "disk" in set(model.hf_device_map.values())
+    # (transformers 5 reads disk-offloaded layers straight from the model's safetensors file, memory-mapped:
+    # nothing is copied into the offload folder)
+
+
+def test_evaluation_offloaded_equals_in_memory(tiny, tmp_path):
+    def run(out, *extra):
+        return ev.main(["--model", str(tiny / "a"), "--forget-test", str(tiny / "forget.txt"),
+                        "--retain-test", str(tiny / "retain.txt"), "--forget-train", str(tiny / "forget.txt"),
+                        "--mcq-forget", "", "--mcq-retain", "", "--few-shot", "0", "--generate", "0",
+                        "--batch-size", "2", "--max-length", "32", "--device", "cpu", "--dtype", "fp32",
+                        "--outdir", str(out), *extra])
+
+    assert run(tmp_path / "mem") == 0
+    assert run(tmp_path / "off", *LIMIT) == 0
+    a = pd.read_csv(tmp_path / "mem" / "a" / "per_sample.csv")
+    b = pd.read_csv(tmp_path / "off" / "a" / "per_sample.csv")
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)
+    sa = json.loads((tmp_path / "mem" / "a" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "off" / "a" / "summary.json").read_text())
+    for key in ("forget_nll", "retain_nll", "mia"):
+        assert sa[key] == pytest.approx(sb[key], rel=1e-6), key
+
+
+def test_activation_norms_offloaded_equals_in_memory(tiny, tmp_path):
+    def run(out, *extra):
+        cache = tmp_path / f"cache_{out}"
+        cache.mkdir()
+        rc = can.main(["--model-a", str(tiny / "a"), "--model-b", str(tiny / "b"),
+                       "--forget-text", str(tiny / "forget.txt"), "--retain-text", str(tiny / "retain.txt"),
+                       "--outdir", str(tmp_path / out), "--device", "cpu", "--dtype", "fp32", "--max-length", "32",
+                       "--cache-dir", str(cache), *extra])
+        assert rc == 0
+        return pd.read_csv(tmp_path / out / "activation_stats.csv")
+
+    pd.testing.assert_frame_equal(run("mem"), run("off", *LIMIT), rtol=1e-6, atol=1e-6)
+
+
+def test_max_memory_without_device_map_is_one_error_line(tiny, tmp_path, capsys):
+    rc = ev.main(["--model", str(tiny / "a"), "--forget-test", str(tiny / "forget.txt"),
+                  "--retain-test", str(tiny / "retain.txt"), "--forget-train", str(tiny / "forget.txt"),
+                  "--outdir", str(tmp_path / "x"), "--max-memory", "cpu=1GB"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1] == "error: --max-memory needs --device-map auto"
