@@ -414,9 +414,11 @@ def best_training_free(rows: list[dict]) -> tuple[float, str] | None:
 
 
 def attack_label(r: dict) -> str:
+    """An ablation row's attack and its setting: ``direction layer 2``, ``quantize bits 4``."""
     skip = {"model", "attack", "forget_nll", "retain_nll", "mcq_forget_acc", "mcq_retain_acc", "recovered",
             "reference"}
-    extra = [f"{k} {v}" for k, v in r.items() if k not in skip and str(v).strip() != ""]
+    extra = [str(v) if k == "setting" else f"{k} {v}" for k, v in r.items()
+             if k not in skip and str(v).strip() != ""]
     return " ".join([str(r.get("attack", ""))] + extra[:2]).strip()
 
 
@@ -638,6 +640,7 @@ def slug(s: str) -> str:
 
 
 def fmt(v, digits: int = 4) -> str:
+    """A number for the page: ``digits`` significant digits (the exact value is in data-value)."""
     if v is None:
         return ""
     if isinstance(v, float):
@@ -645,7 +648,7 @@ def fmt(v, digits: int = 4) -> str:
             return str(v)
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
             return f"{v:.3g}"
-        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits - 1}f}".rstrip("0").rstrip(".") or "0"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -875,7 +878,7 @@ def signature(study: Study) -> str:
             cells.append(nr("lens"))
             continue
         b = best_depth(lens_by.get(m, []))
-        cells.append(td(b[0], f"{fmt(b[0], 3)} at layer {b[1]} ({b[2]})", "lens") if b else td(None, "—", "lens"))
+        cells.append(td(b[0], f"{fmt(b[0], 3)} at lens layer {b[1]} ({b[2]})", "lens") if b else td(None, "—", "lens"))
     row("depth", "best layer-wise forget MCQ accuracy", cells)
     row("selectivity", "ΔW read selectivity, forget/retain (max over layers)", pair_cells("ageo", select))
 
@@ -1027,7 +1030,7 @@ def join_figure(rows: list[dict], colour: str, name_a: str, name_b: str) -> byte
     panels = join_panels(rows, colour, name_a, name_b)
     if not panels or not ks:
         return None
-    W, left, right, ph, top, gap = 720, 56, 190, 110, 24, 34
+    W, left, right, ph, top, gap = 720, 56, 190, 110, 24, 44
     H = top + len(panels) * (ph + gap) + 16
     pw = W - left - right
     xs = {k: left + (pw * (i + 0.5) / len(ks)) for i, k in enumerate(ks)}

@@ -22,7 +22,7 @@ from conftest import ROOT
 
 import report as rp
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")   # the distribution's package
 REF, FILT, GA = "m-ref", "m-filt", "m-ga"
 COMPONENTS = ["qkv", "attn_out", "mlp_in", "mlp_out"]
 N_LAYERS = 4
@@ -260,7 +260,7 @@ def test_signature_numbers_equal_the_csvs(tmp_path):
     assert value(row("column space")[GA]) == pytest.approx(np.median([0.6 / 0.2, 0.3 / 0.2]))
     # depth: best forget MCQ accuracy over layers and lenses
     depth = row("best layer-wise")
-    assert value(depth[GA]) == 0.8 and "layer 3 (tuned)" in "".join(depth[GA].itertext())
+    assert value(depth[GA]) == 0.8 and "lens layer 3 (tuned)" in "".join(depth[GA].itertext())
     # selectivity: max over rows, named by decoder layer (row - 1)
     sel = row("selectivity")
     assert value(sel[GA]) == 4.0 and "mlp_in 4× at L2" in "".join(sel[GA].itertext())
