@@ -967,10 +967,18 @@ def section_tamper(study: Study) -> str:
     if study.tamper_rows is None:
         out.append(not_run("tamper", "the fine-tuning attack (outputs/tamper/summary.csv)"))
     else:
-        margin = (study.tamper_report or {}).get("Settings", {}) if isinstance(study.tamper_report, dict) else {}
+        rep = study.tamper_report if isinstance(study.tamper_report, dict) else {}
+        ref = rep.get("Reference") if isinstance(rep.get("Reference"), dict) else {}
+        att = rep.get("Attack") if isinstance(rep.get("Attack"), dict) else {}
+        how = ""
+        if att:
+            how = (f" The attack: {att.get('kind', '?')}, {att.get('steps', '?')} steps, learning rate "
+                   f"{att.get('learning_rate', '?')}, batch {att.get('batch_size', '?')}, seed {att.get('seed', '?')}.")
+        if "recover_margin" in ref and "forget_nll_step0" in ref:
+            how += (f" Recovered: forget NLL within {ref['recover_margin']} nats of the reference's step-0 level "
+                    f"{fmt(num(ref['forget_nll_step0']))}.")
         out.append(note("Every model gets the same fine-tuning on forget-domain text; steps_to_recover is the first "
-                        "evaluated step whose forget NLL is within the margin of the reference's step-0 level "
-                        "(empty: never)." + (f" Settings: {json.dumps(margin, default=str)[:300]}" if margin else "")))
+                        "evaluated step whose forget NLL reaches the reference's level (empty: never)." + how))
         out.append(csv_table(study, study.tamper_rows))
     out.append(figures_in(study, study.plots / "tamper"))
     return "".join(out) + "</section>"
@@ -1130,7 +1138,8 @@ def section_join(study: Study, name: str, pair: dict) -> str:
     if pair.get("params"):
         layers = [int(num(r["layer"])) for r in decoder_rows(pair["params"])]
         n_dec = max(layers) + 1 if layers else None
-    shift, convention = lens_offset([int(num(r["layer"])) for r in lens_a + lens_b], n_dec)
+    shift, convention = lens_offset([int(num(r["layer"])) for r in lens_a + lens_b if num(r.get("layer")) is not None],
+                                    n_dec)
     rows = layer_join(pair.get("params"), pair.get("acts"), pair.get("ageo"), lens_a, lens_b, shift)
     out = [f'<section id="pair-{s}-join"><h3>Layer by layer</h3>']
     if not rows:
@@ -1208,7 +1217,7 @@ def section_other_figures(study: Study) -> str:
 
 def section_notes(study: Study) -> str:
     items = [f"<li>Unreadable: {E(p)} ({E(why)}).</li>" for p, why in study.unreadable]
-    return ('<section id="notes"><h2>Unreadable files</h2>'
+    return ('<section id="notes"><h2>Unreadable files and sections</h2>'
             + (f'<ul class="missing">{"".join(items)}</ul>' if items else note("Every file found was read."))
             + "</section>")
 
@@ -1247,6 +1256,15 @@ document.querySelectorAll("table.sortable thead th").forEach(function (th) {
 """
 
 
+def safe(study: Study, where: str, fn, *args) -> str:
+    """A section, or a note when its inputs trip it up: one odd file never costs the whole page."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - the page is written whatever one section meets
+        study.unreadable.append((where, f"section not built: {type(e).__name__}: {first_line(e)}"))
+        return note(f"The section on {where} could not be built ({type(e).__name__}: {first_line(e)}).", "missing")
+
+
 def build_page(study: Study, title: str) -> str:
     pairs = sorted(study.pairs.items(), key=lambda kv: (study.models.index(kv[1]["models"][1])
                                                         if kv[1].get("models") and kv[1]["models"][1] in study.models
@@ -1279,15 +1297,16 @@ def build_page(study: Study, title: str) -> str:
     if study.unreadable:
         body.append(f'<p class="missing">{len(study.unreadable)} file(s) could not be read: '
                     f'<a href="#notes">see the list</a>.</p>')
-    body.append('<section id="signature"><h2>Signature</h2>' + signature(study) + "</section>")
-    body.append(section_eval(study))
-    body.append(section_tamper(study))
-    body.append(section_ablation(study))
-    body.append(section_lens(study))
+    body.append('<section id="signature"><h2>Signature</h2>' + safe(study, "the signature", signature, study)
+                + "</section>")
+    body.append(safe(study, "the evaluation", section_eval, study))
+    body.append(safe(study, "the fine-tuning attack", section_tamper, study))
+    body.append(safe(study, "the training-free attacks", section_ablation, study))
+    body.append(safe(study, "the layer-wise lens", section_lens, study))
     for name, pair in pairs:
-        body.append(section_pair(study, name, pair))
-    body.append(section_runs(study))
-    body.append(section_other_figures(study))
+        body.append(safe(study, f"comparison {name}", section_pair, study, name, pair))
+    body.append(safe(study, "the run reports", section_runs, study))
+    body.append(safe(study, "the other figures", section_other_figures, study))
     body.append(section_notes(study))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
