@@ -286,11 +286,20 @@ def read_yaml(path) -> dict:
 # ----------------------------------------------------------------------------------------------
 def split_pair(folder: str, known: list[str]) -> tuple[str, str] | None:
     """The two model names of a comparison folder ``<A>_vs_<B>``. Where the folder holds the
-    separator more than once, the split whose sides are known model names wins (else the first)."""
+    separator more than once, the split whose sides are known model names wins (else the first).
+    A side that is no known name but the hub-ID name of exactly one (``org_<side>``: a folder made
+    by the older study.sh, which dropped the org) is read as that name."""
     parts = folder.split(PAIR_SEP)
     if len(parts) < 2:
         return None
     splits = [(PAIR_SEP.join(parts[:i]), PAIR_SEP.join(parts[i:])) for i in range(1, len(parts))]
+
+    def side(s: str) -> str:
+        if s in known:
+            return s
+        hub = [k for k in known if k.endswith("_" + s)]
+        return hub[0] if len(hub) == 1 else s
+    splits = [(side(a), side(b)) for a, b in splits]
     for a, b in splits:
         if a in known and b in known:
             return a, b
@@ -487,7 +496,6 @@ class Study:
     def __init__(self, outputs: Path, plots: Path):
         self.outputs, self.plots = Path(outputs), Path(plots)
         self.unreadable: list[tuple[str, str]] = []   # (path, why)
-        self.missing: list[tuple[str, str]] = []      # (what, tool)
         self.used_pngs: set[Path] = set()
 
     def load(self, path, reader, **kw):

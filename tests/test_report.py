@@ -392,6 +392,7 @@ def test_reference_and_model_naming(tmp_path, capsys):
                              capture_output=True, text=True, check=True).stdout.strip()
         assert got == f"{ev.model_name(a)}_vs_{ev.model_name(b)}" == f"{rp.model_name(a)}_vs_{rp.model_name(b)}"
     assert rp.split_pair("a_vs_b_vs_c", ["a_vs_b", "c"]) == ("a_vs_b", "c")
+    assert rp.split_pair("x_vs_y", ["EleutherAI_x", "EleutherAI_y"]) == ("EleutherAI_x", "EleutherAI_y")  # old folders
 
 
 def test_wrapper_passes_flags_only_when_set(tmp_path):
@@ -457,8 +458,8 @@ def open_in_chromium(page: Path, screenshot: Path, check_sort: bool = False) -> 
             # the sortable tables work: a click on the forget_nll head sorts the evaluation table
             col = None
             if check_sort:
-                tab.click("#evaluation table thead th:nth-child(2)")
-                col = tab.eval_on_selector_all("#evaluation table tbody tr td:nth-child(2)",
+                tab.click("#evaluation > table thead th:nth-child(2)")
+                col = tab.eval_on_selector_all("#evaluation > table tbody tr td:nth-child(2)",
                                                "els => els.map(e => parseFloat(e.getAttribute('data-value')))")
             tab.screenshot(path=str(screenshot), full_page=False)
         finally:
