@@ -894,7 +894,10 @@ def signature(study: Study) -> str:
                                         f'{" (reference)" if m == study.reference else ""}</th>' for m in models)
     return (f'<table class="signature" id="signature-table"><thead><tr>{head}</tr></thead><tbody>'
             + "".join(f"<tr>{r}</tr>" for r in rows) + "</tbody></table>"
-            + note("Each cell links to the section with its evidence. Magnitude, location, rank, alignment and "
+            + note("Models are named as the tools name them (a hub ID org/name as org_name; a folder by its name, "
+                   "an unlearned_model folder by its parent's name), and a comparison folder <A>_vs_<B> names its "
+                   "two models the same way. "
+                   "Each cell links to the section with its evidence. Magnitude, location, rank, alignment and "
                    "selectivity describe the change from the reference to the model (its comparison folder); "
                    f"location lists the fewest (decoder layer, component) cells holding {int(LOCATION_SHARE * 100)}% "
                    "of Σ‖ΔW‖²; rank and alignment are medians over the decoder-layer matrices that changed; the "
@@ -1243,7 +1246,7 @@ table.signature th[scope=row]{white-space:nowrap;background:#fafafa}
 td.nr{color:#a33;font-style:italic}td.ref{color:#777}
 .missing{color:#a33}.note{color:#444}
 .swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border:1px solid #888}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#333}
+figure{margin:1em 0}figure img{max-width:min(100%,820px);height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#333}
 td.gen{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;max-width:26em}
 details{margin:.3em 0}summary{cursor:pointer}
 """
