@@ -914,7 +914,7 @@ def csv_table(study: Study, rows: list[dict], first_model: bool = True, limit: i
         for c in cols:
             v = r.get(c, "")
             if c == "model" and first_model:
-                cells.append(f"<td>{model_cell(study, v)}</td>")
+                cells.append(f'<td class="m">{model_cell(study, v)}</td>')
                 continue
             try:
                 x = num(v)
@@ -1243,7 +1243,7 @@ th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 thead th{background:#f0f0f0;cursor:pointer}
 table.signature th[scope=row]{white-space:nowrap;background:#fafafa}
 .grp{color:#777;font-weight:normal;font-size:.85em;text-transform:uppercase}
-td.nr{color:#a33;font-style:italic}td.ref{color:#777}
+td.m{white-space:nowrap}td.nr{color:#a33;font-style:italic}td.ref{color:#777}
 .missing{color:#a33}.note{color:#444}
 .swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border:1px solid #888}
 figure{margin:1em 0}figure img{max-width:min(100%,820px);height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#333}
