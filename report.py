@@ -489,6 +489,27 @@ def layer_join(per_matrix, acts, ageo, lens_a, lens_b, lens_shift: int = 1) -> l
     return out
 
 
+def eval_row(name: str, s: dict) -> dict:
+    """One model's summary.json as a summary.csv row (evaluate_unlearning.py's summary_row, read
+    defensively: absent keys stay absent)."""
+    row = {"model": name}
+    for key in ("forget", "retain"):
+        if f"{key}_nll" in s:
+            row[f"{key}_nll"] = s[f"{key}_nll"]
+        ci = s.get(f"{key}_nll_ci95")
+        if isinstance(ci, list) and len(ci) == 2:
+            row[f"{key}_nll_ci95_low"], row[f"{key}_nll_ci95_high"] = ci
+    row.update({f"mia_{a}": v for a, v in (s.get("mia") or {}).items()})
+    for task, m in (s.get("mcq") or {}).items():
+        if isinstance(m, dict):
+            row[f"mcq_{task}_acc"], row[f"mcq_{task}_acc_norm"] = m.get("acc"), m.get("acc_norm")
+    row.update({f"few_shot_{k}": v for k, v in (s.get("few_shot") or {}).items()})
+    for split, g in (s.get("generation") or {}).items():
+        if isinstance(g, dict):
+            row.update({f"{split}_{k}": v for k, v in g.items()})
+    return {k: "" if v is None else str(v) for k, v in row.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # The study: everything read from the two folders
 # ----------------------------------------------------------------------------------------------
@@ -522,6 +543,12 @@ class Study:
                     g = self.load(d / "generations.jsonl", read_jsonl)
                     if g:
                         self.generations[d.name] = g
+        self.eval_from_json = False
+        if self.eval_rows is None and self.eval_json and not (o / "eval" / "summary.csv").exists():
+            # an evaluation still running or cut short: its per-model summary.json files, flattened as
+            # evaluate_unlearning.py flattens them into summary.csv at the end
+            self.eval_rows = [eval_row(name, j) for name, j in self.eval_json.items()]
+            self.eval_from_json = True
         # fine-tuning attack
         t = o / "tamper" / "summary.csv"
         self.tamper_rows = self.load(t, read_csv, required=("model", "steps_to_recover"),
@@ -931,9 +958,11 @@ def section_eval(study: Study) -> str:
     if study.eval_rows is None:
         out.append(not_run("eval", "the evaluation (outputs/eval/summary.csv)"))
     else:
+        src = ("outputs/eval/<model>/summary.json (there is no outputs/eval/summary.csv yet: the evaluation "
+               "did not finish every model)" if study.eval_from_json else "outputs/eval/summary.csv")
         out.append(note("Forget/retain NLL on the untouched test splits, MCQ accuracy, membership-inference AUC "
                         "(members: forget training lines), few-shot NLL and generation statistics, "
-                        "from outputs/eval/summary.csv."))
+                        f"from {src}.", "missing" if study.eval_from_json else "note"))
         out.append(csv_table(study, study.eval_rows))
     out.append(figures_in(study, study.plots / "eval"))
     out.append(section_generations(study))

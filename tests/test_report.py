@@ -412,6 +412,27 @@ def test_wrapper_passes_flags_only_when_set(tmp_path):
     assert args.out == "/r/x.html" and args.reference == "m"
 
 
+def test_evaluation_cut_short_is_read_from_its_summary_json(tmp_path):
+    """No summary.csv yet (the evaluation still runs): the per-model summary.json files, flattened as
+    evaluate_unlearning.py's summary_row flattens them."""
+    import evaluate_unlearning as ev
+    s = {"forget_nll": 2.5, "forget_nll_ci95": [2.4, 2.6], "retain_nll": 0.8, "retain_nll_ci95": [0.7, 0.9],
+         "mia": {"loss": 0.6, "zlib": 0.61, "mink": 0.62, "minkpp": 0.63},
+         "mcq": {"forget": {"acc": 0.3, "acc_stderr": 0.01, "acc_norm": 0.31, "acc_norm_stderr": 0.01}},
+         "few_shot": {"0": 2.5, "1": 2.2}, "generation": {"forget_test": {"distinct_1": 0.5, "distinct_2": 0.7,
+                                                                         "repeat_rate": 0.1}}}
+    want = {k: str(v) for k, v in ev.summary_row(GA, s).items()}
+    assert rp.eval_row(GA, s) == want
+    out, plots = make_study(tmp_path, parts=("params",))
+    (out / "eval" / GA).mkdir(parents=True)
+    (out / "eval" / GA / "summary.json").write_text(json.dumps({**s, "mcq_chance": {"forget": 0.25}}))
+    html, study = rp.make_report(out, plots, "t")
+    assert study.eval_from_json and "did not finish every model" in html
+    sig = signature_table(html)
+    assert value(next(v for k, v in sig.items() if "forget-test NLL" in k)[GA]) == 2.5
+    assert "".join(next(v for k, v in sig.items() if "forget-test NLL" in k)[FILT].itertext()) == "—"
+
+
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_interrupted_run_writes_nothing(tmp_path, sig, code):
     """kill and Ctrl-C while the page is being made: exit 143/130, no page and no temporary file."""
