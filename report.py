@@ -1317,7 +1317,9 @@ def build_page(study: Study, title: str) -> str:
     for key, path, what in (("eval", "eval/summary.csv", "evaluation"), ("tamper", "tamper/summary.csv", "fine-tuning attack"),
                             ("lens", "lens/layerwise.csv", "layer-wise lens"),
                             ("ablation", "ablation/ablation.csv", "training-free attacks")):
-        if not (study.outputs / path).exists():
+        if key == "eval" and study.eval_from_json:
+            missing.append(f"{what} unfinished: no {path} yet ({TOOLS[key][0]})")
+        elif not (study.outputs / path).exists():
             missing.append(f"{what} ({TOOLS[key][0]})")
     for key, what in (("params", "weight differences"), ("acts", "activation statistics"),
                       ("wgeo", "weight geometry"), ("ageo", "activation geometry")):
