@@ -60,9 +60,18 @@ import tempfile
 import time
 from pathlib import Path
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -71,7 +80,73 @@ def first_line(exc: BaseException) -> str:
             return line.strip()
     return type(exc).__name__
 
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
 
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
@@ -108,21 +183,14 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 # --- end shared helpers ---
 
 
-# Copied from evaluate_unlearning.py: model_name
-def model_name(spec: str) -> str:
-    """Folder name of a model's results: hub ID ``org/name`` -> ``org_name``; a local folder -> its
-    name, or its parent's name when the folder is an ``unlearned_model`` (unlearn.py's layout)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith((".", "/", "~")) or not HUB_ID_RE.match(spec):
-        path = path.resolve()
-        return path.parent.name if path.name == "unlearned_model" else path.name
-    return spec.replace("/", "_")
-
-
-MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 PAIR_SEP = "_vs_"
 CHANGED_EPS = 0.0       # a matrix counts as changed when its ‖ΔW‖_F is above this
 LOCATION_SHARE = 0.9    # the cells that hold this share of ‖ΔW‖²
@@ -177,10 +245,6 @@ READINGS = [
                   "suppressed only near the output."),
     ("ablation", r"", "A large recovered share means the forgetting is undone without any training."),
 ]
-
-
-class UsageError(Exception):
-    """The page cannot be written: one ``error: ...`` line, exit status 1."""
 
 
 class Unreadable(Exception):
@@ -674,7 +738,7 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", s).strip("-") or "x"
 
 
-def fmt(v, digits: int = 4) -> str:
+def fmt_num(v, digits: int = 4) -> str:
     """A number for the page: ``digits`` significant digits (the exact value is in data-value)."""
     if v is None:
         return ""
@@ -694,13 +758,13 @@ def td(value, text: str | None = None, href: str | None = None, title: str | Non
         attrs += f' data-value="{E(repr(float(value)))}"'
     if title:
         attrs += f' title="{E(title)}"'
-    body = E(text if text is not None else fmt(value))
+    body = E(text if text is not None else fmt_num(value))
     if href:
         body = f'<a href="#{E(href)}">{body}</a>'
     return f"<td{attrs}>{body}</td>"
 
 
-def table(headers: list[str], rows: list[str], sortable: bool = True, cls: str = "") -> str:
+def html_table(headers: list[str], rows: list[str], sortable: bool = True, cls: str = "") -> str:
     c = " ".join(x for x in ("sortable" if sortable else "", cls) if x)
     head = "".join(f"<th>{E(h)}</th>" for h in headers)
     return (f'<table class="{c}"><thead><tr>{head}</tr></thead><tbody>' + "".join(f"<tr>{r}</tr>" for r in rows)
@@ -800,11 +864,11 @@ def signature(study: Study) -> str:
             if v is None:
                 out.append(td(None, "—", "evaluation"))
                 continue
-            text = fmt(v)
+            text = fmt_num(v)
             if chance_key:
                 ch = (study.eval_json.get(m, {}).get("mcq_chance") or {}).get(chance_key)
                 if isinstance(ch, (int, float)):
-                    text += f" (chance {fmt(float(ch), 3)})"
+                    text += f" (chance {fmt_num(float(ch), 3)})"
             out.append(td(v, text, "evaluation"))
         return out
 
@@ -845,7 +909,7 @@ def signature(study: Study) -> str:
             cells.append(nr("ablation"))
             continue
         best = best_training_free(abl_by.get(m, []))
-        cells.append(td(best[0], f"{fmt(best[0], 3)} ({best[1]})", "ablation") if best else td(None, "—", "ablation"))
+        cells.append(td(best[0], f"{fmt_num(best[0], 3)} ({best[1]})", "ablation") if best else td(None, "—", "ablation"))
     row("recovery", "best training-free recovered share", cells)
 
     # the pair-based rows: the reference's column is the reference itself
@@ -876,7 +940,7 @@ def signature(study: Study) -> str:
 
     def mag(rows):
         v = magnitude(rows)
-        return None if v is None else (v, fmt(v, 3))
+        return None if v is None else (v, fmt_num(v, 3))
 
     def loc(rows):
         cells = location(rows)
@@ -888,18 +952,18 @@ def signature(study: Study) -> str:
 
     def rank(rows):
         v = median_eff_rank(rows)
-        return None if v is None else (v[0], f"{fmt(v[0], 3)} (median of {v[1]} changed matrices)")
+        return None if v is None else (v[0], f"{fmt_num(v[0], 3)} (median of {v[1]} changed matrices)")
 
     def align(rows):
         v = median_alignment(rows)
-        return None if v is None else (v[0], f"{fmt(v[0], 3)}× random ({v[1]} matrices)")
+        return None if v is None else (v[0], f"{fmt_num(v[0], 3)}× random ({v[1]} matrices)")
 
     def select(rows):
         v = selectivity(rows)
         if not v:
             return None
         first = max(v.items(), key=lambda kv: kv[1][0])
-        text = "; ".join(f"{c} {fmt(s, 3)}× at L{row_ - 1}" for c, (s, row_) in v.items())
+        text = "; ".join(f"{c} {fmt_num(s, 3)}× at L{row_ - 1}" for c, (s, row_) in v.items())
         return (first[1][0], text)
 
     row("magnitude", "‖ΔW‖_F / ‖W_A‖_F (decoder layers)", pair_cells("params", mag))
@@ -913,7 +977,7 @@ def signature(study: Study) -> str:
             cells.append(nr("lens"))
             continue
         b = best_depth(lens_by.get(m, []))
-        cells.append(td(b[0], f"{fmt(b[0], 3)} at lens layer {b[1]} ({b[2]})", "lens") if b else td(None, "—", "lens"))
+        cells.append(td(b[0], f"{fmt_num(b[0], 3)} at lens layer {b[1]} ({b[2]})", "lens") if b else td(None, "—", "lens"))
     row("depth", "best layer-wise forget MCQ accuracy", cells)
     row("selectivity", "ΔW read selectivity, forget/retain (max over layers)", pair_cells("ageo", select))
 
@@ -947,10 +1011,10 @@ def csv_table(study: Study, rows: list[dict], first_model: bool = True, limit: i
                 x = num(v)
             except ValueError:
                 x = None
-            cells.append(td(x, fmt(x) if x is not None else str(v)))
+            cells.append(td(x, fmt_num(x) if x is not None else str(v)))
         body.append("".join(cells))
     extra = note(f"First {limit} of {len(rows)} rows.") if len(rows) > limit else ""
-    return table(cols, body) + extra
+    return html_table(cols, body) + extra
 
 
 def section_eval(study: Study) -> str:
@@ -1016,7 +1080,7 @@ def section_tamper(study: Study) -> str:
                    f"{att.get('learning_rate', '?')}, batch {att.get('batch_size', '?')}, seed {att.get('seed', '?')}.")
         if "recover_margin" in ref and "forget_nll_step0" in ref:
             how += (f" Recovered: forget NLL within {ref['recover_margin']} nats of the reference's step-0 level "
-                    f"{fmt(num(ref['forget_nll_step0']))}.")
+                    f"{fmt_num(num(ref['forget_nll_step0']))}.")
         out.append(note("Every model gets the same fine-tuning on forget-domain text; steps_to_recover is the first "
                         "evaluated step whose forget NLL reaches the reference's level (empty: never)." + how))
         out.append(csv_table(study, study.tamper_rows))
@@ -1096,7 +1160,7 @@ def join_figure(rows: list[dict], colour: str, name_a: str, name_b: str) -> byte
         out.append(f'<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999999"/>')
         for v in (lo, (lo + hi) / 2, hi):
             out.append(f'<line x1="{left}" x2="{left + pw}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#eeeeee"/>'
-                       f'<text x="{left - 4}" y="{Y(v) + 4:.1f}" text-anchor="end">{E(fmt(v, 3))}</text>')
+                       f'<text x="{left - 4}" y="{Y(v) + 4:.1f}" text-anchor="end">{E(fmt_num(v, 3))}</text>')
         for k in ks:
             out.append(f'<text x="{xs[k]:.1f}" y="{y0 + ph + 13}" text-anchor="middle">{k}</text>')
         for i, (key, label, c, style) in enumerate(series):
@@ -1152,17 +1216,17 @@ def section_pair(study: Study, name: str, pair: dict) -> str:
         elif key == "params":
             m = magnitude(pair[key])
             loc = location(pair[key])
-            out.append(note(f"‖ΔW‖_F / ‖W_A‖_F over the decoder layers: {fmt(m, 4) if m is not None else '—'}; "
+            out.append(note(f"‖ΔW‖_F / ‖W_A‖_F over the decoder layers: {fmt_num(m, 4) if m is not None else '—'}; "
                             f"{len(loc)} (layer, component) cells hold {int(LOCATION_SHARE * 100)}% of Σ‖ΔW‖²: "
-                            + ", ".join(f"L{l_} {c} {fmt(sh * 100, 3)}%" for l_, c, sh in loc[:10])
+                            + ", ".join(f"L{l_} {c} {fmt_num(sh * 100, 3)}%" for l_, c, sh in loc[:10])
                             + (" …" if len(loc) > 10 else "") + "."))
         elif key == "wgeo":
             r = median_eff_rank(pair[key])
             al = median_alignment(pair[key])
             out.append(note(
-                (f"Median effective rank of ΔW over {r[1]} changed matrices: {fmt(r[0], 3)}. " if r else
+                (f"Median effective rank of ΔW over {r[1]} changed matrices: {fmt_num(r[0], 3)}. " if r else
                  "No changed matrix. ")
-                + (f"Median {al[2]} / random baseline: {fmt(al[0], 3)}." if al else "")))
+                + (f"Median {al[2]} / random baseline: {fmt_num(al[0], 3)}." if al else "")))
         out.append(figures_in(study, plot_dir / plot_sub))
         out.append("</section>")
     out.append(section_join(study, name, pair))
@@ -1201,7 +1265,7 @@ def section_join(study: Study, name: str, pair: dict) -> str:
         keys.append((k, f"{kind} lens forget acc {a if side == 'a' else b}"))
     keys = [(k, h) for k, h in keys if any(r.get(k) is not None for r in rows)]
     body = ["".join(td(r.get(k)) for k, _ in keys) for r in rows]
-    out.append(table([h for _, h in keys], body, cls="join"))
+    out.append(html_table([h for _, h in keys], body, cls="join"))
     i = study.models.index(b) if b in study.models else 1
     try:
         png = join_figure(rows, MODEL_COLOURS[i % len(MODEL_COLOURS)], a, b)
@@ -1216,16 +1280,16 @@ def section_join(study: Study, name: str, pair: dict) -> str:
     return "".join(out) + "</section>"
 
 
-def flatten(d, prefix: str = "") -> list[tuple[str, str]]:
+def flatten_report(d, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     if isinstance(d, dict):
         for k, v in d.items():
-            out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+            out += flatten_report(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(d, list) and len(d) <= 8 and all(not isinstance(x, (dict, list)) for x in d):
         out.append((prefix, ", ".join(str(x) for x in d)))
     elif isinstance(d, list):
         for i, v in enumerate(d):
-            out += flatten(v, f"{prefix}[{i}]")
+            out += flatten_report(v, f"{prefix}[{i}]")
     else:
         out.append((prefix, "" if d is None else str(d)))
     return out
@@ -1237,10 +1301,10 @@ def section_runs(study: Study) -> str:
         out.append(note("No run report found (run_report.yaml of unlearning runs, the tools' *_report.yaml, "
                         "outputs/eval/<model>/summary.json)."))
     for label, data in study.run_reports:
-        items = flatten(data)
+        items = flatten_report(data)
         rows = [f"<td>{E(k)}</td><td>{E(v[:300])}</td>" for k, v in items[:REPORT_ROWS]]
         more = note(f"{len(items) - REPORT_ROWS} more entries in {label}.") if len(items) > REPORT_ROWS else ""
-        out.append(f"<details><summary>{E(label)}</summary>{table(['key', 'value'], rows, sortable=False)}{more}"
+        out.append(f"<details><summary>{E(label)}</summary>{html_table(['key', 'value'], rows, sortable=False)}{more}"
                    "</details>")
     return "".join(out) + "</section>"
 
@@ -1356,7 +1420,7 @@ def build_page(study: Study, title: str) -> str:
             + "\n".join(body) + f"<script>{SORT_JS}</script></body></html>\n")
 
 
-def make_report(outputs, plots, title: str, reference: str | None = None) -> tuple[str, Study]:
+def build_report(outputs, plots, title: str, reference: str | None = None) -> tuple[str, Study]:
     study = Study(Path(outputs), Path(plots))
     study.read_all(reference)
     return build_page(study, title), study
@@ -1365,7 +1429,7 @@ def make_report(outputs, plots, title: str, reference: str | None = None) -> tup
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outputs", default="outputs", help="the study's results folder (default: %(default)s)")
@@ -1375,7 +1439,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference", default=None,
                    help="the model every other is compared with, as the tools name it or as a hub ID/folder "
                         "(default: model A of the comparisons, else the first model the evaluation lists)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def run(args) -> Study:
@@ -1385,39 +1453,22 @@ def run(args) -> Study:
     for flag, d in (("--outputs", args.outputs), ("--plots", args.plots)):
         if Path(d).exists() and not Path(d).is_dir():
             raise UsageError(f"{flag} {d} is not a folder")
-    page, study = make_report(args.outputs, args.plots, args.title, args.reference)
+    page, study = build_report(args.outputs, args.plots, args.title, args.reference)
     write_atomically({out: page})
     return study
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    got = {}
 
-    def term(signum, frame):
-        got["term"] = True
-        raise KeyboardInterrupt
-
-    import threading
-    is_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, term) if is_main else None
-    try:
+    def work():
         t0 = time.perf_counter()
         study = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 143 if got else 130
-    finally:
-        if is_main:
-            signal.signal(signal.SIGTERM, previous)
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(study.models)} models, {len(study.pairs)} comparisons, "
-          f"{len(study.unreadable)} unreadable file(s), {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    print(args.out)
-    return 0
+        size = Path(args.out).stat().st_size
+        print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(study.models)} models, {len(study.pairs)} comparisons, "
+              f"{len(study.unreadable)} unreadable file(s), {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(args.out)
+    return run_tool(work, kept="nothing was written")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@
 # e.g.  REPORT_OUT=/tmp/study.html ./run_report.sh
 set -euo pipefail
 cd "$(dirname "$0")"
+source ./common/env.sh   # flag, on_signals
 source ./study.sh
+on_signals
 
-extra=()
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then extra+=("$2" "${!1}"); fi
-}
+ARGS=()
 flag REPORT_OUT --out
 flag REPORT_TITLE --title
 flag REPORT_REFERENCE --reference
 
 echo "== report: $OUTPUTS_DIR + $PLOTS_DIR -> ${REPORT_OUT:-report/index.html}"
-$UV_RUN report.py --outputs "$OUTPUTS_DIR" --plots "$PLOTS_DIR" ${extra[@]+"${extra[@]}"}
+$UV_RUN report.py --outputs "$OUTPUTS_DIR" --plots "$PLOTS_DIR" ${ARGS[@]+"${ARGS[@]}"}
