@@ -1249,13 +1249,12 @@ def section_join(study: Study, name: str, pair: dict) -> str:
     if not rows:
         out.append(note("Nothing to join: neither weight nor activation tables of this pair were read.", "missing"))
         return "".join(out) + "</section>"
-    out.append(note(f"Decoder layer k's weights are joined with activation row k+1 (the output of layer k) of "
-                    f"activation_stats.csv and activation_geometry.csv; the lens table numbers layers as "
-                    f"{convention}, so decoder layer k reads lens row k+{shift}."
-                    if shift else
-                    f"Decoder layer k's weights are joined with activation row k+1 (the output of layer k) of "
-                    f"activation_stats.csv and activation_geometry.csv; the lens table numbers layers as "
-                    f"{convention}, so decoder layer k reads lens row k."))
+    rule = ("Decoder layer k's weights are joined with activation row k+1 (the output of layer k) of "
+            "activation_stats.csv and activation_geometry.csv.")
+    if lens_a or lens_b:
+        rule += (f" The lens table numbers layers as {convention}, so decoder layer k reads lens row "
+                 f"{'k+1' if shift else 'k'}.")
+    out.append(note(rule))
     keys = [("layer", "decoder layer k"), ("act_row", "activation row"), ("rel_dW", "‖ΔW_k‖/‖W_k‖"),
             ("dW_fro", "‖ΔW_k‖_F"), ("rel_dh_forget", "‖Δh‖/‖h_A‖ forget"), ("rel_dh_retain", "‖Δh‖/‖h_A‖ retain"),
             ("probe_auc_a", f"probe AUC {a}"), ("probe_auc_b", f"probe AUC {b}"), ("cka_forget", "CKA forget"),
