@@ -777,7 +777,7 @@ class McqBenchmarks:
             (workdir / f"{LOCAL_TASKS[key]}.yaml").write_text(mcq_task_yaml(LOCAL_TASKS[key], path))
         from lm_eval.tasks import TaskManager
 
-        self.tm = TaskManager(include_path=str(workdir), include_defaults=bool(standard), verbosity="ERROR")
+        self.tm = TaskManager(include_path=str(workdir), include_defaults=bool(standard))
         unknown = [t for t in standard if t not in self.tm.all_tasks]
         if unknown:
             raise UsageError(f"unknown lm-eval task {', '.join(unknown)} (see `lm-eval ls tasks`)")
@@ -830,7 +830,7 @@ class McqBenchmarks:
         res = lm_eval.simple_evaluate(model=lm, tasks=self.names, task_manager=self.tm, num_fewshot=0,
                                       bootstrap_iters=1000, log_samples=False, random_seed=args.seed,
                                       numpy_random_seed=args.seed, torch_random_seed=args.seed,
-                                      fewshot_random_seed=args.seed, verbosity="ERROR")
+                                      fewshot_random_seed=args.seed)
         out = {}
         keys = {LOCAL_TASKS[k]: k for k in self.local_sets}
         for name in self.names:

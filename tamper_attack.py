@@ -606,7 +606,7 @@ class ForgetMcq:
             if self._lm is None or self._lm.model is not model:     # one wrapper per model, reused
                 self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
                                 max_length=max_length)
-            res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+            res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False)
         return float(res["results"][MCQ_TASK]["acc,none"])
 
 
