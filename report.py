@@ -497,24 +497,25 @@ def attack_label(r: dict) -> str:
 
 def lens_offset(lens_layers: list[int], n_decoder: int | None) -> tuple[int, str]:
     """How the lens table numbers layers: (offset to add to a decoder layer k, the convention).
-    Rows 0..N (N+1 rows) are ``hidden_states`` rows: decoder layer k reads row k+1. Rows 0..N-1 are
-    block outputs: decoder layer k reads row k. Without N known, hidden_states (the SPEC's rule)."""
-    if lens_layers and n_decoder is not None:
-        top = max(lens_layers)
-        if top == n_decoder - 1:
-            return 0, "block outputs (layer k = output of decoder layer k)"
+    layerwise_lens.py numbers them as ``hidden_states`` rows (0 = embeddings, l = the residual stream
+    after decoder layer l-1), so decoder layer k reads lens row k+1. (Guessing another numbering
+    from which rows are present would go wrong for a ``--layers`` subset, so none is guessed.)"""
     return 1, "hidden_states rows (0 = embeddings, l = output of decoder layer l-1)"
 
 
-def best_depth(lens_rows: list[dict]) -> tuple[float, int, str] | None:
-    """The best forget MCQ accuracy over layers and lenses of one model: (acc, layer, lens)."""
+def best_depth(lens_rows: list[dict]) -> tuple[float, int, str, float | None] | None:
+    """The best forget MCQ accuracy over layers and lenses of one model: (acc, layer, lens, chance)."""
     best = None
     for r in lens_rows:
         v, layer = num(r.get("mcq_forget_acc")), num(r.get("layer"))
         if v is None or layer is None:
             continue
         if best is None or v > best[0]:
-            best = (v, int(layer), str(r.get("lens", "")))
+            try:
+                chance = num(r.get("mcq_forget_chance"))
+            except ValueError:
+                chance = None
+            best = (v, int(layer), str(r.get("lens", "")), chance)
     return best
 
 
@@ -977,7 +978,11 @@ def signature(study: Study) -> str:
             cells.append(nr("lens"))
             continue
         b = best_depth(lens_by.get(m, []))
-        cells.append(td(b[0], f"{fmt_num(b[0], 3)} at lens layer {b[1]} ({b[2]})", "lens") if b else td(None, "—", "lens"))
+        if b:
+            extra = f"; chance {fmt_num(b[3], 3)}" if b[3] is not None else ""
+            cells.append(td(b[0], f"{fmt_num(b[0], 3)} at lens layer {b[1]} ({b[2]}{extra})", "lens"))
+        else:
+            cells.append(td(None, "—", "lens"))
     row("depth", "best layer-wise forget MCQ accuracy", cells)
     row("selectivity", "ΔW read selectivity, forget/retain (max over layers)", pair_cells("ageo", select))
 

@@ -9,9 +9,7 @@
 # e.g.  REPORT_OUT=/tmp/study.html ./run_report.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-source ./common/env.sh   # flag, on_signals
-source ./study.sh
-on_signals
+source ./study.sh   # also common/env.sh: flag, and Ctrl-C/SIGTERM -> 130/143
 
 ARGS=()
 flag REPORT_OUT --out
