@@ -20,9 +20,27 @@ PLOTS_DIR="${PLOTS_DIR:-plots}"
 DATA_DIR="${DATA_DIR:-data}"
 UV_RUN="${UV_RUN:-uv run --quiet --script}"
 
-# comparison_name A B -> "<basename A>_vs_<basename B>", e.g.
-# deep-ignorance-unfiltered_vs_deep-ignorance-e2e-strong-filter
+# model_name SPEC -> the name every tool gives a model's results (common/helpers.py's model_name):
+# a hub ID org/name -> org_name; a local folder -> its name, or its parent's name when the folder
+# is an unlearned_model (unlearn.py's layout). A spec is a folder when it exists as one, starts
+# with . / or ~, or is not shaped like a hub ID (one slash); paths are made absolute, links kept.
+model_name() {
+  local spec="$1" path name
+  if [ ! -d "$spec" ] && [[ "$spec" != [./~]* ]] && [[ "$spec" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$ ]]; then
+    printf '%s\n' "${spec/\//_}"
+    return
+  fi
+  path="${spec/#\~/$HOME}"
+  if [ -d "$path" ]; then path="$(cd "$path" && pwd -L)"; else path="${path%/}"; fi
+  name="${path##*/}"
+  if [ "$name" = unlearned_model ] && [ -n "${path%/*}" ]; then path="${path%/*}"; name="${path##*/}"; fi
+  printf '%s\n' "${name:-root}"
+}
+
+# comparison_name A B -> "<model_name A>_vs_<model_name B>", the names the evaluation and attack
+# tools use (report.py matches the two sides to them), e.g.
+# EleutherAI_deep-ignorance-unfiltered_vs_EleutherAI_deep-ignorance-e2e-strong-filter,
+# demo-unfiltered_vs_demo-unfiltered-cb-lat, demo-unfiltered_vs_demo-unfiltered__ga (an unlearned_model)
 comparison_name() {
-  local a="${1%/}" b="${2%/}"
-  printf '%s_vs_%s\n' "${a##*/}" "${b##*/}"
+  printf '%s_vs_%s\n' "$(model_name "$1")" "$(model_name "$2")"
 }

@@ -75,7 +75,7 @@ def test_run_activations_passes_no_value_flags_without_env(run_wrapper):
     calls = run_wrapper("run_activations.sh")
     assert calls == [
         ["collect_activation_norms.py", "--model-a", "EleutherAI/deep-ignorance-unfiltered", "--model-b", b,
-         "--outdir", f"outputs/deep-ignorance-unfiltered_vs_{b.split('/')[1]}/activation_stats"]
+         "--outdir", f"outputs/EleutherAI_deep-ignorance-unfiltered_vs_{b.replace('/', '_')}/activation_stats"]
         for b in ("EleutherAI/deep-ignorance-e2e-strong-filter", "EleutherAI/deep-ignorance-unfiltered-cb-lat")]
 
 
