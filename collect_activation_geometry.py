@@ -630,12 +630,35 @@ def top_right_subspace(dw, top_k: int):
 
 def read_share_sums(x, v) -> tuple[float, float]:
     """(sum ||Vᵀx||², sum ||x||²) over the rows x of [tokens, in]: the energy inside span(V) and all of it."""
-    x = x.double()
-    return float((x @ v.to(x.device, x.dtype)).square().sum()), float(x.square().sum())
+    x = x.float()
+    return float((x @ v.to(x.device, x.dtype)).double().square().sum()), float(x.double().square().sum())
 
 
 # ----------------------------------------------------------------------------------------------------
 # ΔW: the top right singular subspaces, streamed from the two checkpoints
+
+
+class one_thread_if_small:
+    """Run small CPU linear algebra (hidden size <= 1024) on one torch thread: a 128 x 128 eigh on two
+    threads of a busy machine took 0.5-1 s instead of milliseconds. Large or GPU work keeps its threads."""
+
+    def __init__(self, device: str, side: int):
+        self.active = device == "cpu" and side <= 1024
+
+    def __enter__(self):
+        import torch
+
+        if self.active:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.active:
+            torch.set_num_threads(self.before)
+        return False
 
 
 def weight_index(path: Path) -> dict[str, Path]:
@@ -684,7 +707,8 @@ def dw_directions(dir_a: Path, dir_b: Path, decoder_layers: set, top_k: int, dev
                 raise UsageError(f"weight {name} is not finite (NaN or inf) in model A or B")
             parts.append(dw.T if transposed else dw)
         dw = torch.cat(parts, 0)  # [sum of outs, in]: matrices that read the same input, stacked
-        sub = top_right_subspace(dw, top_k)
+        with one_thread_if_small(device, dw.shape[1]):
+            sub = top_right_subspace(dw, top_k)
         out[key] = None if sub is None else (sub[0].float(), sub[1], sub[2], dw.shape[1])
         del dw, parts
     return out
@@ -1029,7 +1053,8 @@ def run(args) -> Path:
     reads = res_a.reads
     t0 = time.perf_counter()
     print("statistics: probes, CKA, effective ranks", file=sys.stderr, flush=True)
-    rows = geometry_rows(plan, res_a, res_b, reads, directions, args.probe_folds, args.seed, stats_device)
+    with one_thread_if_small(stats_device, models.hidden):
+        rows = geometry_rows(plan, res_a, res_b, reads, directions, args.probe_folds, args.seed, stats_device)
     timings["statistics_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 

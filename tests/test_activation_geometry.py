@@ -322,3 +322,59 @@ def test_bad_inputs_one_error_line_nothing_written(pairs, texts, tmp_path, capsy
         assert rc == 1
         assert words in one_error(capsys)
         assert not out.exists()
+
+
+def wrapper_calls(script: str, tmp_path, **env) -> list[list[str]]:
+    """The argument lists a wrapper starts tools with, through a fake UV_RUN that prints them."""
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    fake = tmp_path / "fake_uv_run"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" "--end--"\n')
+    fake.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("GEOMETRY_", "MODEL", "COMPARE_WITH", "OUTPUTS_DIR", "PLOTS_DIR", "DATA_DIR"))
+             and k not in ("MAX_SAMPLES", "MAX_LENGTH", "BATCH_SIZE", "DEVICE", "DTYPE", "SEED")}
+    p = subprocess.run([str(ROOT / script)], capture_output=True, text=True, env=clean | {"UV_RUN": str(fake)} | env)
+    assert p.returncode == 0, p.stderr
+    calls, cur = [], []
+    for ln in p.stdout.splitlines():
+        if ln.startswith("== "):
+            continue
+        if ln == "--end--":
+            calls.append(cur)
+            cur = []
+        else:
+            cur.append(ln)
+    return calls
+
+
+def test_wrappers_pass_only_what_is_set(tmp_path):
+    env = {"MODEL_A": "m/a", "COMPARE_WITH": "x/b1 x/b2", "OUTPUTS_DIR": "/o", "PLOTS_DIR": "/p"}
+    calls = wrapper_calls("run_activation_geometry.sh", tmp_path, **env)
+    assert calls == [["collect_activation_geometry.py", "--model-a", "m/a", "--model-b", f"x/{b}",
+                      "--outdir", f"/o/a_vs_{b}/activation_geometry"] for b in ("b1", "b2")]
+    calls = wrapper_calls("run_activation_geometry.sh", tmp_path, **env, MAX_SAMPLES="50", GEOMETRY_MAX_SAMPLES="64",
+                          GEOMETRY_MAX_TOKENS="2048", GEOMETRY_TOP_K="8", GEOMETRY_SAVE_FEATURES="1", DEVICE="cpu")
+    assert calls[0][7:] == ["--device", "cpu", "--max-samples", "64", "--max-tokens", "2048", "--top-k", "8",
+                            "--save-features"]
+    calls = wrapper_calls("plot_activation_geometry.sh", tmp_path, **env)
+    assert [c[c.index("--model-b-index") + 1] for c in calls] == ["1", "2"]  # the study's colour order
+    assert calls[1][:5] == ["plot_activation_geometry.py", "--csv", "/o/a_vs_b2/activation_geometry/activation_geometry.csv",
+                            "--outdir", "/p/a_vs_b2/activation_geometry"]
+
+
+def test_plots_from_the_csv(results, tmp_path, capsys):
+    import plot_activation_geometry as pag
+
+    csv = results["dir"] / "gpt_neox" / g.CSV_NAME
+    assert pag.main(["--csv", str(csv), "--outdir", str(tmp_path / "plots"), "--model-b-index", "2"]) == 0
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["cka.png", "dW_read_selectivity.png", "effective_rank.png", "probe_auc.png"]
+    assert all((tmp_path / "plots" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("layer,x\n0,1\n")
+    assert pag.main(["--csv", str(bad), "--outdir", str(tmp_path / "p2")]) == 1
+    assert "lacks the column" in one_error(capsys) and not (tmp_path / "p2").exists()
