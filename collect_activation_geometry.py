@@ -65,9 +65,13 @@ from pathlib import Path
 import numpy as np
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -105,6 +109,15 @@ def read_lines(path) -> list[str]:
     return [s for _, s in read_numbered_lines(path)]
 
 
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def pick_device(name: str) -> str:
     """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
     import torch
@@ -122,6 +135,15 @@ def pick_device(name: str) -> str:
 def pick_dtype(name: str, device: str) -> str:
     """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
     return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+def release_memory() -> None:
+    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,9 +169,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -260,8 +286,8 @@ def write_atomically(files: dict) -> None:
 # --- end shared helpers ---
 
 
-# Copied from collect_activation_norms.py: load_config
-def load_config(path: Path, name: str, trust_remote_code: bool = False):
+# Copied from collect_activation_norms.py: load_config (renamed: unlearn.py has another load_config)
+def load_model_config(path: Path, name: str, trust_remote_code: bool = False):
     """The (text) config of a resolved model directory (``name``: what the user passed), or one sentence why not."""
     from transformers import AutoConfig
 
@@ -310,8 +336,8 @@ def has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in TOKENIZER_FILES)
 
 
-# Copied from collect_activation_norms.py: tokenize
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+# Copied from collect_activation_norms.py: tokenize (renamed: tamper_attack.py has another tokenize)
+def tokenize_lines(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text, truncated to ``max_length`` (no padding: batches are padded later)."""
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return [list(x) for x in ids]
@@ -350,8 +376,8 @@ def base_of(model):
     return getattr(model, "base_model", model)
 
 
-# Copied from collect_activation_norms.py: load_model
-def load_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
+# Copied from collect_activation_norms.py: load_model (renamed: unlearn.py and layerwise_lens.py have others)
+def load_causal_lm(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -364,20 +390,10 @@ def load_model(path: Path, name: str, dtype, device: str, trust_remote_code: boo
     return model.eval()
 
 
-# Copied from collect_activation_norms.py: release_memory
-def release_memory() -> None:
-    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-CSV_NAME = "activation_geometry.csv"
+GEOMETRY_CSV = "activation_geometry.csv"
 REPORT_NAME = "geometry_report.yaml"
 FEATURES_NAME = "features.safetensors"
-SPLITS = ("forget", "retain")
+GEOMETRY_SPLITS = ("forget", "retain")
 COMPONENTS = ("mlp_in", "qkv")
 ENERGY = 0.99  # effective rank: the smallest k whose top-k covariance eigenvalues hold >= 99% of the trace
 PROBE = {"model": "StandardScaler + LogisticRegression", "penalty": "l2", "C": 1.0, "solver": "lbfgs",
@@ -397,10 +413,6 @@ MATRIX_PATTERNS = [
     (re.compile(r"(?:^|\.)h\.(\d+)\.attn\.c_attn$"), "qkv", True),                       # GPT-2 (Conv1D)
     (re.compile(r"(?:^|\.)h\.(\d+)\.mlp\.c_fc$"), "mlp_in", True),
 ]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 1."""
 
 
 def match_matrix(name: str):
@@ -426,7 +438,7 @@ def read_split(path, max_samples: int | None) -> tuple[list[int], list[str]]:
     return [n for n, _ in numbered], [t for _, t in numbered]
 
 
-def parse_layers(spec: str, n_states: int) -> list[int]:
+def parse_layer_spec(spec: str, n_states: int) -> list[int]:
     """``all`` or comma-separated hidden-state indices and ranges (``0,4-6``), each in 0..n_states-1."""
     if spec.strip().lower() == "all":
         return list(range(n_states))
@@ -445,14 +457,6 @@ def parse_layers(spec: str, n_states: int) -> list[int]:
         raise UsageError(f"--layers {spec}: hidden state {bad[0]} does not exist (0..{n_states - 1}: 0 = embeddings, "
                          f"{n_states - 1} = the last layer's output)")
     return sorted(out)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -478,17 +482,17 @@ def choose_sample(lengths: list[int], skip_first: int, max_tokens: int, seed: in
     return text, pos
 
 
-def make_batches(lengths: dict, batch_size: int) -> list[tuple[str, list[int]]]:
+def split_batches(lengths: dict, batch_size: int) -> list[tuple[str, list[int]]]:
     """[(split, text indices), ...]: length-sorted batches of each split (texts without tokens dropped)."""
     batches = []
-    for split in SPLITS:
+    for split in GEOMETRY_SPLITS:
         idx = [i for i, n in enumerate(lengths[split]) if n > 0]
         for group in length_sorted_batches([lengths[split][i] for i in idx], batch_size):
             batches.append((split, [idx[g] for g in group]))
     return batches
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right"):
+def pad_texts(seqs: list[list[int]], pad_id: int, side: str = "right"):
     """``input_ids``, ``attention_mask``, ``position_ids`` of a padded batch and each row's offset (where
     its first real token sits). Position ids count real tokens only, so left padding gives every text
     the positions it has alone (transformers would otherwise number the padding too)."""
@@ -719,7 +723,7 @@ def dw_directions(dir_a: Path, dir_b: Path, decoder_layers: set, top_k: int, dev
 
 
 @dataclass
-class Plan:
+class GeometryPlan:
     """Everything both passes share: token ids, batches, which tokens count, the sample, the layers."""
     ids: dict            # split -> token-id lists
     lines: dict          # split -> line numbers of the texts
@@ -739,7 +743,7 @@ class PassResult:
     reads: dict = field(default_factory=dict)     # (decoder layer, comp, split) -> [inside, total] energy
 
 
-def forward_pass(model, plan: Plan, device: str, hidden: int, which: str, progress, directions: dict | None = None):
+def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str, progress, directions: dict | None = None):
     """One model over every batch: per-text features and the per-token sample of the reported layers,
     and (``directions``: model A) the read-share sums of ΔW's subspaces from forward pre-hooks."""
     import torch
@@ -747,7 +751,7 @@ def forward_pass(model, plan: Plan, device: str, hidden: int, which: str, progre
     body = base_of(model)
     res = PassResult()
     n_l = len(plan.layers)
-    for split in SPLITS:
+    for split in GEOMETRY_SPLITS:
         res.features[split] = torch.zeros((len(plan.ids[split]), n_l, hidden), dtype=torch.float32)
         res.sample[split] = torch.zeros((n_l, len(plan.sample[split][0]), hidden), dtype=model.dtype)
     state = {}
@@ -780,7 +784,7 @@ def forward_pass(model, plan: Plan, device: str, hidden: int, which: str, progre
         for split, idx in progress(plan.batches, f"model {which}"):
             seqs = [plan.ids[split][i] for i in idx]
             lengths = [len(s) for s in seqs]
-            ids, mask, pos, offsets = pad_batch(seqs, plan.pad_id, plan.padding_side)
+            ids, mask, pos, offsets = pad_texts(seqs, plan.pad_id, plan.padding_side)
             counted = counted_mask(lengths, offsets, ids.shape[1], plan.skip_first).to(device)
             state.update(counted=counted, split=split)
             with torch.inference_mode():
@@ -820,12 +824,12 @@ def forward_pass(model, plan: Plan, device: str, hidden: int, which: str, progre
 # The table
 
 
-def geometry_rows(plan: Plan, res_a: PassResult, res_b: PassResult, reads: dict, directions: dict,
+def geometry_rows(plan: GeometryPlan, res_a: PassResult, res_b: PassResult, reads: dict, directions: dict,
                   folds: int, seed: int, device: str) -> list[dict]:
     """One dict per reported hidden state: every column of activation_geometry.csv (None = empty)."""
     import torch
 
-    valid = {s: np.array([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]]) for s in SPLITS}
+    valid = {s: np.array([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]]) for s in GEOMETRY_SPLITS}
     y = np.r_[np.ones(valid["forget"].sum(), dtype=int), np.zeros(valid["retain"].sum(), dtype=int)]
     rows = []
     for li, layer in enumerate(plan.layers):
@@ -835,7 +839,7 @@ def geometry_rows(plan: Plan, res_a: PassResult, res_b: PassResult, reads: dict,
             r = res.features["retain"][:, li].numpy()[valid["retain"]]
             row[f"probe_auc_{tag}"], row[f"probe_auc_{tag}_std"] = probe_auc(np.vstack([f, r]), y, folds, seed)
             row[f"centroid_cos_{tag}"] = cosine(f.astype(np.float64).mean(0), r.astype(np.float64).mean(0))
-        for split in SPLITS:
+        for split in GEOMETRY_SPLITS:
             xa = res_a.sample[split][li].to(device)
             xb = res_b.sample[split][li].to(device)
             n = xa.shape[0]
@@ -850,8 +854,8 @@ def geometry_rows(plan: Plan, res_a: PassResult, res_b: PassResult, reads: dict,
             vals = dict.fromkeys(("forget", "retain", "selectivity", "random"))
             k = None
             if d is not None:
-                inside = {s: reads.get((j, comp, s), (0.0, 0.0)) for s in SPLITS}
-                share = {s: inside[s][0] / inside[s][1] if inside[s][1] > 0 else None for s in SPLITS}
+                inside = {s: reads.get((j, comp, s), (0.0, 0.0)) for s in GEOMETRY_SPLITS}
+                share = {s: inside[s][0] / inside[s][1] if inside[s][1] > 0 else None for s in GEOMETRY_SPLITS}
                 vals["forget"], vals["retain"] = share["forget"], share["retain"]
                 if share["forget"] is not None and share["retain"]:
                     vals["selectivity"] = share["forget"] / share["retain"]
@@ -901,7 +905,7 @@ def csv_text(rows: list[dict]) -> str:
 
 
 @dataclass
-class Models:
+class ModelPair:
     dir_a: Path
     dir_b: Path
     config_a: object
@@ -912,7 +916,7 @@ class Models:
     dtype: object
 
 
-def check_flags(args) -> None:
+def check_geometry_flags(args) -> None:
     for flag, value in (("--max-length", args.max_length), ("--batch-size", args.batch_size),
                         ("--max-tokens", args.max_tokens), ("--top-k", args.top_k)):
         if value <= 0:
@@ -932,22 +936,22 @@ def check_folds(counts: dict, folds: int, what: str = "texts") -> None:
                              f"{split} text; add texts or lower --probe-folds")
 
 
-def inspect_models(args) -> Models:
+def inspect_pair(args) -> ModelPair:
     import torch
 
     dir_a = resolve_model_dir(args.model_a, args.trust_remote_code)
     dir_b = resolve_model_dir(args.model_b, args.trust_remote_code)
-    config_a = load_config(dir_a, args.model_a, args.trust_remote_code)
-    config_b = load_config(dir_b, args.model_b, args.trust_remote_code)
+    config_a = load_model_config(dir_a, args.model_a, args.trust_remote_code)
+    config_b = load_model_config(dir_b, args.model_b, args.trust_remote_code)
     n_layers, hidden = check_compatible(config_a, config_b)
     check_weights(dir_a, args.model_a)
     check_weights(dir_b, args.model_b)
     device = pick_device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[pick_dtype(args.dtype, device)]
-    return Models(dir_a, dir_b, config_a, config_b, n_layers, hidden, device, dtype)
+    return ModelPair(dir_a, dir_b, config_a, config_b, n_layers, hidden, device, dtype)
 
 
-def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
+def tokenize_splits(args, models: ModelPair, texts: dict) -> tuple[dict, int]:
     """Model A's token ids of every text; model B's tokenizer, if it has one, must agree on every text."""
     try:
         tok = load_tokenizer(models.dir_a, args.trust_remote_code)
@@ -959,14 +963,14 @@ def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
         print(f"note: --max-length {max_len} exceeds model A's {max_pos} positions; texts are cut at {max_pos}",
               file=sys.stderr)
         max_len = max_pos
-    ids = {s: tokenize(tok, t, max_len) for s, t in texts.items()}
+    ids = {s: tokenize_lines(tok, t, max_len) for s, t in texts.items()}
     if has_tokenizer(models.dir_b):
         try:
             tok_b = load_tokenizer(models.dir_b, args.trust_remote_code)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot load the tokenizer of model B ({args.model_b}): {first_line(e)}") from None
         for s in texts:
-            ids_b = tokenize(tok_b, texts[s], max_len)
+            ids_b = tokenize_lines(tok_b, texts[s], max_len)
             bad = [i for i, (x, y) in enumerate(zip(ids[s], ids_b)) if x != y]
             if bad:
                 raise UsageError(f"model B's tokenizer encodes {len(bad)} of {len(ids[s])} {s} texts differently "
@@ -980,21 +984,21 @@ def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
     return ids, (tok.pad_token_id if tok.pad_token_id is not None else 0)
 
 
-def make_plan(args, ids: dict, lines: dict, pad_id: int, layers: list) -> Plan:
-    lengths = {s: [len(x) for x in ids[s]] for s in SPLITS}
-    counts = {s: sum(1 for n in lengths[s] if len(counted_positions(n, args.skip_first))) for s in SPLITS}
-    dropped = {s: len(lengths[s]) - counts[s] for s in SPLITS}
-    for s in SPLITS:
+def make_geometry_plan(args, ids: dict, lines: dict, pad_id: int, layers: list) -> GeometryPlan:
+    lengths = {s: [len(x) for x in ids[s]] for s in GEOMETRY_SPLITS}
+    counts = {s: sum(1 for n in lengths[s] if len(counted_positions(n, args.skip_first))) for s in GEOMETRY_SPLITS}
+    dropped = {s: len(lengths[s]) - counts[s] for s in GEOMETRY_SPLITS}
+    for s in GEOMETRY_SPLITS:
         if dropped[s]:
             print(f"note: {dropped[s]} {s} texts have no token after the first {args.skip_first} "
                   "(--skip-first); they enter no statistic", file=sys.stderr)
     check_folds(counts, args.probe_folds, f"texts with tokens after the first {args.skip_first} (--skip-first)")
     sample, slot = {}, {}
-    for i, s in enumerate(SPLITS):
+    for i, s in enumerate(GEOMETRY_SPLITS):
         t, p = choose_sample(lengths[s], args.skip_first, args.max_tokens, args.seed, i)
         sample[s] = (t, p)
         slot[s] = {(int(a), int(b)): r for r, (a, b) in enumerate(zip(t, p))}
-    return Plan(ids=ids, lines=lines, pad_id=pad_id, batches=make_batches(lengths, args.batch_size), layers=layers,
+    return GeometryPlan(ids=ids, lines=lines, pad_id=pad_id, batches=split_batches(lengths, args.batch_size), layers=layers,
                 skip_first=args.skip_first, sample=sample, slot=slot, padding_side=args.padding_side)
 
 
@@ -1013,17 +1017,17 @@ def progress_factory():
 
 def run(args) -> Path:
     t_start = time.perf_counter()
-    check_flags(args)
+    check_geometry_flags(args)
     lines, texts = {}, {}
     for s, path in (("forget", args.forget_text), ("retain", args.retain_text)):
         lines[s], texts[s] = read_split(path, args.max_samples)
-    check_folds({s: len(texts[s]) for s in SPLITS}, args.probe_folds)
-    models = inspect_models(args)
-    outdir = check_outdir(args.outdir, REPORT_NAME, owned=(CSV_NAME, REPORT_NAME, FEATURES_NAME),
+    check_folds({s: len(texts[s]) for s in GEOMETRY_SPLITS}, args.probe_folds)
+    models = inspect_pair(args)
+    outdir = check_outdir(args.outdir, REPORT_NAME, owned=(GEOMETRY_CSV, REPORT_NAME, FEATURES_NAME),
                           inputs=(models.dir_a, models.dir_b))
-    layers = parse_layers(args.layers, models.n_layers + 1)
-    ids, pad_id = tokenize_texts(args, models, texts)
-    plan = make_plan(args, ids, lines, pad_id, layers)
+    layers = parse_layer_spec(args.layers, models.n_layers + 1)
+    ids, pad_id = tokenize_splits(args, models, texts)
+    plan = make_geometry_plan(args, ids, lines, pad_id, layers)
     progress = progress_factory()
     stats_device = "cuda" if models.device == "cuda" else "cpu"  # float64 maths: not on MPS
 
@@ -1037,13 +1041,13 @@ def run(args) -> Path:
     t0 = time.perf_counter()
     gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
     try:
-        model = load_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        model = load_causal_lm(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
         res_a = forward_pass(model, plan, models.device, models.hidden, "A", progress, directions)
         del model  # one model in memory at a time
         release_memory()
         timings["pass_a_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model = load_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        model = load_causal_lm(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
         res_b = forward_pass(model, plan, models.device, models.hidden, "B", progress)
         del model
         release_memory()
@@ -1058,24 +1062,24 @@ def run(args) -> Path:
     timings["statistics_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
-    files = {outdir / CSV_NAME: csv_text(rows),
+    files = {outdir / GEOMETRY_CSV: csv_text(rows),
              outdir / REPORT_NAME: report_text(args, models, plan, directions, timings)}
     if args.save_features:
         files[outdir / FEATURES_NAME] = features_bytes(plan, res_a, res_b)
     write_atomically(files)
     if not args.save_features and (outdir / FEATURES_NAME).exists():
         (outdir / FEATURES_NAME).unlink()  # an earlier run's features would not match this CSV
-    return outdir / CSV_NAME
+    return outdir / GEOMETRY_CSV
 
 
-def features_bytes(plan: Plan, res_a: PassResult, res_b: PassResult) -> bytes:
+def features_bytes(plan: GeometryPlan, res_a: PassResult, res_b: PassResult) -> bytes:
     """The per-text features, ``a.forget`` [texts, layers, hidden] etc., the reported ``layers`` and the
     texts' line numbers ``forget_line`` / ``retain_line`` (texts without counted tokens are left out)."""
     import torch
     from safetensors.torch import save
 
     tensors = {"layers": torch.tensor(plan.layers, dtype=torch.long)}
-    for s in SPLITS:
+    for s in GEOMETRY_SPLITS:
         keep = torch.tensor([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]])
         tensors[f"{s}_line"] = torch.tensor(plan.lines[s], dtype=torch.long)[keep]
         tensors[f"a.{s}"] = res_a.features[s][keep].contiguous()
@@ -1084,7 +1088,7 @@ def features_bytes(plan: Plan, res_a: PassResult, res_b: PassResult) -> bytes:
                                    "feature": f"mean over each text's real tokens after the first {plan.skip_first}"})
 
 
-def versions() -> dict:
+def package_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -1096,7 +1100,7 @@ def versions() -> dict:
     return out
 
 
-def report_text(args, models: Models, plan: Plan, directions: dict, timings: dict) -> str:
+def report_text(args, models: ModelPair, plan: GeometryPlan, directions: dict, timings: dict) -> str:
     import yaml
 
     def model_entry(spec, path):
@@ -1111,7 +1115,7 @@ def report_text(args, models: Models, plan: Plan, directions: dict, timings: dic
     changed = {f"{j}.{c}": {"k": d[1], "rank": d[2], "d_in": d[3]} if d else None
                for (j, c), d in sorted(directions.items())}
     report = {
-        "Models": {"a": model_entry(args.model_a, models.dir_a), "b": model_entry(args.model_b, models.dir_b)},
+        "ModelPair": {"a": model_entry(args.model_a, models.dir_a), "b": model_entry(args.model_b, models.dir_b)},
         "Data": data,
         "Settings": {"layers": plan.layers, "max_samples": args.max_samples, "max_length": args.max_length,
                      "batch_size": args.batch_size, "padding_side": args.padding_side, "max_tokens": args.max_tokens,
@@ -1127,12 +1131,12 @@ def report_text(args, models: Models, plan: Plan, directions: dict, timings: dic
         },
         "Delta_W": changed,
         "Timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "Versions": versions(),
+        "Versions": package_versions(),
     }
     return yaml.safe_dump(report, sort_keys=False, allow_unicode=True)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model-a", required=True, help="base model: local directory or hub ID")
@@ -1158,7 +1162,11 @@ def parse_args(argv=None):
                    help="how batches are padded (the numbers do not depend on it)")
     p.add_argument("--save-features", action="store_true", help=f"also write the per-text features to {FEATURES_NAME}")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if args.outdir is None:
         args.outdir = str(Path("outputs") / f"{model_stem(args.model_a)}_vs_{model_stem(args.model_b)}"
                           / "activation_geometry")

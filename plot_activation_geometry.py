@@ -37,9 +37,13 @@ import tempfile
 from pathlib import Path
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -119,19 +123,19 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 # --- end shared helpers ---
 
 
-MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 SPLIT_STYLE = {"forget": dict(linestyle="-", marker="o"), "retain": dict(linestyle="--", marker="s")}
 COMP_STYLE = {"mlp_in": dict(marker="o", linestyle="-"), "qkv": dict(marker="^", linestyle="--")}
 NEEDED = ["layer", "probe_auc_a", "probe_auc_a_std", "probe_auc_b", "probe_auc_b_std", "cka_forget", "cka_retain",
           "eff_rank_forget_a", "eff_rank_forget_b", "eff_rank_retain_a", "eff_rank_retain_b",
           "dW_read_selectivity_mlp_in", "dW_read_selectivity_qkv"]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 1."""
 
 
 def model_colour(index: int) -> str:
@@ -157,7 +161,7 @@ def read_geometry(path):
     return df.sort_values("layer")
 
 
-def style_layer_axis(ax) -> None:
+def style_geometry_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -177,7 +181,7 @@ def plot_probe(df, name, label_a, label_b, colour_b):
     ax.set_ylim(0.4, 1.02)
     ax.set_ylabel("forget-vs-retain probe ROC AUC (± fold std)")
     ax.set_title(f"{name}: linear separability of forget and retain text")
-    style_layer_axis(ax)
+    style_geometry_axis(ax)
     ax.legend(fontsize=8)
     return fig
 
@@ -191,7 +195,7 @@ def plot_cka(df, name, label_b, colour_b):
     ax.set_ylim(min(0.0, float(df[["cka_forget", "cka_retain"]].min().min())), 1.02)
     ax.set_ylabel("linear CKA(A, B), per-token activations")
     ax.set_title(f"{name}: how alike A and B ({label_b}) represent text")
-    style_layer_axis(ax)
+    style_geometry_axis(ax)
     ax.legend(fontsize=8)
     return fig
 
@@ -206,7 +210,7 @@ def plot_rank(df, name, label_a, label_b, colour_b):
                     label=f"{'AB'[tag == 'b']}: {label}, {split}", **SPLIT_STYLE[split])
     ax.set_ylabel("effective rank (99% of the centred covariance's energy)")
     ax.set_title(f"{name}: dimensionality of the representations")
-    style_layer_axis(ax)
+    style_geometry_axis(ax)
     ax.legend(fontsize=8)
     return fig
 
@@ -236,7 +240,7 @@ def plot_selectivity(df, name, label_b, colour_b):
     return fig
 
 
-def make_plots(csv, outdir, name, label_a, label_b, b_index: int = 1) -> list[Path]:
+def make_geometry_plots(csv, outdir, name, label_a, label_b, b_index: int = 1) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +263,7 @@ def make_plots(csv, outdir, name, label_a, label_b, b_index: int = 1) -> list[Pa
     return [out / f for f in figs]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", required=True, help="activation_geometry.csv from collect_activation_geometry.py")
     p.add_argument("--outdir", required=True, help="where the PNGs go")
@@ -268,12 +272,17 @@ def main(argv=None) -> int:
     p.add_argument("--model-b-label", default="model B", help="model B's name in legends")
     p.add_argument("--model-b-index", type=int, default=1,
                    help="model B's position in the study (1 = first of COMPARE_WITH): picks its colour (default: 1)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.model_b_index < 1:
         p.error("--model-b-index must be 1 or more (0 is the reference model A)")
     name = args.name or Path(args.csv).resolve().parent.parent.name
     try:
-        for path in make_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label, args.model_b_index):
+        for path in make_geometry_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label, args.model_b_index):
             print(f"wrote {path}", file=sys.stderr)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,18 +6,15 @@
 # UV_RUN); a variable that is not set passes no flag, so the tool's own default applies:
 #   FORGET_TEXT, RETAIN_TEXT (or DATA_DIR)  DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  SEED
 #   MAX_SAMPLES (or GEOMETRY_MAX_SAMPLES, which wins)  GEOMETRY_MAX_TOKENS  GEOMETRY_LAYERS
-#   GEOMETRY_SKIP_FIRST  GEOMETRY_PROBE_FOLDS  GEOMETRY_TOP_K  GEOMETRY_SAVE_FEATURES (1 = --save-features)
+#   GEOMETRY_SKIP_FIRST  GEOMETRY_PROBE_FOLDS  GEOMETRY_TOP_K  GEOMETRY_SAVE_FEATURES (1/true/yes = --save-features)
 # e.g.  DEVICE=cuda GEOMETRY_MAX_TOKENS=4096 ./run_activation_geometry.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 user_data_dir="${DATA_DIR:-}"  # set by the user, not by study.sh
 source ./study.sh
 
-extra=()
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then extra+=("$2" "${!1}"); fi
-}
-[[ -n "$user_data_dir" ]] && extra+=(--forget-text "$DATA_DIR/forget.txt" --retain-text "$DATA_DIR/retain.txt")
+ARGS=()
+[[ -n "$user_data_dir" ]] && ARGS+=(--forget-text "$DATA_DIR/forget.txt" --retain-text "$DATA_DIR/retain.txt")
 flag FORGET_TEXT --forget-text
 flag RETAIN_TEXT --retain-text
 flag DEVICE --device
@@ -31,11 +28,11 @@ flag GEOMETRY_LAYERS --layers
 flag GEOMETRY_SKIP_FIRST --skip-first
 flag GEOMETRY_PROBE_FOLDS --probe-folds
 flag GEOMETRY_TOP_K --top-k
-[[ "${GEOMETRY_SAVE_FEATURES:-0}" == 1 ]] && extra+=(--save-features)
+switch GEOMETRY_SAVE_FEATURES --save-features
 
 for MODEL_B in $COMPARE_WITH; do
   cmp=$(comparison_name "$MODEL_A" "$MODEL_B")
   echo "== activation geometry: $cmp"
   $UV_RUN collect_activation_geometry.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
-    --outdir "$OUTPUTS_DIR/$cmp/activation_geometry" ${extra[@]+"${extra[@]}"}
+    --outdir "$OUTPUTS_DIR/$cmp/activation_geometry" ${ARGS[@]+"${ARGS[@]}"}
 done

@@ -45,12 +45,12 @@ if tok.pad_token_id is None:
     tok.pad_token = tok.eos_token
 ids = {{s: [x for x in tok(open(f).read().splitlines(), truncation=True, max_length={max_len})["input_ids"]]
        for s, f in (("forget", {forget!r}), ("retain", {retain!r}))}}
-batches = g.make_batches({{s: [len(x) for x in ids[s]] for s in ids}}, {batch})
+batches = g.split_batches({{s: [len(x) for x in ids[s]] for s in ids}}, {batch})
 for d in ({a!r}, {b!r}):
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, use_safetensors=True).eval()
     with torch.inference_mode():
         for split, idx in batches:
-            x, mask, pos, _ = g.pad_batch([ids[split][i] for i in idx], tok.pad_token_id)
+            x, mask, pos, _ = g.pad_texts([ids[split][i] for i in idx], tok.pad_token_id)
             out = model.base_model(input_ids=x, attention_mask=mask, position_ids=pos, output_hidden_states=True)
     del model, out
 """

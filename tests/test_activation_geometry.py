@@ -150,7 +150,7 @@ def run_tool(model_a, model_b, texts, outdir, *extra) -> pd.DataFrame:
                  "--probe-folds", str(FOLDS), "--top-k", str(TOP_K), "--max-length", str(MAX_LEN),
                  "--seed", str(SEED), *extra])
     assert rc == 0
-    return pd.read_csv(Path(outdir) / g.CSV_NAME)
+    return pd.read_csv(Path(outdir) / g.GEOMETRY_CSV)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +369,7 @@ def test_wrappers_pass_only_what_is_set(tmp_path):
 def test_plots_from_the_csv(results, tmp_path, capsys):
     import plot_activation_geometry as pag
 
-    csv = results["dir"] / "gpt_neox" / g.CSV_NAME
+    csv = results["dir"] / "gpt_neox" / g.GEOMETRY_CSV
     assert pag.main(["--csv", str(csv), "--outdir", str(tmp_path / "plots"), "--model-b-index", "2"]) == 0
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["cka.png", "dW_read_selectivity.png", "effective_rank.png", "probe_auc.png"]
