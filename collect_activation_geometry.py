@@ -377,7 +377,7 @@ def base_of(model):
 
 
 # Copied from collect_activation_norms.py: load_model (renamed: unlearn.py and layerwise_lens.py have others)
-def load_causal_lm(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
+def load_geometry_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -1041,13 +1041,13 @@ def run(args) -> Path:
     t0 = time.perf_counter()
     gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
     try:
-        model = load_causal_lm(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
         res_a = forward_pass(model, plan, models.device, models.hidden, "A", progress, directions)
         del model  # one model in memory at a time
         release_memory()
         timings["pass_a_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model = load_causal_lm(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
         res_b = forward_pass(model, plan, models.device, models.hidden, "B", progress)
         del model
         release_memory()
