@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The whole study, end to end:
-#   clean outputs/ and plots/ -> weight-diff stats -> their plots -> forget/retain data
-#   -> sanity checks (check_experiment.py) -> activation stats -> their plots
-#   -> evaluation of every model (evaluate_unlearning.py) -> its plot
-#   -> the same fine-tuning attack on every model (tamper_attack.py) -> its plot,
-#   then a list of every CSV and PNG produced.
+#   (demo build) -> weight-diff stats -> their plots -> weight geometry -> its plots
+#   -> forget/retain data -> sanity checks -> activation stats -> their plots
+#   -> activation geometry -> its plots -> evaluation of every model -> its plot
+#   -> the same fine-tuning attack on every model -> its plot -> layer-wise lens -> its plot
+#   -> training-free attacks -> their plot -> report/index.html (one page for the whole study).
 #
 #   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
 #   ./pipeline.sh --demo   the embedded miniature: builds (or reuses) the tiny demo model family
 #                          under demo/models and runs the same steps on it, offline, on a CPU
 #
-# Every step is a wrapper (run_*.sh, plot_*.sh) whose settings come from the environment (see
-# study.sh and each wrapper); LOG_DIR (default outputs/logs) holds one log per step. Ctrl-C or
-# SIGTERM stops the pipeline with 130 / 143 after the running tool has cleaned up.
+# A step whose results are complete (the file its tool writes last exists) is skipped, so a stopped
+# study goes on where it stopped; FORCE=1 cleans outputs/ and plots/ (unlearned models are kept)
+# and re-runs every step. Plots and the report are always re-made (they take seconds).
+# Every setting of the steps can be overridden from the environment (see study.sh and each
+# run_*.sh); LOG_DIR (default outputs/logs) holds one log per step.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -46,8 +48,15 @@ if [ "$DEMO" = 1 ]; then
   export TAMPER_STEPS="${TAMPER_STEPS:-60}" TAMPER_EVAL_EVERY="${TAMPER_EVAL_EVERY:-10}"
   export TAMPER_LR="${TAMPER_LR:-3e-4}" TAMPER_BATCH_SIZE="${TAMPER_BATCH_SIZE:-8}"
   [ -f "$DEMO_DIR/data/forget_test.txt" ] && export TAMPER_DATA_DIR="${TAMPER_DATA_DIR:-$DEMO_DIR/data}"
+  # the third-round steps, sized for the miniature on a CPU (the tools' defaults are for the real study)
+  export GEOMETRY_MAX_SAMPLES="${GEOMETRY_MAX_SAMPLES:-64}" GEOMETRY_MAX_TOKENS="${GEOMETRY_MAX_TOKENS:-2048}"
+  export LENS_STEPS="${LENS_STEPS:-60}" LENS_TOKENS_PER_STEP="${LENS_TOKENS_PER_STEP:-512}"
+  export ABLATION_LAYERS="${ABLATION_LAYERS:-2,4,6}" ABLATION_RANKS="${ABLATION_RANKS:-1,8}"
+  export ABLATION_BITS="${ABLATION_BITS:-4}" DIRECTION_SAMPLES="${DIRECTION_SAMPLES:-64}"
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # tiny models: one thread is faster and steadier
 fi
 source ./study.sh
+source ./common/skip.sh
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
 
 # Every setting is checked before anything is cleaned (the allowed values are the tools' choices;
@@ -120,35 +129,58 @@ step() {  # step NAME COMMAND... : announce, run with a log, name the failing st
   fi
 }
 
-# Clean results of earlier runs, but never an unlearned model (outputs/<model>__<method>/unlearned_model,
-# outputs/<model>__<method>__seed<k>/unlearned_model).
-echo "==> cleaning $OUTPUTS_DIR/ and $PLOTS_DIR/ (unlearned models are kept)"
-for entry in "$OUTPUTS_DIR"/* "$PLOTS_DIR"/*; do
-  [ -e "$entry" ] || continue
-  [ -d "$entry/unlearned_model" ] && continue
-  rm -rf -- "$entry"
-done
+# FORCE=1: clean results of earlier runs, but never an unlearned model
+# (outputs/<model>__<method>/unlearned_model, outputs/<model>__<method>__seed<k>/unlearned_model).
+# Without it, finished steps are kept and skipped (common/skip.sh).
+force=0
+env_flag FORCE || force=$?
+[ "$force" != 2 ] || exit 2
+if [ "$force" = 0 ]; then
+  echo "==> cleaning $OUTPUTS_DIR/ and $PLOTS_DIR/ (FORCE=1; unlearned models are kept)"
+  for entry in "$OUTPUTS_DIR"/* "$PLOTS_DIR"/*; do
+    [ -e "$entry" ] || continue
+    [ -d "$entry/unlearned_model" ] && continue
+    rm -rf -- "$entry"
+  done
+fi
 mkdir -p "$OUTPUTS_DIR" "$PLOTS_DIR" "$LOG_DIR"
 
+# markers MODE: the file each comparison's tool writes last, for every comparison of the study
+markers() {
+  local sub="$1" model_b
+  for model_b in $COMPARE_WITH; do
+    echo "$OUTPUTS_DIR/$(comparison_name "$MODEL_A" "$model_b")/$sub"
+  done
+}
 if [ "$DEMO" = 1 ]; then
   step "build demo models" $UV_RUN demo/build_demo.py --outdir "$DEMO_DIR"
 fi
-step "weight-diff stats" ./run_params_local.sh
+unless_done step "weight-diff stats" $(markers param_stats/per_component.csv) -- ./run_params_local.sh
 step "weight-diff plots" ./plot_param_stats.sh
-step "datasets" ./run_datasets.sh
+unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
+step "weight geometry plots" ./plot_weight_geometry.sh
+unless_done step "datasets" "$DATA_DIR/PROVENANCE.md" -- ./run_datasets.sh
 step "sanity checks" ./run_checks.sh
-step "activation stats" ./run_activations.sh
+unless_done step "activation stats" $(markers activation_stats/activation_stats.csv) -- ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
+unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- ./run_activation_geometry.sh
+step "activation geometry plots" ./plot_activation_geometry.sh
 # evidence of forgetting: the study's models side by side on the untouched test splits
-step "evaluation" ./run_eval.sh
+unless_done step "evaluation" "$OUTPUTS_DIR/eval/summary.csv" -- ./run_eval.sh
 step "evaluation plot" ./plot_unlearning_eval.sh
-# the same fine-tuning attack on every model, reference first (the demo's is sized for it, one thread)
-if [ "$DEMO" = 1 ]; then
-  step "tamper attack" env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" ./run_tamper.sh
-else
-  step "tamper attack" ./run_tamper.sh
-fi
+# the same fine-tuning attack on every model, reference first
+unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- ./run_tamper.sh
 step "tamper plot" ./plot_tamper.sh
+# what each layer still knows (tuned lenses already trained for a model are reused)
+step "layer-wise lens" ./run_lens.sh
+step "layer-wise lens plot" ./plot_lens.sh
+# training-free attacks: MODEL_A is the reference, the compared models are attacked (the demo: on
+# the test lines its twins were built around, as the tamper attack)
+unless_done step "training-free attacks" "$OUTPUTS_DIR/ablation/ablation_report.yaml" -- \
+  env DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
+step "training-free attacks plot" ./plot_ablation.sh
+step "report" ./run_report.sh
 
 echo "==> done. Files produced:"
 find "$OUTPUTS_DIR" "$PLOTS_DIR" -type f \( -name '*.csv' -o -name '*.png' \) | sort | sed 's/^/    /'
+echo "==> the study's report: ${REPORT_OUT:-report/index.html} (open it in a browser)"

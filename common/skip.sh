@@ -8,12 +8,14 @@
 #   evaluation          $OUTPUTS_DIR/eval/summary.csv      (written after every model is done)
 #   tamper attack       $OUTPUTS_DIR/tamper/attack_report.yaml (the folder is published at once)
 #   unlearning          <outdir>/run_report.yaml
-# FORCE=1 re-runs every step. Plots are cheap and always re-made.
+# FORCE=1 (or true/yes) re-runs every step. Plots are cheap and always re-made.
+
+declare -F env_flag >/dev/null || source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 # step_done MARKER...: status 0 when FORCE is not 1, at least one marker is given and every marker
 # is a non-empty file; 1 otherwise.
 step_done() {
-  [ "${FORCE:-0}" = 1 ] && return 1
+  env_flag FORCE && return 1   # FORCE=1/true/yes (common/env.sh)
   [ "$#" -gt 0 ] || return 1
   local marker
   for marker in "$@"; do

@@ -40,7 +40,7 @@ def pipeline(repo: Path, home: Path, **settings) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MODEL_", "COMPARE_", "PYTEST", "OUTPUTS_DIR", "PLOTS_DIR", "DATA_DIR", "LOG_DIR",
                                 "DATASET_SOURCE", "DEVICE", "DTYPE", "SEED", "MAX_LENGTH", "BATCH_SIZE"))}
-    env.update(HF_HUB_OFFLINE="1", HOME=str(home), UV_RUN="false", **settings)
+    env.update({"HF_HUB_OFFLINE": "1", "HOME": str(home), "UV_RUN": "false", **settings})
     return subprocess.run(["bash", str(repo / "pipeline.sh"), "--demo"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -112,8 +112,43 @@ def test_cleaning_keeps_unlearned_models_seeded_or_not(checkout, tmp_path):
     earlier_results(outputs)
     (plots / "a_vs_b").mkdir(parents=True)
     (plots / "a_vs_b" / "old.png").write_text("stale")
-    proc = pipeline(checkout, tmp_path, OUTPUTS_DIR=str(outputs), PLOTS_DIR=str(plots))
+    proc = pipeline(checkout, tmp_path, OUTPUTS_DIR=str(outputs), PLOTS_DIR=str(plots), FORCE="1")
     assert "==> cleaning" in proc.stdout and proc.returncode == 1    # UV_RUN=false: the first tool "fails"
     assert not (outputs / "a_vs_b").exists() and not (plots / "a_vs_b").exists()
     for run in ("m__ga", "m__npo__seed7"):
         assert (outputs / run / "unlearned_model" / "model.safetensors").read_text() == "weights"
+
+
+def test_without_force_nothing_is_cleaned(checkout, tmp_path):
+    outputs, plots = tmp_path / "outputs", tmp_path / "plots"
+    earlier_results(outputs)
+    proc = pipeline(checkout, tmp_path, OUTPUTS_DIR=str(outputs), PLOTS_DIR=str(plots))
+    assert "==> cleaning" not in proc.stdout and proc.returncode == 1   # UV_RUN=false: the first tool "fails"
+    assert (outputs / "a_vs_b" / "param_stats" / "per_layer.csv").read_text() == "stale"
+
+
+def test_a_rerun_skips_finished_steps_and_force_reruns_them(checkout, tmp_path):
+    """UV_RUN=true: every tool "succeeds" at once, so the whole pipeline runs in seconds; the steps
+    whose last-written file is there are skipped, FORCE=1 cleans and runs every one."""
+    outputs, plots, data = tmp_path / "outputs", tmp_path / "plots", tmp_path / "data"
+    data.mkdir()
+    for cmp in ("demo-unfiltered_vs_demo-e2e-strong-filter", "demo-unfiltered_vs_demo-unfiltered-cb-lat"):
+        for marker in ("param_stats/per_component.csv", "weight_geometry/geometry_report.yaml",
+                       "activation_stats/activation_stats.csv", "activation_geometry/geometry_report.yaml"):
+            (outputs / cmp / marker).parent.mkdir(parents=True, exist_ok=True)
+            (outputs / cmp / marker).write_text("done\n")
+    for marker in ("eval/summary.csv", "tamper/attack_report.yaml", "ablation/ablation_report.yaml"):
+        (outputs / marker).parent.mkdir(parents=True, exist_ok=True)
+        (outputs / marker).write_text("done\n")
+    (data / "PROVENANCE.md").write_text("done\n")
+    settings = dict(OUTPUTS_DIR=str(outputs), PLOTS_DIR=str(plots), DATA_DIR=str(data), UV_RUN="true")
+    proc = pipeline(checkout, tmp_path, **settings)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    skipped = [line.split(":")[0].removeprefix("==> ") for line in proc.stdout.splitlines() if "done already" in line]
+    assert skipped == ["weight-diff stats", "weight geometry", "datasets", "activation stats", "activation geometry",
+                       "evaluation", "tamper attack", "training-free attacks"]
+    assert "==> cleaning" not in proc.stdout and "layer-wise lens" in proc.stdout and "report" in proc.stdout
+    proc = pipeline(checkout, tmp_path, FORCE="1", **settings)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "==> cleaning" in proc.stdout and "done already" not in proc.stdout
+    assert not (outputs / "eval").exists()                        # cleaned; the tools (UV_RUN=true) wrote nothing

@@ -31,3 +31,4 @@ def test_runs_until_every_marker_is_there_then_skips_unless_forced(tmp_path):
     assert out.startswith("==> stats: done already") and "FORCE=1" in out and not (tmp_path / "ran").exists()
     assert run(tmp_path, force="1") == "ran stats\n" and (tmp_path / "ran").exists()
     assert run(tmp_path, force="0").startswith("==> stats: done already")
+    assert run(tmp_path, force="TRUE") == "ran stats\n"                 # the one boolean rule (env_flag)
