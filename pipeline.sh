@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole study, end to end:
-#   (demo build) -> weight-diff stats -> their plots -> weight geometry -> its plots
-#   -> forget/retain data -> sanity checks -> activation stats -> their plots
-#   -> activation geometry -> its plots -> evaluation of every model -> its plot
-#   -> the same fine-tuning attack on every model -> its plot -> layer-wise lens -> its plot
-#   -> training-free attacks -> their plot -> report/index.html (one page for the whole study).
+#   (demo build) -> weight-diff stats -> their plots -> forget/retain data -> sanity checks
+#   -> activation stats -> their plots -> evaluation of every model -> its plot
+#   -> the same fine-tuning attack on every model -> its plot -> weight geometry -> its plots
+#   -> activation geometry -> its plots -> layer-wise lens -> its plot -> training-free attacks
+#   -> their plot -> report/index.html (one page for the whole study).
 #
 #   ./pipeline.sh          the reference study on the EleutherAI deep-ignorance models (GPU, hub)
 #   ./pipeline.sh --demo   the embedded miniature: builds (or reuses) the tiny demo model family
@@ -53,8 +53,10 @@ if [ "$DEMO" = 1 ]; then
   export LENS_STEPS="${LENS_STEPS:-60}" LENS_TOKENS_PER_STEP="${LENS_TOKENS_PER_STEP:-512}"
   export ABLATION_LAYERS="${ABLATION_LAYERS:-2,4,6}" ABLATION_RANKS="${ABLATION_RANKS:-1,8}"
   export ABLATION_BITS="${ABLATION_BITS:-4}" DIRECTION_SAMPLES="${DIRECTION_SAMPLES:-64}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # tiny models: one thread is faster and steadier
 fi
+# the attack and the third-round steps on the demo's tiny models: one thread is faster and steadier
+one_thread=(env)
+[ "$DEMO" = 1 ] && one_thread=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}")
 source ./study.sh
 source ./common/skip.sh
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
@@ -157,27 +159,28 @@ if [ "$DEMO" = 1 ]; then
 fi
 unless_done step "weight-diff stats" $(markers param_stats/per_component.csv) -- ./run_params_local.sh
 step "weight-diff plots" ./plot_param_stats.sh
-unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
-step "weight geometry plots" ./plot_weight_geometry.sh
 unless_done step "datasets" "$DATA_DIR/PROVENANCE.md" -- ./run_datasets.sh
 step "sanity checks" ./run_checks.sh
 unless_done step "activation stats" $(markers activation_stats/activation_stats.csv) -- ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
-unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- ./run_activation_geometry.sh
-step "activation geometry plots" ./plot_activation_geometry.sh
 # evidence of forgetting: the study's models side by side on the untouched test splits
 unless_done step "evaluation" "$OUTPUTS_DIR/eval/summary.csv" -- ./run_eval.sh
 step "evaluation plot" ./plot_unlearning_eval.sh
 # the same fine-tuning attack on every model, reference first
-unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- ./run_tamper.sh
+unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- "${one_thread[@]}" ./run_tamper.sh
 step "tamper plot" ./plot_tamper.sh
+# why it comes back: where in weight space the change lives, how the representations changed
+unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
+step "weight geometry plots" ./plot_weight_geometry.sh
+unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- "${one_thread[@]}" ./run_activation_geometry.sh
+step "activation geometry plots" ./plot_activation_geometry.sh
 # what each layer still knows (tuned lenses already trained for a model are reused)
-step "layer-wise lens" ./run_lens.sh
+step "layer-wise lens" "${one_thread[@]}" ./run_lens.sh
 step "layer-wise lens plot" ./plot_lens.sh
 # training-free attacks: MODEL_A is the reference, the compared models are attacked (the demo: on
 # the test lines its twins were built around, as the tamper attack)
 unless_done step "training-free attacks" "$OUTPUTS_DIR/ablation/ablation_report.yaml" -- \
-  env DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
+  "${one_thread[@]}" DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
 step "training-free attacks plot" ./plot_ablation.sh
 step "report" ./run_report.sh
 

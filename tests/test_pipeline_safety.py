@@ -145,8 +145,8 @@ def test_a_rerun_skips_finished_steps_and_force_reruns_them(checkout, tmp_path):
     proc = pipeline(checkout, tmp_path, **settings)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     skipped = [line.split(":")[0].removeprefix("==> ") for line in proc.stdout.splitlines() if "done already" in line]
-    assert skipped == ["weight-diff stats", "weight geometry", "datasets", "activation stats", "activation geometry",
-                       "evaluation", "tamper attack", "training-free attacks"]
+    assert skipped == ["weight-diff stats", "datasets", "activation stats", "evaluation", "tamper attack",
+                       "weight geometry", "activation geometry", "training-free attacks"]
     assert "==> cleaning" not in proc.stdout and "layer-wise lens" in proc.stdout and "report" in proc.stdout
     proc = pipeline(checkout, tmp_path, FORCE="1", **settings)
     assert proc.returncode == 0, proc.stdout + proc.stderr
