@@ -195,9 +195,13 @@ def draw(res: dict):
         top.set_ylabel("recovered share of the forget-NLL gap" if col == 0 else "")
         bottom.set_ylabel("retain-test NLL (nats)" if col == 0 else "")
         bottom.set_xlabel(xlabel)
-        if attack == "delta_rank":
-            for ax in (top, bottom):
-                ax.set_xscale("symlog", linthresh=1)
+        values = sorted({p[0] for pts in res["series"][attack].values() for p in pts if not math.isnan(p[0])})
+        for ax in (top, bottom):
+            if attack == "delta_rank" and values and values[0] > 0:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(values)
+            ax.set_xticklabels([f"{v:g}" for v in values])
+            ax.minorticks_off()
         for ax in (top, bottom):
             ax.grid(alpha=0.3, linewidth=0.6)
             ax.spines[["top", "right"]].set_visible(False)
