@@ -205,7 +205,7 @@ def draw(res: dict):
         for ax in (top, bottom):
             ax.grid(alpha=0.3, linewidth=0.6)
             ax.spines[["top", "right"]].set_visible(False)
-    axes[0][0].legend(fontsize=8, frameon=False)
+    axes[0][0].legend(fontsize=8, frameon=False, loc="center right")
     fig.suptitle("Training-free attacks: how much of the forget-NLL gap comes back? (★ = layer chosen on the "
                  "direction data)", fontsize=12)
     return fig
