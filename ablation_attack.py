@@ -458,7 +458,7 @@ def delta_factors(dW, max_rank: int):
     import torch
     U, S, Vh = torch.linalg.svd(dW.double(), full_matrices=False)
     R = min(max_rank, S.numel())
-    return U[:, :R] * S[:R], Vh[:R], S
+    return U[:, :R] * S[:R], Vh[:R].clone(), S      # clone: a view would keep all of Vh alive
 
 
 def numerical_rank(S, shape) -> int:
