@@ -48,9 +48,18 @@ import numpy as np
 import pandas as pd
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -58,6 +67,73 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
 
 
 def _umask() -> int:
@@ -133,10 +209,6 @@ def write_atomically(files: dict) -> None:
 # --- end shared helpers ---
 
 
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
-
-
 # metric name in summary.csv -> (where in metrics.json, key in report.yaml's Results)
 METRICS = {
     "forget_NLL": (("forget_NLL",), "forget_nll"),
@@ -157,9 +229,6 @@ CI_METRICS = ("forget_NLL", "retain_NLL", "gap")  # whose CI goes into report.ya
 # Training keys that legitimately differ between the seeds of one group
 PER_SEED_KEYS = {"seed"}
 SPLIT_ORDER = ("forget_eval", "retain_eval", "forget_test", "retain_test", "forget_train", "retain_train")
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 # ----------------------------------------------------------------------------------------------
 # Statistics (pure)
 # ----------------------------------------------------------------------------------------------
@@ -237,17 +306,6 @@ def format_pm(mean: float, std: float) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def model_name(spec: str) -> str:
-    """The project's model name: hub ID ``org/name`` → ``org_name``; a folder → its basename, or
-    its parent's name when the folder is an ``unlearned_model``."""
-    p = Path(str(spec).rstrip("/"))
-    if not p.is_dir() and HUB_ID_RE.match(str(spec)):
-        return str(spec).replace("/", "_")
-    if p.name == "unlearned_model" and p.parent.name:
-        return p.parent.name
-    return p.name
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading runs
 # ----------------------------------------------------------------------------------------------
@@ -306,10 +364,10 @@ def read_run(path: str) -> dict:
     if "seed" not in report["Training"]:
         raise UsageError(f"{rp} records no Training.seed")
     return {"dir": run, "metrics": values, "report": report, "seed": report["Training"]["seed"],
-            "samples": read_samples(run / "per_sample_nll.csv")}
+            "samples": read_per_sample_nll(run / "per_sample_nll.csv")}
 
 
-def read_samples(path: Path) -> pd.DataFrame:
+def read_per_sample_nll(path: Path) -> pd.DataFrame:
     """per_sample_nll.csv (split, index, nll_before, nll_after), checked: finite numbers, integer
     indices, no (split, index) twice."""
     if not path.is_file():
@@ -591,15 +649,7 @@ def run(a: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr, flush=True)
-        return 130
-    return 0
+    return run_tool(lambda: run(args), kept="nothing was written")
 
 
 if __name__ == "__main__":

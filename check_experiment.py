@@ -61,9 +61,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -71,6 +80,72 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def env_flag(name: str, default: bool = False, environ=None) -> bool:
+    """A boolean environment variable (of ``environ``, default ``os.environ``), read the same way
+    everywhere (and by ``env_flag`` in common/env.sh): ``1``/``true``/``yes`` on, ``0``/``false``/
+    ``no`` or empty off (any case, surrounding blanks ignored), unset -> ``default``; anything else
+    is a UsageError."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no", ""):
+        return False
+    raise UsageError(f"{name}={raw!r} is not a boolean; use 1/true/yes or 0/false/no")
 
 
 def normalise(text: str) -> str:
@@ -142,11 +217,6 @@ PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "datasets", "t
 REQUIRED_PACKAGES = ("torch", "transformers", "safetensors")
 BALANCE_LIMIT = 2.0          # WARN when one set is more than twice the size of the other
 DISK_HEADROOM = 0.8          # WARN when the cache would use more than 80 % of the free space
-TRUTHY = {"1", "true", "yes", "on"}
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one ``error:`` line, exit 1."""
 
 
 @dataclass
@@ -159,7 +229,7 @@ class Check:
 
 # ----------------------------------------------------------------------------- reading the data
 
-def read_samples(path: str | os.PathLike) -> tuple[list[tuple[int, str]] | None, str]:
+def read_samples_or_reason(path: str | os.PathLike) -> tuple[list[tuple[int, str]] | None, str]:
     """Samples of a data file: ``([(line_number, text), ...], "")`` or ``(None, reason)``.
 
     The reading of every tool (``read_numbered_lines``: one sample per line, stripped, blank lines
@@ -316,7 +386,7 @@ def repro_settings(args_grad_accum: int | None, args_cache_fp16: bool, environ: 
     elif not checks:
         checks.append(Check("PASS", "grad accumulation", "off (1 step per optimiser update)", {"steps": steps or 1}))
 
-    env_fp16 = environ.get("CACHE_FP16", "").strip().lower() in TRUTHY
+    env_fp16 = env_flag("CACHE_FP16", environ=environ)
     if args_cache_fp16 or env_fp16:
         source = "--cache-fp16" if args_cache_fp16 else f"CACHE_FP16={environ.get('CACHE_FP16')}"
         checks.append(Check("WARN", "activation cache dtype", (
@@ -489,8 +559,8 @@ def check_data(args, counter, counter_note: str, max_positions: int | None = Non
     model more positions than it has.
     """
     checks: list[Check] = []
-    forget, f_err = read_samples(args.forget_data)
-    retain, r_err = read_samples(args.retain_data)
+    forget, f_err = read_samples_or_reason(args.forget_data)
+    retain, r_err = read_samples_or_reason(args.retain_data)
     f_name, r_name = Path(args.forget_data).name, Path(args.retain_data).name
     if forget is None or retain is None:
         parts = [f_err or f"{f_name} {len(forget)} samples", r_err or f"{r_name} {len(retain)} samples"]
@@ -632,8 +702,7 @@ def check_environment(args, token_stats: dict, dims: dict | None, dims_source: s
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    dtype, itemsize = cache_dtype(args.dtype, device, args.cache_fp16 or
-                                  os.environ.get("CACHE_FP16", "").strip().lower() in TRUTHY)
+    dtype, itemsize = cache_dtype(args.dtype, device, args.cache_fp16 or env_flag("CACHE_FP16"))
     disk = {"cache_dir": str(cache_dir), "free_bytes": free, "needed_bytes": None, "dims": dims,
             "dims_source": dims_source, "device": device, "cache_dtype": dtype, "bytes_per_value": itemsize}
     environment["disk"] = disk
@@ -745,15 +814,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-        report = run_checks(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_tool(lambda: report_checks(parse_args(argv)), kept="nothing was written (this tool only reads)")
+
+
+def report_checks(args) -> int:
+    """Run the checks and print them; 0 when every check passed, else 1."""
+    report = run_checks(args)
     try:
         if args.json:
             print(json.dumps(report, indent=2, default=str))

@@ -52,9 +52,18 @@ from pathlib import Path
 import numpy as np
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -62,6 +71,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -111,6 +170,15 @@ def pick_dtype(name: str, device: str) -> str:
     return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
 
 
+def release_memory() -> None:
+    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @functools.lru_cache(maxsize=None)
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
@@ -134,9 +202,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -172,6 +244,19 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
 
 
 def _umask() -> int:
@@ -244,6 +329,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
@@ -253,10 +419,6 @@ CSV_COLUMNS = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_
                "mean_dh_L1", "mean_dh_L2", "mean_cos_sim", "n_tokens"]
 CSV_NAME = "activation_stats.csv"
 FP16_MAX = 65504.0  # largest finite float16; anything beyond rounds to inf
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 1."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +434,7 @@ def read_texts(path: str | os.PathLike, max_samples: int | None = None) -> list[
     return texts[:max_samples] if max_samples else texts
 
 
-def load_config(path: Path, name: str, trust_remote_code: bool = False):
+def load_text_config(path: Path, name: str, trust_remote_code: bool = False):
     """The (text) config of a resolved model directory (``name``: what the user passed), or one sentence why not."""
     from transformers import AutoConfig
 
@@ -317,7 +479,7 @@ def has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in TOKENIZER_FILES)
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text, truncated to ``max_length`` (no padding: batches are padded later)."""
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return [list(x) for x in ids]
@@ -335,19 +497,6 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_right(seqs: list[list[int]], pad_id: int):
-    """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def base_of(model):
@@ -429,7 +578,7 @@ def stats_table(sums: dict, splits: list[str]):
 # The two passes
 
 
-def load_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
+def load_compared_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -539,15 +688,6 @@ def cache_written(future, cache_dir: Path) -> None:
                          "--cache-dir on a disk with more room, or --max-samples / --cache-fp16 to cache less") from None
 
 
-def release_memory() -> None:
-    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -604,8 +744,8 @@ def inspect_models(args) -> Models:
 
     dir_a = resolve_model_dir(args.model_a, args.trust_remote_code)
     dir_b = resolve_model_dir(args.model_b, args.trust_remote_code)
-    config_a = load_config(dir_a, args.model_a, args.trust_remote_code)
-    config_b = load_config(dir_b, args.model_b, args.trust_remote_code)
+    config_a = load_text_config(dir_a, args.model_a, args.trust_remote_code)
+    config_b = load_text_config(dir_b, args.model_b, args.trust_remote_code)
     n_layers, hidden = check_compatible(config_a, config_b)
     check_weights(dir_a, args.model_a)
     check_weights(dir_b, args.model_b)
@@ -642,7 +782,7 @@ def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
         print(f"note: --max-length {max_len} exceeds model A's {max_pos} positions; texts are cut at {max_pos}",
               file=sys.stderr)
         max_len = max_pos
-    ids = {s: tokenize(tok, t, max_len) for s, t in texts.items()}
+    ids = {s: token_ids(tok, t, max_len) for s, t in texts.items()}
     tok_b = None
     if has_tokenizer(models.dir_b):
         try:
@@ -654,7 +794,7 @@ def tokenize_texts(args, models: Models, texts: dict) -> tuple[dict, int]:
         print("note: model B has no tokenizer of its own; it is fed model A's token ids", file=sys.stderr)
     if tok_b is not None:
         for s in texts:
-            ids_b = tokenize(tok_b, texts[s], max_len)
+            ids_b = token_ids(tok_b, texts[s], max_len)
             bad = [i for i, (x, y) in enumerate(zip(ids[s], ids_b)) if x != y]
             if bad:
                 raise UsageError(f"model B's tokenizer encodes {len(bad)} of {len(ids[s])} {s} texts differently "
@@ -757,20 +897,15 @@ def two_passes(args, models: Models, batches: list, cache_root: Path, cache_dtyp
     in memory at a time; the cache is removed whatever happens. Returns the sums per split."""
     import socket
 
-    from tqdm.auto import tqdm
-
-    def progress(items, desc):
-        return tqdm(items, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True)
-
     sums = {s: new_sums(models.n_states) for s in splits}
     cache_dir = Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=cache_root))
     try:
         (cache_dir / CACHE_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-        model = load_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        model = load_compared_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
         pass_one(base_of(model), batches, models.device, cache_dir, cache_dtype, sums, models.n_states, progress)
         del model  # model A is gone before model B is loaded: one model in memory at a time
         release_memory()
-        model = load_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        model = load_compared_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
         pass_two(base_of(model), batches, models.device, cache_dir, sums, models.n_states, progress)
         del model
     finally:
@@ -803,40 +938,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def interrupted(signum, frame):  # `kill` cleans up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    if threading_is_main():
-        signal.signal(signal.SIGTERM, interrupted)
-    try:
+    def work() -> None:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; the activation cache was removed and no CSV was written", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    finally:
-        if threading_is_main():
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+        print(f"wrote {out}", file=sys.stderr)
 
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return run_tool(work, kept="the activation cache was removed and no CSV was written",
+                    oom_hint="lower --batch-size or --max-length")
 
 
 if __name__ == "__main__":

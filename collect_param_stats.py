@@ -64,15 +64,23 @@ import scipy.linalg
 from safetensors import SafetensorError, safe_open
 from scipy.linalg.blas import ddot, get_blas_funcs, ssyrk
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 # torch is imported only for a CUDA/MPS run (see choose_device): its import alone costs ~3.5 s of
 # CPU, a seventh of the whole exact-SVD route on a 160M-parameter pair
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -80,6 +88,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def pick_device(name: str) -> str:
@@ -119,9 +177,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -229,6 +291,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
@@ -237,10 +380,6 @@ PER_MATRIX_COLUMNS = ["name", "layer", "group", "shape0", "shape1", "dW_fro", "d
                       "W_iters"]
 PER_LAYER_COLUMNS = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats",
                      "count_changed"]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one `error: ...` line on stderr, exit status 1."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -767,7 +906,7 @@ def aggregate_per_layer(per_matrix: list[dict]) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+def write_table_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     """One CSV with a header line; floats as Python writes them (shortest round-trip, `nan`)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f, lineterminator="\n")
@@ -836,50 +975,47 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     outdir = Path(args.outdir) if args.outdir else Path("outputs") / (
         f"{Path(args.model_a.rstrip('/')).name}_vs_{Path(args.model_b.rstrip('/')).name}") / "param_stats"
-    try:
-        if args.tol <= 0 or args.block_size < 1 or args.max_iter < 1 or args.chunk_mb <= 0 or args.dense_max < 0:
-            raise UsageError("--tol and --chunk-mb must be positive, --block-size and --max-iter at least 1, "
-                             "--dense-max at least 0")
-        device = choose_device(args.device)
-        if args.dtype in ("fp16", "bf16"):
-            print(f"warning: --dtype {args.dtype} ignored: ΔW is always computed in fp32 from the stored "
-                  "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
-        a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
-        check_outdir(outdir, "per_*.csv", inputs=(a.dir, b.dir))  # before the work, not after it
-        names, warnings = match_matrices(a, b)
-        others = [n for n in names if parse_layer_group(n)[0] >= 0 and parse_layer_group(n)[1] == "other"]
-        if others:
-            warnings.append(f"{len(others)} matrices inside decoder layers are neither attention nor "
-                            f"MLP and are grouped as 'other' (e.g. {', '.join(others[:3])})")
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
-        # the bar is closed (its line ended) before an error line is printed
-        with tqdm(names, desc="ΔW spectra", unit="matrix") as bar:
-            per_matrix = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
-                                       tol=args.tol, max_iter=args.max_iter, seed=args.seed,
-                                       dense_max=args.dense_max)
-                          for name in bar]
-        stalled = [r["name"] for r in per_matrix if not r.pop("converged")]
-        if stalled:
-            print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "
-                  f"{args.tol:g} within --max-iter {args.max_iter} (e.g. {stalled[0]}); their stable "
-                  "ranks are upper bounds", file=sys.stderr)
-        per_layer = aggregate_per_layer(per_matrix)
-        write_atomically({outdir / "per_matrix.csv": lambda p: write_csv(p, per_matrix, PER_MATRIX_COLUMNS),
-                          outdir / "per_layer.csv": lambda p: write_csv(p, per_layer, PER_LAYER_COLUMNS)})
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
+    return run_tool(lambda: compare(args, outdir), kept="nothing was written")
+
+
+def compare(args, outdir: Path) -> None:
+    """The comparison: ΔW statistics of every matched matrix, written as the two CSVs."""
+    if args.tol <= 0 or args.block_size < 1 or args.max_iter < 1 or args.chunk_mb <= 0 or args.dense_max < 0:
+        raise UsageError("--tol and --chunk-mb must be positive, --block-size and --max-iter at least 1, "
+                         "--dense-max at least 0")
+    device = choose_device(args.device)
+    if args.dtype in ("fp16", "bf16"):
+        print(f"warning: --dtype {args.dtype} ignored: ΔW is always computed in fp32 from the stored "
+              "weights (a half-precision subtraction inflates small differences)", file=sys.stderr)
+    a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
+    check_outdir(outdir, "per_*.csv", inputs=(a.dir, b.dir))  # before the work, not after it
+    names, warnings = match_matrices(a, b)
+    others = [n for n in names if parse_layer_group(n)[0] >= 0 and parse_layer_group(n)[1] == "other"]
+    if others:
+        warnings.append(f"{len(others)} matrices inside decoder layers are neither attention nor "
+                        f"MLP and are grouped as 'other' (e.g. {', '.join(others[:3])})")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
+    # the bar is closed (its line ended) before an error line is printed
+    with progress(names, desc="ΔW spectra", unit="matrix") as bar:
+        per_matrix = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
+                                   tol=args.tol, max_iter=args.max_iter, seed=args.seed,
+                                   dense_max=args.dense_max)
+                      for name in bar]
+    stalled = [r["name"] for r in per_matrix if not r.pop("converged")]
+    if stalled:
+        print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "
+              f"{args.tol:g} within --max-iter {args.max_iter} (e.g. {stalled[0]}); their stable "
+              "ranks are upper bounds", file=sys.stderr)
+    per_layer = aggregate_per_layer(per_matrix)
+    write_atomically({outdir / "per_matrix.csv": lambda p: write_table_csv(p, per_matrix, PER_MATRIX_COLUMNS),
+                      outdir / "per_layer.csv": lambda p: write_table_csv(p, per_layer, PER_LAYER_COLUMNS)})
     print(f"wrote {outdir / 'per_matrix.csv'} ({len(per_matrix)} matrices) and {outdir / 'per_layer.csv'}")
     changed = [r for r in per_layer if r["dW_fro_layer"] > 0]
     if changed:
         top = max(changed, key=lambda r: r["dW_fro_layer"])
         print(f"largest change: layer {top['layer']} {top['group']}, ‖ΔW‖_F = {top['dW_fro_layer']:.4g}")
-    return 0
 
 
 if __name__ == "__main__":

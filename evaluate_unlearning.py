@@ -67,16 +67,22 @@ import zlib
 from pathlib import Path
 
 SPLITS = ("forget_test", "retain_test", "forget_train")
-ATTACKS = ("loss", "zlib", "mink", "minkpp")
 LOCAL_TASKS = {"forget": "model_diffs_forget_mcq", "retain": "model_diffs_retain_mcq"}
 PER_SAMPLE_COLUMNS = ["split", "index", "n_tokens", "nll", "mink", "minkpp", "zlib"]
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -84,6 +90,57 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
     """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
@@ -107,9 +164,58 @@ def read_numbered_lines(path) -> list[tuple[int, str]]:
         raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
     return lines
 
+
 def read_lines(path) -> list[str]:
     """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
     return [s for _, s in read_numbered_lines(path)]
+
+
+def read_mcq(path) -> list[dict]:
+    """Multiple-choice items of a JSONL file, validated: one ``{"question": str, "choices": [str, ...],
+    "answer": int}`` object per line (blank lines skipped), ``0 <= answer < len(choices)``, at least two
+    non-empty choices. Any fault is a UsageError naming the file and the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    items = []
+    for no, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{p}, line {no}"
+        try:
+            item = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: expected a JSON object with question, choices and answer")
+        q, choices, answer = item.get("question"), item.get("choices"), item.get("answer")
+        if not isinstance(q, str) or not q.strip():
+            raise UsageError(f"{where}: 'question' must be a non-empty string")
+        if (not isinstance(choices, list) or len(choices) < 2
+                or not all(isinstance(c, str) and c.strip() for c in choices)):
+            raise UsageError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise UsageError(f"{where}: 'answer' must be the integer index of the right choice")
+        if not 0 <= answer < len(choices):
+            raise UsageError(f"{where}: answer {answer} is out of range for {len(choices)} choices")
+        items.append({"question": q, "choices": choices, "answer": answer})
+    if not items:
+        raise UsageError(f"{p} is empty (one JSON object per line expected)")
+    return items
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 def pick_device(name: str) -> str:
     """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
@@ -124,9 +230,11 @@ def pick_device(name: str) -> str:
         raise UsageError("--device mps was asked for but MPS is not available")
     return name
 
+
 def pick_dtype(name: str, device: str) -> str:
     """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
     return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
 
 @functools.lru_cache(maxsize=None)
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -149,14 +257,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except (OSError, ValueError):
         return False
 
+
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
 
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
 
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
+
 
 def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
     """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
@@ -190,11 +302,54 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
 
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, longest first (so an out-of-memory shows up at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def mcq_task_yaml(task: str, data_file: Path) -> str:
+    """An lm-eval task config for a local JSONL set: cloze style, context "{question}\\nAnswer:",
+    continuation " {choice}" (lm-eval's default target delimiter is one space), acc and acc_norm."""
+    path = json.dumps(str(Path(data_file).resolve()))
+    return (f"task: {task}\n"
+            f"dataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {path}\n"
+            f"test_split: test\n"
+            f"output_type: multiple_choice\n"
+            f'doc_to_text: "{{{{question}}}}\\nAnswer:"\n'
+            f'doc_to_choice: "{{{{choices}}}}"\n'
+            f'doc_to_target: "{{{{answer}}}}"\n'
+            f"metric_list:\n"
+            f"  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            f"  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+            f"metadata:\n  version: 1.0\n")
+
+
+ATTACKS = ("loss", "zlib", "mink", "minkpp")
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
 
 def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
     """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
@@ -230,6 +385,7 @@ def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> 
         raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
     return out
 
+
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
     into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
@@ -258,11 +414,88 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,54 +613,6 @@ def repeat_rate(seqs: list[list[int]]) -> float:
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def model_name(spec: str) -> str:
-    """Folder name of a model's results: hub ID ``org/name`` -> ``org_name``; a local folder -> its
-    name, or its parent's name when the folder is an ``unlearned_model`` (unlearn.py's layout)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith((".", "/", "~")) or not HUB_ID_RE.match(spec):
-        path = path.resolve()
-        return path.parent.name if path.name == "unlearned_model" else path.name
-    return spec.replace("/", "_")
-
-
-def read_mcq(path) -> list[dict]:
-    """Multiple-choice items of a JSONL file, validated: one ``{"question": str, "choices": [str, ...],
-    "answer": int}`` object per line (blank lines skipped), ``0 <= answer < len(choices)``, at least two
-    non-empty choices. Any fault is a UsageError naming the file and the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
-    items = []
-    for no, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{p}, line {no}"
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(item, dict):
-            raise UsageError(f"{where}: expected a JSON object with question, choices and answer")
-        q, choices, answer = item.get("question"), item.get("choices"), item.get("answer")
-        if not isinstance(q, str) or not q.strip():
-            raise UsageError(f"{where}: 'question' must be a non-empty string")
-        if (not isinstance(choices, list) or len(choices) < 2
-                or not all(isinstance(c, str) and c.strip() for c in choices)):
-            raise UsageError(f"{where}: 'choices' must be a list of at least two non-empty strings")
-        if isinstance(answer, bool) or not isinstance(answer, int):
-            raise UsageError(f"{where}: 'answer' must be the integer index of the right choice")
-        if not 0 <= answer < len(choices):
-            raise UsageError(f"{where}: answer {answer} is out of range for {len(choices)} choices")
-        items.append({"question": q, "choices": choices, "answer": answer})
-    if not items:
-        raise UsageError(f"{p} is empty (one JSON object per line expected)")
-    return items
-
-
 def parse_int_list(spec: str, flag: str) -> list[int]:
     """``"0,1,4"`` -> [0, 1, 4] (sorted, unique); anything else is a UsageError."""
     try:
@@ -437,14 +622,6 @@ def parse_int_list(spec: str, flag: str) -> list[int]:
     if not values or values[0] < 0:
         raise UsageError(f"{flag} takes non-negative integers (got {spec!r})")
     return values
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def few_shot_sequence(context_ids: list[int], line_ids: list[int], bos_prefix: int, max_length: int):
@@ -469,24 +646,17 @@ def few_shot_sequence(context_ids: list[int], line_ids: list[int], bos_prefix: i
 # ----------------------------------------------------------------------------------------------
 # Model passes
 # ----------------------------------------------------------------------------------------------
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices in batches of similar length, longest first (so an out-of-memory shows up at once)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def forward_token_stats(model, seqs: list[list[int]], n_scored: list[int], batch_size: int, pad_id: int,
                         device: str, with_pp: bool = True, desc: str = "scoring"):
     """For every sequence, (logp, mu, sigma) of its last ``n_scored`` tokens, from one forward pass per
     batch (right padding; a causal mask makes padding invisible to the real tokens). ``with_pp=False``
     skips mu/sigma (None)."""
     import torch
-    from tqdm.auto import tqdm
 
     out: list = [None] * len(seqs)
     batches = length_batches([len(s) for s in seqs], batch_size)
     with torch.inference_mode():
-        for idx in tqdm(batches, desc=desc, dynamic_ncols=True, mininterval=2.0, leave=False):
+        for idx in progress(batches, desc=desc, unit="batch", mininterval=2.0, leave=False):
             width = max(len(seqs[i]) for i in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -551,7 +721,6 @@ def generate(model, tokenizer, texts: list[str], split: str, args, device: str):
     """Greedy and ``--generate`` seeded sampled continuations (``--gen-tokens`` new tokens) of each
     line's first ``--prompt-tokens`` tokens (fewer for a shorter line). Returns (records, token lists)."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     ids = [list(x) for x in tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]]
@@ -572,7 +741,7 @@ def generate(model, tokenizer, texts: list[str], split: str, args, device: str):
         groups = [(L, idx[j:j + args.batch_size]) for L, idx in sorted(by_len.items())
                   for j in range(0, len(idx), args.batch_size)]
         with torch.inference_mode():
-            for L, idx in tqdm(groups, desc=f"generate {split} ({mode})", dynamic_ncols=True, mininterval=2.0,
+            for L, idx in progress(groups, desc=f"generate {split} ({mode})", unit="batch", mininterval=2.0,
                                leave=False):
                 inp = torch.tensor([prompts[i] for i in idx], device=device)
                 out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp),
@@ -594,25 +763,7 @@ def generate(model, tokenizer, texts: list[str], split: str, args, device: str):
 # ----------------------------------------------------------------------------------------------
 # Multiple choice through lm-evaluation-harness
 # ----------------------------------------------------------------------------------------------
-def mcq_task_yaml(task: str, data_file: Path) -> str:
-    """An lm-eval task config for a local JSONL set: cloze style, context "{question}\\nAnswer:",
-    continuation " {choice}" (lm-eval's default target delimiter is one space), acc and acc_norm."""
-    path = json.dumps(str(Path(data_file).resolve()))
-    return (f"task: {task}\n"
-            f"dataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {path}\n"
-            f"test_split: test\n"
-            f"output_type: multiple_choice\n"
-            f'doc_to_text: "{{{{question}}}}\\nAnswer:"\n'
-            f'doc_to_choice: "{{{{choices}}}}"\n'
-            f'doc_to_target: "{{{{answer}}}}"\n'
-            f"metric_list:\n"
-            f"  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-            f"  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-            f"metadata:\n  version: 1.0\n")
-
-
-class MCQ:
+class McqBenchmarks:
     """The lm-eval side: task configs written to a temporary folder, a TaskManager that finds them
     (and lm-eval's own tasks when standard ones are asked for), checked before any model is loaded."""
 
@@ -626,7 +777,7 @@ class MCQ:
             (workdir / f"{LOCAL_TASKS[key]}.yaml").write_text(mcq_task_yaml(LOCAL_TASKS[key], path))
         from lm_eval.tasks import TaskManager
 
-        self.tm = TaskManager(include_path=str(workdir), include_defaults=bool(standard), verbosity="ERROR")
+        self.tm = TaskManager(include_path=str(workdir), include_defaults=bool(standard))
         unknown = [t for t in standard if t not in self.tm.all_tasks]
         if unknown:
             raise UsageError(f"unknown lm-eval task {', '.join(unknown)} (see `lm-eval ls tasks`)")
@@ -679,7 +830,7 @@ class MCQ:
         res = lm_eval.simple_evaluate(model=lm, tasks=self.names, task_manager=self.tm, num_fewshot=0,
                                       bootstrap_iters=1000, log_samples=False, random_seed=args.seed,
                                       numpy_random_seed=args.seed, torch_random_seed=args.seed,
-                                      fewshot_random_seed=args.seed, verbosity="ERROR")
+                                      fewshot_random_seed=args.seed)
         out = {}
         keys = {LOCAL_TASKS[k]: k for k in self.local_sets}
         for name in self.names:
@@ -697,7 +848,7 @@ class MCQ:
 # ----------------------------------------------------------------------------------------------
 # One model
 # ----------------------------------------------------------------------------------------------
-def load_model(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
+def load_eval_model(path: Path, name: str, dtype: str, device: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -715,12 +866,12 @@ def load_model(path: Path, name: str, dtype: str, device: str, trust_remote_code
     return model.eval(), tok
 
 
-def evaluate_model(spec: str, path: Path, data: dict, mcq: MCQ, args, device: str, dtype: str):
+def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, device: str, dtype: str):
     """Every statistic of one model: (per-sample rows, summary dict, generation records)."""
     import torch
 
     torch.manual_seed(args.seed)
-    model, tok = load_model(path, spec, dtype, device, args.trust_remote_code)
+    model, tok = load_eval_model(path, spec, dtype, device, args.trust_remote_code)
     rows, scored = [], {}
     for split in SPLITS:
         scores = score_lines(model, tok, data[split], args, device, desc=f"{model_name(spec)} {split}")
@@ -770,7 +921,7 @@ def json_clean(x):
     return x
 
 
-def per_sample_csv(rows: list[dict]) -> str:
+def eval_per_sample_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(PER_SAMPLE_COLUMNS)
@@ -860,7 +1011,7 @@ def check_args(args) -> None:
     check_outdir(args.outdir, "*/summary.json", owned=("summary.csv",))
 
 
-def mcq_sets(args) -> dict:
+def local_mcq_sets(args) -> dict:
     """{'forget'|'retain': path} of the local MCQ sets to run (validated)."""
     sets = {}
     for key, given in (("forget", args.mcq_forget), ("retain", args.mcq_retain)):
@@ -883,7 +1034,7 @@ def run(args) -> Path:
     if args.few_shot[-1] > len(data["forget_train"]):
         raise UsageError(f"--few-shot {args.few_shot[-1]} needs that many lines in {args.forget_train} "
                          f"(it has {len(data['forget_train'])})")
-    sets = mcq_sets(args)
+    sets = local_mcq_sets(args)
     standard = [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()]
     if not hub_reachable():  # datasets and lm-eval would otherwise retry for a long time
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -900,7 +1051,7 @@ def run(args) -> Path:
     settings.update(device=device, dtype=dtype, lm_eval_tasks=standard, bootstrap_resamples=2000)
     rows_csv = []
     with tempfile.TemporaryDirectory(prefix="model-diffs-lm-eval-") as work:
-        mcq = MCQ(sets, standard, Path(work))
+        mcq = McqBenchmarks(sets, standard, Path(work))
         for spec in args.model:
             name = model_name(spec)
             print(f"==> {spec} -> {outdir / name}", file=sys.stderr, flush=True)
@@ -909,7 +1060,7 @@ def run(args) -> Path:
                        "n_samples": {s: len(data[s]) for s in SPLITS}, "data": meta_data,
                        "settings": settings, "versions": versions()}
             write_atomically({
-                outdir / name / "per_sample.csv": per_sample_csv(rows),
+                outdir / name / "per_sample.csv": eval_per_sample_csv(rows),
                 outdir / name / "summary.json": json.dumps(json_clean(summary), indent=2) + "\n",
                 outdir / name / "generations.jsonl": "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens),
             })
@@ -924,37 +1075,13 @@ def run(args) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def interrupted(signum, frame):  # `kill` cleans up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    import threading
-
-    is_main = threading.current_thread() is threading.main_thread()
-    if is_main:
-        signal.signal(signal.SIGTERM, interrupted)
-    try:
+    def work() -> None:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: results of finished models are kept, nothing half-written", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    finally:
-        if is_main:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out / 'summary.csv'}", file=sys.stderr)
-    return 0
+        print(f"wrote {out / 'summary.csv'}", file=sys.stderr)
+
+    return run_tool(work, kept="results of finished models are kept, nothing half-written",
+                    oom_hint="lower --batch-size or --max-length")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@
 #   ./pipeline.sh --demo   the embedded miniature: builds (or reuses) the tiny demo model family
 #                          under demo/models and runs the same steps on it, offline, on a CPU
 #
-# Every setting of the steps can be overridden from the environment (see study.sh and each
-# run_*.sh); LOG_DIR (default outputs/logs) holds one log per step.
+# Every step is a wrapper (run_*.sh, plot_*.sh) whose settings come from the environment (see
+# study.sh and each wrapper); LOG_DIR (default outputs/logs) holds one log per step. Ctrl-C or
+# SIGTERM stops the pipeline with 130 / 143 after the running tool has cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 DEMO=0
 for arg in "$@"; do
   case "$arg" in
@@ -40,6 +41,11 @@ if [ "$DEMO" = 1 ]; then
   export DEVICE="${DEVICE:-cpu}" DTYPE="${DTYPE:-fp32}"
   export MAX_LENGTH="${MAX_LENGTH:-128}" BATCH_SIZE="${BATCH_SIZE:-16}"
   export EVAL_GENERATE="${EVAL_GENERATE:-2}"   # sampled continuations per prompt: few, on a CPU
+  # a short attack sized for the miniature, on the test lines the demo twins were built around
+  # (no twin was trained on them), when present
+  export TAMPER_STEPS="${TAMPER_STEPS:-60}" TAMPER_EVAL_EVERY="${TAMPER_EVAL_EVERY:-10}"
+  export TAMPER_LR="${TAMPER_LR:-3e-4}" TAMPER_BATCH_SIZE="${TAMPER_BATCH_SIZE:-8}"
+  [ -f "$DEMO_DIR/data/forget_test.txt" ] && export TAMPER_DATA_DIR="${TAMPER_DATA_DIR:-$DEMO_DIR/data}"
 fi
 source ./study.sh
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
@@ -95,21 +101,8 @@ check_cleanable PLOTS_DIR "$PLOTS_DIR"
 
 # Offline without --demo: say so in one sentence instead of five failing steps.
 if [ "$DEMO" = 0 ]; then
-  for model in $MODEL_A $COMPARE_WITH; do
-    [ -d "$model" ] && continue
-    if ! uv run --quiet --no-project --with huggingface_hub python - "$model" >/dev/null 2>&1 <<'PY'
-import sys
-from huggingface_hub import HfApi, try_to_load_from_cache
-repo = sys.argv[1]
-cached = try_to_load_from_cache(repo, "config.json")
-if not isinstance(cached, str):
-    HfApi().model_info(repo, timeout=10)   # raises when the hub cannot be reached
-PY
-    then
-      echo "pipeline: cannot reach the Hugging Face hub and '$model' is not in the local cache; run './pipeline.sh --demo' for the offline demo, or point MODEL_A/MODEL_FILTERED/MODEL_CBLAT at local directories." >&2
-      exit 1
-    fi
-  done
+  # shellcheck disable=SC2086  # the model lists are space-separated
+  $UV_RUN check_models.py $MODEL_A $COMPARE_WITH || exit $?
 fi
 
 step_no=0
@@ -118,7 +111,10 @@ step() {  # step NAME COMMAND... : announce, run with a log, name the failing st
   step_no=$((step_no + 1))
   local log="$LOG_DIR/$(printf '%02d' "$step_no")_${name// /_}.log"
   echo "==> [$step_no] $name  (log: $log)"
-  if ! "$@" 2>&1 | tee "$log"; then
+  local status=0
+  "$@" 2>&1 | tee "$log" || status=$?
+  stop_on_signal_status "$status"   # Ctrl-C / SIGTERM: stop with 130 / 143, as the tools do
+  if [ "$status" != 0 ]; then
     echo "pipeline: step '$name' failed; its log is $log" >&2
     exit 1
   fi
@@ -139,53 +135,20 @@ if [ "$DEMO" = 1 ]; then
 fi
 step "weight-diff stats" ./run_params_local.sh
 step "weight-diff plots" ./plot_param_stats.sh
-step "datasets" $UV_RUN create_datasets.py ${DATASET_SOURCE:+--source "$DATASET_SOURCE"} --outdir "$DATA_DIR" \
-  ${SEED:+--seed "$SEED"}
-step "sanity checks" $UV_RUN check_experiment.py --forget-data "$DATA_DIR/forget.txt" \
-  --retain-data "$DATA_DIR/retain.txt" --model "$MODEL_A"   # (it reads MAX_LENGTH, DEVICE, DTYPE itself)
+step "datasets" ./run_datasets.sh
+step "sanity checks" ./run_checks.sh
 step "activation stats" ./run_activations.sh
 step "activation plots" ./plot_activation_norms.sh
 # evidence of forgetting: the study's models side by side on the untouched test splits
-EVAL_ARGS=(--model "$MODEL_A")
-for model in $COMPARE_WITH; do EVAL_ARGS+=(--model "$model"); done
-for set in forget retain; do
-  [ -f "$DATA_DIR/${set}_mcq.jsonl" ] && EVAL_ARGS+=("--mcq-$set" "$DATA_DIR/${set}_mcq.jsonl") || EVAL_ARGS+=("--mcq-$set" "")
-done
-step "evaluation" $UV_RUN evaluate_unlearning.py "${EVAL_ARGS[@]}" --outdir "$OUTPUTS_DIR/eval" \
-  --forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt" --forget-train "$DATA_DIR/forget.txt" \
-  ${DEVICE:+--device "$DEVICE"} ${DTYPE:+--dtype "$DTYPE"} ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"} \
-  ${MAX_LENGTH:+--max-length "$MAX_LENGTH"} ${EVAL_FEW_SHOT:+--few-shot "$EVAL_FEW_SHOT"} \
-  ${EVAL_GENERATE:+--generate "$EVAL_GENERATE"} ${LM_EVAL_TASKS:+--lm-eval-tasks "$LM_EVAL_TASKS"}
-step "evaluation plot" $UV_RUN plot_unlearning_eval.py --indir "$OUTPUTS_DIR/eval" \
-  --out "$PLOTS_DIR/eval/forgetting_summary.png"
-
-# Fine-tuning attack on the study's models, reference first (tamper_attack.py), and its figure.
-# TAMPER_STEPS, TAMPER_EVAL_EVERY, TAMPER_LR, TAMPER_BATCH_SIZE, TAMPER_LORA_R override the tool's
-# defaults (the real study's); the demo's miniature gets a short attack sized for it, one thread.
-# Demo: the test lines the demo twins were built around (no twin trained on them), when present.
-tamper_data="$DATA_DIR"
-[ "$DEMO" = 1 ] && [ -f "$DEMO_DIR/data/forget_test.txt" ] && tamper_data="$DEMO_DIR/data"
-tamper=(--model "$MODEL_A")
-for model in $COMPARE_WITH; do tamper+=(--model "$model"); done
-tamper+=(--attack-data "$tamper_data/forget.txt" --forget-test "$tamper_data/forget_test.txt"
-         --retain-test "$tamper_data/retain_test.txt" --outdir "$OUTPUTS_DIR/tamper")
-[ -f "$tamper_data/forget_mcq.jsonl" ] && tamper+=(--mcq-forget "$tamper_data/forget_mcq.jsonl")
+step "evaluation" ./run_eval.sh
+step "evaluation plot" ./plot_unlearning_eval.sh
+# the same fine-tuning attack on every model, reference first (the demo's is sized for it, one thread)
 if [ "$DEMO" = 1 ]; then
-  : "${TAMPER_STEPS:=60}" "${TAMPER_EVAL_EVERY:=10}" "${TAMPER_LR:=3e-4}" "${TAMPER_BATCH_SIZE:=8}"
-  tamper=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" $UV_RUN tamper_attack.py "${tamper[@]}")
+  step "tamper attack" env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" ./run_tamper.sh
 else
-  tamper=($UV_RUN tamper_attack.py "${tamper[@]}")
+  step "tamper attack" ./run_tamper.sh
 fi
-for pair in STEPS:steps EVAL_EVERY:eval-every LR:lr BATCH_SIZE:batch-size LORA_R:lora-r; do
-  var="TAMPER_${pair%%:*}"
-  [ -n "${!var:-}" ] && tamper+=("--${pair#*:}" "${!var}")
-done
-for pair in DEVICE:device DTYPE:dtype MAX_LENGTH:max-length SEED:seed; do
-  var="${pair%%:*}"
-  [ -n "${!var:-}" ] && tamper+=("--${pair#*:}" "${!var}")
-done
-step "tamper attack" "${tamper[@]}"
-step "tamper plot" $UV_RUN plot_tamper.py --indir "$OUTPUTS_DIR/tamper" --outdir "$PLOTS_DIR/tamper"
+step "tamper plot" ./plot_tamper.sh
 
 echo "==> done. Files produced:"
 find "$OUTPUTS_DIR" "$PLOTS_DIR" -type f \( -name '*.csv' -o -name '*.png' \) | sort | sed 's/^/    /'

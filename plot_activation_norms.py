@@ -31,9 +31,18 @@ import tempfile
 from pathlib import Path
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -41,6 +50,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -115,6 +174,29 @@ def write_atomically(files: dict) -> None:
         raise
 
 
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
+
+
 def label_log_axis(axis) -> None:
     """Enough labelled ticks on a log-scaled matplotlib axis (``ax.yaxis``, after its limits are
     set): 1-2-5 in each decade (only powers of ten beyond four decades, every multiple within
@@ -132,13 +214,10 @@ def label_log_axis(axis) -> None:
 # --- end shared helpers ---
 
 
-REQUIRED = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_norm_L1", "model_b_norm_L2",
+NORM_COLUMNS = ["layer", "split", "model_a_norm_L1", "model_a_norm_L2", "model_b_norm_L1", "model_b_norm_L2",
             "mean_dh_L1", "mean_dh_L2"]
-SPLIT_STYLE = {"forget": dict(color="tab:red", marker="o"), "retain": dict(color="tab:blue", marker="s")}
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 1."""
+# the difference plot draws model B's change in B's colour (model_style); the splits differ in line and marker
+SPLIT_STYLE = {"forget": dict(linestyle="-", marker="o"), "retain": dict(linestyle="--", marker="s")}
 
 
 def read_stats(path: str | os.PathLike):
@@ -152,7 +231,7 @@ def read_stats(path: str | os.PathLike):
         df = pd.read_csv(p)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         raise UsageError(f"{p} is empty or not a CSV file") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
+    missing = [c for c in NORM_COLUMNS if c not in df.columns]
     if missing:
         raise UsageError(f"{p} lacks the column(s) {', '.join(missing)}; is it an activation_stats.csv?")
     if df.empty:
@@ -202,17 +281,19 @@ def norm_axes(df) -> dict:
     return axes
 
 
-def plot_norms(df, split: str, name: str, label_a: str, label_b: str, axes: dict | None = None):
+def plot_norms(df, split: str, name: str, label_a: str, label_b: str, axes: dict | None = None,
+               index_a: int = 0, index_b: int = 1):
     """Mean ||h||_1 and ||h||_2 of both models over layers, on one split, on the y axes of
-    ``norm_axes`` (of the whole table when not given: the same for every split)."""
+    ``norm_axes`` (of the whole table when not given: the same for every split); each model in
+    the look of its position in the study (``model_style``; 0 = the reference)."""
     import matplotlib.pyplot as plt
 
     axes = axes or norm_axes(df)
     d = df[df["split"] == split]
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     for ax, p in zip(panels, ("L1", "L2")):
-        ax.plot(d["layer"], d[f"model_a_norm_{p}"], "o-", color="tab:gray", label=f"A: {label_a}")
-        ax.plot(d["layer"], d[f"model_b_norm_{p}"], "s--", color="tab:purple", label=f"B: {label_b}")
+        ax.plot(d["layer"], d[f"model_a_norm_{p}"], **model_style(f"A: {label_a}", index_a))
+        ax.plot(d["layer"], d[f"model_b_norm_{p}"], **model_style(f"B: {label_b}", index_b))
         sub = "₁" if p == "L1" else "₂"
         log, limits = axes[p]
         if log:
@@ -227,15 +308,16 @@ def plot_norms(df, split: str, name: str, label_a: str, label_b: str, axes: dict
     return fig
 
 
-def plot_diffs(df, name: str, label_a: str, label_b: str):
-    """Mean ||h_B - h_A||_1 and _2 over layers, forget and retain as two lines on one axis from 0."""
+def plot_diffs(df, name: str, label_a: str, label_b: str, index_b: int = 1):
+    """Mean ||h_B - h_A||_1 and _2 over layers, forget and retain as two lines on one axis from 0,
+    in model B's colour (``model_style``)."""
     import matplotlib.pyplot as plt
 
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     for ax, p in zip(panels, ("L1", "L2")):
         for split, d in df.groupby("split", sort=True):
-            style = SPLIT_STYLE.get(split, {})
-            ax.plot(d["layer"], d[f"mean_dh_{p}"], "-", label=f"{split} text", **style)
+            style = {**model_style(f"{split} text", index_b), **SPLIT_STYLE.get(split, {"linestyle": ":", "marker": "x"})}
+            ax.plot(d["layer"], d[f"mean_dh_{p}"], **style)
         sub = "₁" if p == "L1" else "₂"
         top = df[f"mean_dh_{p}"].max()
         ax.set_ylim(0, 1.08 * top if top == top and top > 0 else 1.0)
@@ -246,7 +328,8 @@ def plot_diffs(df, name: str, label_a: str, label_b: str):
     return fig
 
 
-def make_plots(csv: str | os.PathLike, outdir: str | os.PathLike, name: str, label_a: str, label_b: str):
+def make_plots(csv: str | os.PathLike, outdir: str | os.PathLike, name: str, label_a: str, label_b: str,
+               index_a: int = 0, index_b: int = 1):
     """Write the three PNGs; returns their paths."""
     import matplotlib
 
@@ -260,36 +343,44 @@ def make_plots(csv: str | os.PathLike, outdir: str | os.PathLike, name: str, lab
     written = []
     axes = norm_axes(df)  # one kind of axis, one range, for the forget and the retain figure
     for split, png in zip(splits, names):
-        fig = plot_norms(df, split, name, label_a, label_b, axes)
+        fig = plot_norms(df, split, name, label_a, label_b, axes, index_a=index_a, index_b=index_b)
         written.append(out / png)
         save_atomic(fig, written[-1])
         plt.close(fig)
-    fig = plot_diffs(df, name, label_a, label_b)
+    fig = plot_diffs(df, name, label_a, label_b, index_b=index_b)
     written.append(out / names[-1])
     save_atomic(fig, written[-1])
     plt.close(fig)
     return written
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", required=True, help="activation_stats.csv from collect_activation_norms.py")
     p.add_argument("--outdir", required=True, help="where the PNGs go")
     p.add_argument("--name", default=None, help="comparison name for the titles (default: the CSV's grandparent folder)")
     p.add_argument("--model-a-label", default="model A", help="model A's name in legends")
     p.add_argument("--model-b-label", default="model B", help="model B's name in legends")
+    p.add_argument("--model-a-index", type=int, default=0,
+                   help="model A's position in the study (0 = the reference: black), for its colour")
+    p.add_argument("--model-b-index", type=int, default=1,
+                   help="model B's position in the study, for its colour (the same in every figure)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    if min(args.model_a_index, args.model_b_index) < 0:
+        p.error("--model-a-index and --model-b-index must not be negative")
     name = args.name or Path(args.csv).resolve().parent.parent.name
-    try:
-        for path in make_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label):
+
+    def work() -> None:
+        for path in make_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label,
+                               args.model_a_index, args.model_b_index):
             print(f"wrote {path}", file=sys.stderr)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the PNGs written so far are complete, none is half-written", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_tool(work, kept="the PNGs written so far are complete, none is half-written")
 
 
 if __name__ == "__main__":

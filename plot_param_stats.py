@@ -34,9 +34,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -44,6 +53,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -118,6 +177,29 @@ def write_atomically(files: dict) -> None:
         raise
 
 
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
+
+
 def label_log_axis(axis) -> None:
     """Enough labelled ticks on a log-scaled matplotlib axis (``ax.yaxis``, after its limits are
     set): 1-2-5 in each decade (only powers of ten beyond four decades, every multiple within
@@ -135,14 +217,12 @@ def label_log_axis(axis) -> None:
 # --- end shared helpers ---
 
 
-REQUIRED = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats"]
-STYLE = {"attn": dict(color="#1f77b4", marker="o", label="attention"),
-         "mlp": dict(color="#d62728", marker="s", label="MLP"),
-         "other": dict(color="#7f7f7f", marker="^", label="other")}
-
-
-class UsageError(Exception):
-    """Bad input: reported as one `error: ...` line on stderr, exit status 1."""
+STATS_COLUMNS = ["layer", "group", "dW_fro_layer", "mean_dW_stable_rank", "count_mats"]
+# every line is model B's change, so every line has model B's colour (model_style); the groups
+# differ in line style and marker
+STYLE = {"attn": dict(linestyle="-", marker="o", label="attention"),
+         "mlp": dict(linestyle="--", marker="s", label="MLP"),
+         "other": dict(linestyle=":", marker="^", label="other")}
 
 
 def load_per_layer(stats_dir: Path) -> pd.DataFrame:
@@ -154,7 +234,7 @@ def load_per_layer(stats_dir: Path) -> pd.DataFrame:
         table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise UsageError(f"cannot read {path}: {first_line(exc)}") from exc
-    missing = [c for c in REQUIRED if c not in table.columns]
+    missing = [c for c in STATS_COLUMNS if c not in table.columns]
     if missing:
         raise UsageError(f"{path} lacks the columns {', '.join(missing)}; was it written by collect_param_stats.py?")
     if table.empty:
@@ -171,8 +251,9 @@ def save_figure(fig, path: Path) -> None:
 
 
 def figure_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, log: bool = False,
-                    reference: float | None = None):
-    """One line per group (attn, mlp, other) of `column` against the decoder-layer index.
+                    reference: float | None = None, model_index: int = 1):
+    """One line per group (attn, mlp, other) of `column` against the decoder-layer index, in the
+    colour of the changed model (number ``model_index`` of the study, ``model_style``).
 
     NaN values (layers where nothing changed) are left as gaps; the x axis keeps every layer. A
     linear y axis starts at 0 (a change is read against none); a log axis gets labelled 1-2-5
@@ -182,8 +263,8 @@ def figure_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, l
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for group in [g for g in STYLE if g in set(table["group"])] + sorted(set(table["group"]) - set(STYLE)):
         rows = table[table["group"] == group].sort_values("layer")
-        ax.plot(rows["layer"], rows[column], linewidth=1.6, markersize=4,
-                **STYLE.get(group, dict(marker="x", label=group)))
+        style = {**model_style(group, model_index), **STYLE.get(group, dict(linestyle="-.", marker="x", label=group))}
+        ax.plot(rows["layer"], rows[column], linewidth=1.6, markersize=4, **style)
     if reference is not None:
         ax.axhline(reference, color="black", linewidth=0.8, linestyle=":", label="rank-1 edit (= 1)")
     if log:
@@ -213,12 +294,12 @@ def figure_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, l
 
 
 def plot_by_layer(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path,
-                  log: bool = False, reference: float | None = None) -> None:
+                  log: bool = False, reference: float | None = None, model_index: int = 1) -> None:
     """``figure_by_layer`` saved as a PNG at `path`."""
-    save_figure(figure_by_layer(table, column, ylabel, title, log, reference), path)
+    save_figure(figure_by_layer(table, column, ylabel, title, log, reference, model_index), path)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Plots of per_layer.csv from collect_param_stats.py.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stats-dir", required=True, help="folder holding per_layer.csv")
@@ -226,33 +307,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", required=True, help="comparison name: file suffix and title")
     p.add_argument("--model-a-label", default="model A", help="name of model A in the titles")
     p.add_argument("--model-b-label", default="model B", help="name of model B in the titles")
-    return p.parse_args(argv)
+    p.add_argument("--model-b-index", type=int, default=1,
+                   help="model B's position in the study (0 = the reference), for its colour in every figure")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.model_b_index < 0:
+        p.error("--model-b-index must not be negative")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        table = load_per_layer(Path(args.stats_dir))
-        outdir = Path(args.outdir)
-        pair = f"{args.model_a_label} → {args.model_b_label}"
-        locality = outdir / f"layer_locality_{args.name}.png"
-        stable = outdir / f"stable_rank_{args.name}.png"
-        check_outdir(outdir, "layer_locality_*.png", owned=(locality.name, stable.name))
-        plot_by_layer(table, "dW_fro_layer", "‖ΔW‖_F of the layer (weight units, √Σ over its matrices)",
-                      f"Where the weights moved: ‖W_B − W_A‖_F per layer\n{pair}", locality)
-        if table["mean_dW_stable_rank"].isna().all():
-            print(f"warning: no layer changed between {pair}; {stable.name} shows no data", file=sys.stderr)
-        plot_by_layer(table, "mean_dW_stable_rank", "mean stable rank ‖ΔW‖_F²/‖ΔW‖_2² (dimensionless)",
-                      f"How the change is shaped: ≈1 surgical low-rank edit, large broad drift\n{pair}",
-                      stable, log=True, reference=1.0)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_tool(lambda: plot_comparison(args), kept="nothing was written")
+
+
+def plot_comparison(args) -> None:
+    """The two figures of one comparison."""
+    table = load_per_layer(Path(args.stats_dir))
+    outdir = Path(args.outdir)
+    pair = f"{args.model_a_label} → {args.model_b_label}"
+    locality = outdir / f"layer_locality_{args.name}.png"
+    stable = outdir / f"stable_rank_{args.name}.png"
+    check_outdir(outdir, "layer_locality_*.png", owned=(locality.name, stable.name))
+    plot_by_layer(table, "dW_fro_layer", "‖ΔW‖_F of the layer (weight units, √Σ over its matrices)",
+                  f"Where the weights moved: ‖W_B − W_A‖_F per layer\n{pair}", locality,
+                  model_index=args.model_b_index)
+    if table["mean_dW_stable_rank"].isna().all():
+        print(f"warning: no layer changed between {pair}; {stable.name} shows no data", file=sys.stderr)
+    plot_by_layer(table, "mean_dW_stable_rank", "mean stable rank ‖ΔW‖_F²/‖ΔW‖_2² (dimensionless)",
+                  f"How the change is shaped: ≈1 surgical low-rank edit, large broad drift\n{pair}",
+                  stable, log=True, reference=1.0, model_index=args.model_b_index)
     print(f"wrote {locality} and {stable}")
-    return 0
 
 
 if __name__ == "__main__":

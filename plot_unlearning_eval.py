@@ -26,15 +26,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-ATTACKS = ("loss", "zlib", "mink", "minkpp")
 ATTACK_LABELS = {"loss": "LOSS", "zlib": "ZLib", "mink": "Min-K%", "minkpp": "Min-K%++"}
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -43,11 +49,66 @@ def first_line(exc: BaseException) -> str:
             return line.strip()
     return type(exc).__name__
 
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+ATTACKS = ("loss", "zlib", "mink", "minkpp")
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
 
 def write_atomically(files: dict) -> None:
     """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
@@ -77,11 +138,30 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
 # --- end shared helpers ---
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
 
 
 def read_summaries(indir: Path) -> list[dict]:
@@ -124,7 +204,7 @@ def draw(summaries: list[dict]):
     import numpy as np
 
     names = [s["model_name"] for s in summaries]
-    colors = plt.get_cmap("tab10").colors
+    colors = [model_style(n, i)["color"] for i, n in enumerate(names)]  # model i's colour in every figure
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     x = np.arange(2)
 
@@ -136,7 +216,7 @@ def draw(summaries: list[dict]):
             yerr = None
             if err is not None:
                 yerr = np.array([err(s, c) for c in categories]).T
-            ax.bar(pos, vals, width, yerr=yerr, capsize=3, color=colors[i % 10], label=names[i],
+            ax.bar(pos, vals, width, yerr=yerr, capsize=3, color=colors[i], label=names[i],
                    edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 1})
         ax.set_xticks(np.arange(len(categories)))
 
@@ -201,21 +281,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> None:
         summaries = read_summaries(Path(args.indir))
         out = Path(args.out)
         if out.is_dir():
             raise UsageError(f"--out {out} is a folder; give a .png path")
         fig = draw(summaries)
         write_atomically({out: lambda p: fig.savefig(p, format="png", dpi=args.dpi, bbox_inches="tight")})
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+        print(f"wrote {out}", file=sys.stderr)
+
+    return run_tool(work, kept="nothing was written")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,15 @@
 # Settings come from the environment (besides study.sh's MODEL_A, COMPARE_WITH, OUTPUTS_DIR, DATA_DIR,
 # UV_RUN); a variable that is not set passes no flag, so the tool's own default applies:
 #   FORGET_TEXT, RETAIN_TEXT (or DATA_DIR)  DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  MAX_SAMPLES
-#   CACHE_FP16 (1 = --cache-fp16)  CACHE_DIR
+#   CACHE_FP16 (1/true/yes = --cache-fp16)  CACHE_DIR
 # e.g.  DEVICE=cuda MAX_SAMPLES=200 ./run_activations.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 user_data_dir="${DATA_DIR:-}"  # set by the user, not by study.sh
 source ./study.sh
 
-extra=()
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then extra+=("$2" "${!1}"); fi
-}
-[[ -n "$user_data_dir" ]] && extra+=(--forget-text "$DATA_DIR/forget.txt" --retain-text "$DATA_DIR/retain.txt")
+ARGS=()
+[[ -n "$user_data_dir" ]] && ARGS+=(--forget-text "$DATA_DIR/forget.txt" --retain-text "$DATA_DIR/retain.txt")
 flag FORGET_TEXT --forget-text
 flag RETAIN_TEXT --retain-text
 flag DEVICE --device
@@ -25,11 +22,11 @@ flag BATCH_SIZE --batch-size
 flag MAX_LENGTH --max-length
 flag MAX_SAMPLES --max-samples
 flag CACHE_DIR --cache-dir
-[[ "${CACHE_FP16:-0}" == 1 ]] && extra+=(--cache-fp16)
+switch CACHE_FP16 --cache-fp16
 
 for MODEL_B in $COMPARE_WITH; do
   cmp=$(comparison_name "$MODEL_A" "$MODEL_B")
   echo "== activations: $cmp"
   $UV_RUN collect_activation_norms.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
-    --outdir "$OUTPUTS_DIR/$cmp/activation_stats" ${extra[@]+"${extra[@]}"}
+    --outdir "$OUTPUTS_DIR/$cmp/activation_stats" ${ARGS[@]+"${ARGS[@]}"}
 done

@@ -19,11 +19,19 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source ./study.sh
 
+ARGS=()
+flag DEVICE --device
+flag DTYPE --dtype
+flag SEED --seed
+flag TOL --tol
+flag BLOCK_SIZE --block-size
+flag MAX_ITER --max-iter
+flag CHUNK_MB --chunk-mb
+flag DENSE_MAX --dense-max
+
 for MODEL_B in $COMPARE_WITH; do
   cmp="$(comparison_name "$MODEL_A" "$MODEL_B")"
   echo "== param stats: $MODEL_A vs $MODEL_B -> $OUTPUTS_DIR/$cmp/param_stats"
   $UV_RUN collect_param_stats.py --model-a "$MODEL_A" --model-b "$MODEL_B" \
-    --outdir "$OUTPUTS_DIR/$cmp/param_stats" ${DEVICE:+--device "$DEVICE"} ${DTYPE:+--dtype "$DTYPE"} \
-    ${SEED:+--seed "$SEED"} ${TOL:+--tol "$TOL"} ${BLOCK_SIZE:+--block-size "$BLOCK_SIZE"} \
-    ${MAX_ITER:+--max-iter "$MAX_ITER"} ${CHUNK_MB:+--chunk-mb "$CHUNK_MB"} ${DENSE_MAX:+--dense-max "$DENSE_MAX"}
+    --outdir "$OUTPUTS_DIR/$cmp/param_stats" ${ARGS[@]+"${ARGS[@]}"}
 done

@@ -27,15 +27,12 @@ fi
 METHOD="$1"
 shift
 
-args=(--model "${MODEL:-$MODEL_A}" --method "$METHOD")
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then args+=("$2" "${!1}"); fi
-}
-[[ -n "$user_data_dir" ]] && args+=(--forget-data "$DATA_DIR/forget.txt" --retain-data "$DATA_DIR/retain.txt")
+ARGS=(--model "${MODEL:-$MODEL_A}" --method "$METHOD")
+[[ -n "$user_data_dir" ]] && ARGS+=(--forget-data "$DATA_DIR/forget.txt" --retain-data "$DATA_DIR/retain.txt")
 flag FORGET_DATA --forget-data
 flag RETAIN_DATA --retain-data
 flag OUTDIR --outdir
-[[ -n "$user_outputs_dir" ]] && args+=(--outputs-dir "$OUTPUTS_DIR")
+[[ -n "$user_outputs_dir" ]] && ARGS+=(--outputs-dir "$OUTPUTS_DIR")
 flag DEVICE --device
 flag DTYPE --dtype
 flag LR --lr
@@ -69,7 +66,7 @@ flag LORA_LAYERS --lora-layers
 
 if [[ -z "${SEEDS:-}" ]]; then
   flag SEED --seed
-  exec $UV_RUN unlearn.py "${args[@]}" "$@"
+  exec $UV_RUN unlearn.py "${ARGS[@]}" "$@"
 fi
 # SEEDS="42 1337 2024": one run per seed, each into its own default folder (...__seed<k>)
 if [[ -n "${OUTDIR:-}" || -n "${SEED:-}" ]]; then
@@ -83,5 +80,5 @@ for seed in $SEEDS; do
   fi
 done
 for seed in $SEEDS; do
-  $UV_RUN unlearn.py "${args[@]}" --seed "$seed" --seed-in-outdir "$@"
+  $UV_RUN unlearn.py "${ARGS[@]}" --seed "$seed" --seed-in-outdir "$@"
 done

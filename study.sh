@@ -7,6 +7,10 @@
 #   COMPARE_WITH    space-separated list of model-B's to compare against MODEL_A (default: the two twins)
 #   OUTPUTS_DIR, PLOTS_DIR, DATA_DIR                     (outputs, plots, data)
 #   UV_RUN          how a tool is started                (uv run --quiet --script)
+# It also brings common/env.sh (flag, switch, env_flag: environment variable -> tool flag) and makes
+# Ctrl-C / SIGTERM stop the script with 130 / 143, as the tools do.
+source "$(dirname "${BASH_SOURCE[0]}")/common/env.sh"
+on_signals
 MODEL_A="${MODEL_A:-EleutherAI/deep-ignorance-unfiltered}"
 MODEL_FILTERED="${MODEL_FILTERED:-EleutherAI/deep-ignorance-e2e-strong-filter}"
 MODEL_CBLAT="${MODEL_CBLAT:-EleutherAI/deep-ignorance-unfiltered-cb-lat}"

@@ -47,6 +47,7 @@ import argparse
 import contextlib
 import csv
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -65,9 +66,18 @@ from pathlib import Path
 
 import torch
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -75,6 +85,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -105,6 +165,53 @@ def read_lines(path) -> list[str]:
     return [s for _, s in read_numbered_lines(path)]
 
 
+def read_mcq(path) -> list[dict]:
+    """Multiple-choice items of a JSONL file, validated: one ``{"question": str, "choices": [str, ...],
+    "answer": int}`` object per line (blank lines skipped), ``0 <= answer < len(choices)``, at least two
+    non-empty choices. Any fault is a UsageError naming the file and the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    items = []
+    for no, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{p}, line {no}"
+        try:
+            item = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: expected a JSON object with question, choices and answer")
+        q, choices, answer = item.get("question"), item.get("choices"), item.get("answer")
+        if not isinstance(q, str) or not q.strip():
+            raise UsageError(f"{where}: 'question' must be a non-empty string")
+        if (not isinstance(choices, list) or len(choices) < 2
+                or not all(isinstance(c, str) and c.strip() for c in choices)):
+            raise UsageError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise UsageError(f"{where}: 'answer' must be the integer index of the right choice")
+        if not 0 <= answer < len(choices):
+            raise UsageError(f"{where}: answer {answer} is out of range for {len(choices)} choices")
+        items.append({"question": q, "choices": choices, "answer": answer})
+    if not items:
+        raise UsageError(f"{p} is empty (one JSON object per line expected)")
+    return items
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def pick_device(name: str) -> str:
     """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
     import torch
@@ -122,6 +229,15 @@ def pick_device(name: str) -> str:
 def pick_dtype(name: str, device: str) -> str:
     """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
     return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+def release_memory() -> None:
+    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,9 +263,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 # What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
 # (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
 # files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
 SKIP_FILES = ["*/*", "consolidated*"]
 
@@ -185,6 +305,54 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def mcq_task_yaml(task: str, data_file: Path) -> str:
+    """An lm-eval task config for a local JSONL set: cloze style, context "{question}\\nAnswer:",
+    continuation " {choice}" (lm-eval's default target delimiter is one space), acc and acc_norm."""
+    path = json.dumps(str(Path(data_file).resolve()))
+    return (f"task: {task}\n"
+            f"dataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {path}\n"
+            f"test_split: test\n"
+            f"output_type: multiple_choice\n"
+            f'doc_to_text: "{{{{question}}}}\\nAnswer:"\n'
+            f'doc_to_choice: "{{{{choices}}}}"\n'
+            f'doc_to_target: "{{{{answer}}}}"\n'
+            f"metric_list:\n"
+            f"  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            f"  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+            f"metadata:\n  version: 1.0\n")
+
+
+CURVE_COLUMNS = ["step", "forget_nll", "retain_nll", "mcq_forget_acc"]
 
 
 def _umask() -> int:
@@ -253,19 +421,95 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
-CURVE_COLUMNS = ["step", "forget_nll", "retain_nll", "mcq_forget_acc"]
 SUMMARY_COLUMNS = ["model", "forget_nll_start", "forget_nll_end", "retain_nll_start", "retain_nll_end",
                    "mcq_forget_acc_start", "mcq_forget_acc_end", "steps_to_recover"]
 GRAD_CLIP = 1.0
 WARMUP_FRACTION = 0.1
 MCQ_TASK = "tamper_mcq_forget"
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,28 +575,6 @@ def steps_to_recover(curve_steps, forget_nll, reference_nll: float, margin: floa
     return None
 
 
-# Copied from evaluate_unlearning.py (same output names)
-def model_name(spec: str) -> str:
-    """Folder name of a model's results: hub ID ``org/name`` -> ``org_name``; a local folder -> its
-    name, or its parent's name when the folder is an ``unlearned_model`` (unlearn.py's layout)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith((".", "/", "~")) or not HUB_ID_RE.match(spec):
-        path = path.resolve()
-        return path.parent.name if path.name == "unlearned_model" else path.name
-    return spec.replace("/", "_")
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists to one [B, T] tensor with its attention mask."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
 def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Labels for transformers' causal-LM loss: the inputs, padding set to −100 (ignored)."""
     return input_ids.masked_fill(attention_mask == 0, -100)
@@ -361,49 +583,7 @@ def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 # ----------------------------------------------------------------------------------------------
 # MCQ through lm-evaluation-harness: a local JSON task generated at run time
 # ----------------------------------------------------------------------------------------------
-def read_mcq(path: str, what: str) -> list[dict]:
-    """The MCQ file: one {"question": str, "choices": [str, ...], "answer": int} object a line."""
-    items = []
-    for no, line in read_numbered_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{what} {path} line {no}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) \
-                or not isinstance(obj.get("choices"), list) or len(obj["choices"]) < 2 \
-                or not all(isinstance(c, str) for c in obj["choices"]):
-            raise UsageError(f"{what} {path} line {no}: expected {{\"question\": str, \"choices\": "
-                             "[str, str, ...], \"answer\": int}")
-        ans = obj.get("answer")
-        if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(obj["choices"]):
-            raise UsageError(f"{what} {path} line {no}: answer must be an index into choices "
-                             f"(0..{len(obj['choices']) - 1})")
-        items.append({"question": obj["question"], "choices": obj["choices"], "answer": ans})
-    if not items:
-        raise UsageError(f"{what} {path} has no items")
-    return items
-
-
-# Copied from evaluate_unlearning.py (the same lm-eval task, so the same MCQ scoring)
-def mcq_task_yaml(task: str, data_file: Path) -> str:
-    """An lm-eval task config for a local JSONL set: cloze style, context "{question}\\nAnswer:",
-    continuation " {choice}" (lm-eval's default target delimiter is one space), acc and acc_norm."""
-    path = json.dumps(str(Path(data_file).resolve()))
-    return (f"task: {task}\n"
-            f"dataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {path}\n"
-            f"test_split: test\n"
-            f"output_type: multiple_choice\n"
-            f'doc_to_text: "{{{{question}}}}\\nAnswer:"\n'
-            f'doc_to_choice: "{{{{choices}}}}"\n'
-            f'doc_to_target: "{{{{answer}}}}"\n'
-            f"metric_list:\n"
-            f"  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-            f"  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-            f"metadata:\n  version: 1.0\n")
-
-
-class MCQ:
+class ForgetMcq:
     """The forget MCQ set as an lm-eval task, built once and scored on whatever model is given."""
 
     def __init__(self, items: list[dict], workdir: Path):
@@ -426,7 +606,7 @@ class MCQ:
             if self._lm is None or self._lm.model is not model:     # one wrapper per model, reused
                 self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
                                 max_length=max_length)
-            res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+            res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False)
         return float(res["results"][MCQ_TASK]["acc,none"])
 
 
@@ -440,14 +620,6 @@ def quiet():
 # ----------------------------------------------------------------------------------------------
 # Inputs: files, models, devices
 # ----------------------------------------------------------------------------------------------
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def preflight(spec: str, trust_remote_code: bool) -> Path:
     """Fail before any attack when a model cannot be loaded: its config, its tokenizer and the
     headers of its safetensors files are read (cheap: no weights)."""
@@ -473,7 +645,7 @@ def preflight(spec: str, trust_remote_code: bool) -> Path:
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_model(spec: str, dtype: str, device: str, trust_remote_code: bool):
+def load_attack_model(spec: str, dtype: str, device: str, trust_remote_code: bool):
     """Model and tokenizer of ``spec`` (safetensors only), as one sentence on failure."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model_dir = resolve_model_dir(spec, trust_remote_code)
@@ -516,7 +688,7 @@ def fmt(v) -> str:
 class Evaluator:
     """Forget/retain test NLL (and forget MCQ accuracy) of a model, on token lists made once."""
 
-    def __init__(self, forget_ids, retain_ids, mcq: MCQ | None, batch_size: int, device: str, max_length: int):
+    def __init__(self, forget_ids, retain_ids, mcq: ForgetMcq | None, batch_size: int, device: str, max_length: int):
         self.forget_ids, self.retain_ids, self.mcq = forget_ids, retain_ids, mcq
         self.batch_size, self.device, self.max_length = batch_size, device, max_length
 
@@ -572,8 +744,7 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
                dtype: str, device: str, stage: Path) -> dict:
     """Load one model, evaluate it at step 0, attack it for ``len(batches)`` steps (evaluating
     at the checkpoints), optionally stage the attacked weights. Returns its curve and timings."""
-    from tqdm.auto import tqdm
-    model, tok = load_model(spec, dtype, device, a.trust_remote_code)
+    model, tok = load_attack_model(spec, dtype, device, a.trust_remote_code)
     ids_of = attack_ids_of(tok)
     torch.manual_seed(a.seed)                          # LoRA initialisation, dropout: same for every model
     trainable_model = add_lora(model, a) if a.lora_r > 0 else model
@@ -593,7 +764,7 @@ def attack_one(spec: str, a, batches: list[list[int]], attack_ids_of, evaluator:
 
     evaluate(0)
     trainable_model.train()
-    bar = tqdm(total=a.steps, desc=model_name(spec), leave=True, dynamic_ncols=True)
+    bar = progress(total=a.steps, desc=model_name(spec), unit="step", leave=True)
     for step, batch in enumerate(batches, start=1):
         t0 = time.perf_counter()
         ids, mask = ids_of(batch)
@@ -638,13 +809,6 @@ def save_attacked(model, tok, a, dest: Path) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
-
-
-def release_memory() -> None:
-    import gc
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -725,7 +889,7 @@ def run(a) -> dict:
     attack_lines = read_lines(a.attack_data)
     forget_lines = read_lines(a.forget_test)
     retain_lines = read_lines(a.retain_test)
-    mcq_items = read_mcq(a.mcq_forget, "--mcq-forget") if a.mcq_forget else None
+    mcq_items = read_mcq(a.mcq_forget) if a.mcq_forget else None
     model_dirs = [preflight(spec, a.trust_remote_code) for spec in a.model]   # all readable before any attack
     check_outdir(a.outdir, "attack_report.yaml", inputs=tuple(model_dirs))   # an earlier result or new/empty
     device = pick_device(a.device)
@@ -743,7 +907,7 @@ def run(a) -> dict:
         forget_ids = tokenize(tok0, forget_lines, a.max_length, "--forget-test", a.forget_test)
         retain_ids = tokenize(tok0, retain_lines, a.max_length, "--retain-test", a.retain_test)
         attack_ids = tokenize(tok0, attack_lines, a.max_length, "--attack-data", a.attack_data)
-        mcq = MCQ(mcq_items, stage) if mcq_items else None
+        mcq = ForgetMcq(mcq_items, stage) if mcq_items else None
         evaluator = Evaluator(forget_ids, retain_ids, mcq, a.batch_size, device, a.max_length)
 
         def attack_ids_of(tok):
@@ -823,25 +987,7 @@ def make_report(a, device, dtype, ref_nll, results, summary) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:                                   # `kill` cleans up like Ctrl-C does
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except OSError as e:                              # a full disk, a read-only folder, ...
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
+    return run_tool(lambda: run(args), kept="results of finished models are kept, nothing half-written")
 
 
 if __name__ == "__main__":

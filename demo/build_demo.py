@@ -55,9 +55,18 @@ import time
 from pathlib import Path
 
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -65,6 +74,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -151,10 +210,6 @@ CB_LAT = {"layer_id": "2,4", "lora_r": 8, "lora_alpha": 16.0, "lora_target_modul
           "steering_coeff": 20.0, "lat_eps": 0.1, "lat_steps": 3, "eval_split": 0.1}
 
 
-class UsageError(Exception):
-    """Bad input or a failed step: reported as one ``error:`` line, exit status 1."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Caching: one fingerprint per step
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +249,7 @@ def script_command(script: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
-def run_tool(name: str, args: list[str]) -> None:
+def run_script(name: str, args: list[str]) -> None:
     """Run ``<repo>/<name>`` with ``args``; its output goes to ours; failure -> UsageError."""
     cmd = script_command(ROOT / name) + args
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
@@ -447,7 +502,7 @@ def build(args) -> dict:
             print(f"[1/5] data: cached in {data_dir}")
         else:
             print(f"[1/5] data: create_datasets.py --source synthetic -> {data_dir}", flush=True)
-            run_tool("create_datasets.py", ["--source", "synthetic", "--seed", str(args.data_seed),
+            run_script("create_datasets.py", ["--source", "synthetic", "--seed", str(args.data_seed),
                                             "--n-test", "100", "--outdir", str(data_dir)])
             write_info(data_dir, fp, settings)
     forget_train, forget_eval, retain_train, retain_eval, held = train_and_heldout(forget_file, retain_file)
@@ -528,7 +583,7 @@ def build(args) -> dict:
             (work / "forget.txt").write_text("".join(s + "\n" for s in forget_train), encoding="utf-8")
             (work / "retain.txt").write_text("".join(s + "\n" for s in retain_train), encoding="utf-8")
             t = time.time()
-            run_tool("unlearn.py", [
+            run_script("unlearn.py", [
                 "--model", str(out / NAMES["unfiltered"]), "--method", "cb_lat",
                 "--forget-data", str(work / "forget.txt"), "--retain-data", str(work / "retain.txt"),
                 "--outdir", str(work / "model"), "--layer-id", cb["layer_id"], "--lr", str(cb["lr"]),
@@ -614,18 +669,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> None:
         report = build(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; finished models are kept, unfinished ones were not written", file=sys.stderr)
-        return 130
-    print_report(report)
-    print(f"\ndemo family ready in {args.outdir} ({report['run_seconds']:.0f} s); report: "
-          f"{Path(args.outdir) / 'demo_report.json'}")
-    return 0
+        print_report(report)
+        print(f"\ndemo family ready in {args.outdir} ({report['run_seconds']:.0f} s); report: "
+              f"{Path(args.outdir) / 'demo_report.json'}")
+
+    return run_tool(work, kept="finished models are kept, unfinished ones were not written")
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def test_cache_removed_after_interrupted_run(tmp_path, models, texts, monkeypatc
         assert not (tmp_path / "out").exists()
     else:
         rc, df, _ = run_tool(tmp_path, a, b, texts, "--batch-size", 4)
-        assert rc == 1 and df is None
+        assert rc == (143 if where == "sigterm" else 130) and df is None
     assert signal.getsignal(signal.SIGTERM) is sigterm_before
 
 
@@ -349,7 +349,7 @@ def no_loading(monkeypatch):
     """Fails the test if a model is loaded: these refusals must come before pass 1."""
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the problem could be found before")
-    monkeypatch.setattr(can, "load_model", refuse)
+    monkeypatch.setattr(can, "load_compared_model", refuse)
 
 
 def test_outdir_faults_are_one_line_before_any_model_runs(tmp_path, models, texts, capsys, monkeypatch, no_loading):
@@ -405,9 +405,9 @@ def test_full_disk_or_ctrl_c_keeps_the_previous_csv(tmp_path, models, texts, cap
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     rc, df, _ = run_tool(tmp_path, a, b, texts)  # run_tool asserts the cache is gone
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "Traceback"))]
-    assert rc == 1 and len(err) == 1, err
-    expect = {"csv_disk_full": "No space left on device", "csv_ctrl_c": "interrupted",
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "Traceback", "interrupted"))]
+    assert rc == (130 if failure == "csv_ctrl_c" else 1) and len(err) == 1, err
+    expect = {"csv_disk_full": "No space left on device", "csv_ctrl_c": "interrupted (Ctrl-C): the activation cache",
               "cache_disk_full": "cannot write the activation cache"}[failure]
     assert expect in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["activation_stats.csv", "notes.txt"]  # no temp file

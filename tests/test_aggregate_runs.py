@@ -1,11 +1,13 @@
 """aggregate_runs.py on run folders built by hand the way unlearn.py writes them (metrics.json,
 run_report.yaml, per_sample_nll.csv): means and stds equal numpy's over the runs' metrics.json,
-the bootstrap CI is scipy's and contains the mean, the paired p-values equal scipy's on the
+the bootstrap CI of three seeds is their [min, max] (worked out in the test), the paired p-values
+equal the textbook t test and the exact Wilcoxon signed-rank test written out with numpy on the
 per-sample files, mismatched groups are refused naming the setting, the report is the documented
 format, and bad input is one `error:` line with nothing written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from scipy import stats
 
 from conftest import ROOT
 
@@ -22,6 +23,62 @@ import aggregate_runs as ag
 
 SEEDS = (42, 1337, 2024)
 N_EVAL = 12
+
+
+# ---------------------------------------------------------------------------------------------
+# Textbook references, written out (no scipy): the tool's numbers must equal them
+# ---------------------------------------------------------------------------------------------
+def paired_t(a, b) -> tuple[float, float]:
+    """Paired t test: t = mean(d) / (sd(d) / sqrt(n)), d = a - b, and its two-sided p = 2 P(T_{n-1} > |t|),
+    the Student-t tail integrated from the density with 400-point Gauss-Legendre (x = |t|/u on the tail)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n, nu = len(d), len(d) - 1.0
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(n))
+    log_c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+
+    def density(x):
+        return np.exp(log_c - (nu + 1) / 2 * np.log1p(x * x / nu))
+
+    nodes, weights = np.polynomial.legendre.leggauss(400)
+    u, w = (nodes + 1) / 2, weights / 2                      # Gauss-Legendre on (0, 1)
+    a_ = abs(t)
+    if a_ <= 1:
+        tail = 0.5 - np.sum(w * a_ * density(a_ * u))         # 1/2 - integral over (0, |t|)
+    else:
+        tail = np.sum(w * density(a_ / u) * a_ / u ** 2)      # integral over (|t|, inf)
+    return float(t), float(2 * tail)
+
+
+def wilcoxon_exact(a, b) -> float:
+    """Two-sided exact Wilcoxon signed-rank p: zero differences dropped, R+ = sum of the ranks of |d| of
+    the positive d; under H0 every sign pattern is equally likely, so the null distribution of R+ is
+    the number of subsets of {1..n} with each sum / 2^n (counted by dynamic programming);
+    p = min(1, 2 min(P(R+ <= r), P(R+ >= r))). Valid without ties (continuous data)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[d != 0]
+    n = len(d)
+    ranks = np.empty(n)
+    ranks[np.argsort(np.abs(d))] = np.arange(1, n + 1)
+    r = int(ranks[d > 0].sum())
+    counts = [1] + [0] * (n * (n + 1) // 2)
+    for k in range(1, n + 1):
+        for total in range(len(counts) - 1, k - 1, -1):
+            counts[total] += counts[total - k]
+    low, high = sum(counts[:r + 1]) / 2 ** n, sum(counts[r:]) / 2 ** n
+    return min(1.0, 2 * min(low, high))
+
+
+def test_the_references_on_a_published_example():
+    """Wilcoxon's own signed-rank illustration (Hollander & Wolfe): for n = 5 all positive, the exact
+    two-sided p is 2/32; the t reference gives p = 1 at t = 0 and matches the tabulated
+    t_{0.975, 10} = 2.228 (two-sided p = 0.05)."""
+    assert wilcoxon_exact([1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == pytest.approx(2 / 32)
+    assert wilcoxon_exact([1, -2, 3], [0, 0, 0]) == pytest.approx(2 * 3 / 8)     # P(R+ >= 4) = 3/8
+    assert paired_t([1, -1, 2, -2], [0, 0, 0, 0])[1] == pytest.approx(1.0)
+    z = np.arange(11.0) - 5.0
+    z = z / z.std(ddof=1)                                     # mean 0, sd 1: t = shift * sqrt(11)
+    t, p = paired_t(z + 2.228139 / math.sqrt(11), np.zeros(11))
+    assert t == pytest.approx(2.228139, rel=1e-9) and p == pytest.approx(0.05, abs=2e-7)
 
 
 def report_dict(seed: int, method: str = "ga", model: str = "demo/models/demo-unfiltered", lr: float = 1e-5) -> dict:
@@ -71,7 +128,7 @@ def three(tmp_path):
     return [make_run(tmp_path / "outputs", s) for s in SEEDS]
 
 
-def test_summary_means_stds_equal_numpy_and_ci_is_scipys_bootstrap(three, tmp_path):
+def test_summary_means_stds_equal_numpy_and_the_bootstrap_ci_of_three_seeds(three, tmp_path):
     out = tmp_path / "agg"
     assert run_cli([*three, "--outdir", out, "--n-boot", "2000", "--seed", "7"]) == 0
     import pandas as pd
@@ -92,13 +149,15 @@ def test_summary_means_stds_equal_numpy_and_ci_is_scipys_bootstrap(three, tmp_pa
         assert (row["min"], row["max"]) == (pytest.approx(x.min()), pytest.approx(x.max()))
         if row["std"] > 0:
             assert row["ci95_low"] < row["mean"] < row["ci95_high"]
-        # the interval is scipy's percentile bootstrap with the documented seeded generator
-        ci = stats.bootstrap((x,), np.mean, n_resamples=2000, method="percentile",
-                             rng=ag.bootstrap_rng(7, "demo-unfiltered__ga", row["metric"])).confidence_interval
-        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
+        # Percentile bootstrap of the mean of three values: a resample is one of 27 equally likely
+        # index triples, and "all three the smallest" (or the largest) has probability 1/27 = 3.7 %,
+        # more than the 2.5 % each tail of a 95 % interval holds: the exact interval is [min, max].
+        # With 2000 seeded resamples the count at each extreme (~74, sd ~8.4) exceeds the 50 in a tail.
+        assert row["ci95_low"] == pytest.approx(x.min(), abs=1e-12)
+        assert row["ci95_high"] == pytest.approx(x.max(), abs=1e-12)
 
 
-def test_paired_p_values_equal_scipys_on_the_per_sample_files(three, tmp_path):
+def test_paired_p_values_equal_the_textbook_formulas_on_the_per_sample_files(three, tmp_path):
     out = tmp_path / "agg"
     assert run_cli([*three, "--outdir", out]) == 0
     import pandas as pd
@@ -112,12 +171,12 @@ def test_paired_p_values_equal_scipys_on_the_per_sample_files(three, tmp_path):
         after = np.mean([[f["nll_after"][(f["split"] == split) & (f["index"] == i)][0] for i in idx] for f in files], 0)
         before = np.mean([[f["nll_before"][(f["split"] == split) & (f["index"] == i)][0] for i in idx] for f in files], 0)
         row = tests[tests["metric"] == f"{split} after-before"].iloc[0]
-        t = stats.ttest_rel(after, before)
+        t, p = paired_t(after, before)
         assert row["n"] == N_EVAL
         assert row["mean_diff"] == pytest.approx(np.mean(after - before), rel=1e-12)
-        assert row["t"] == pytest.approx(t.statistic, rel=1e-10)
-        assert row["p_t"] == pytest.approx(t.pvalue, rel=1e-10)
-        assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(after, before).pvalue, rel=1e-10)
+        assert row["t"] == pytest.approx(t, rel=1e-10)
+        assert row["p_t"] == pytest.approx(p, rel=1e-8)
+        assert row["p_wilcoxon"] == pytest.approx(wilcoxon_exact(after, before), rel=1e-10)
     assert tests.set_index("metric").loc["forget_eval after-before", "p_t"] < 1e-6  # a shift of 0.5 nats
 
 
@@ -137,10 +196,9 @@ def test_baseline_pairs_groups_on_the_same_samples(tmp_path):
         fs = [f[f["split"] == "forget_eval"].sort_values("index")["nll_after"].to_numpy() for f in fs]
         return np.mean(fs, 0)
     a, b = pooled(npo), pooled(ga)
-    t = stats.ttest_rel(a, b)
     assert row.iloc[0]["mean_diff"] == pytest.approx(np.mean(a - b), rel=1e-12)
-    assert row.iloc[0]["p_t"] == pytest.approx(t.pvalue, rel=1e-10)
-    assert row.iloc[0]["p_wilcoxon"] == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-10)
+    assert row.iloc[0]["p_t"] == pytest.approx(paired_t(a, b)[1], rel=1e-8)
+    assert row.iloc[0]["p_wilcoxon"] == pytest.approx(wilcoxon_exact(a, b), rel=1e-10)
 
 
 def test_report_yaml_is_the_documented_format_with_mean_pm_std(three, tmp_path, capsys):

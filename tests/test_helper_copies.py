@@ -1,178 +1,194 @@
-"""The shared helpers are copies by design (every tool is a self-contained script): this holds them equal.
+"""One source for every shared helper: common/helpers.py, copied into the tools by common/fix_copies.py.
 
-Every tool that needs them carries a block between the two marker lines below, right after its
-imports. For each helper (by name) every copy must be the same code (``ast.dump``: comments and
-blank lines aside), the block may hold only the helpers listed here, in this order, no helper may
-be defined again outside the block, and every name a copy uses must exist in its script. Then each
-helper's behaviour is tested once, on one copy.
+Every tool is a self-contained script, so the helpers several tools need are copies, kept between
+the marker lines of each tool's shared block. This holds the copies equal to the source (the
+failure message names the command that fixes them), checks that the fix command restores an edited
+copy, takes a helper named on a ``# take:`` line with the helpers it uses, and moves a loose
+``# Copied from`` copy into the block; that no two tools define the same name with different
+bodies (apart from each tool's own main/parse_args/... ); then tests each helper's behaviour once,
+on the source.
 """
 from __future__ import annotations
 
 import ast
-import builtins
 import errno
+import hashlib
+import importlib.util
+import json
 import os
+import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-START = "# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---"
-END = "# --- end shared helpers ---"
-# the canonical order; a script copies the ones it needs
-HELPERS = ["first_line", "normalise", "read_numbered_lines", "read_lines", "drop_duplicates", "pick_device",
-           "pick_dtype", "hub_reachable", "HUB_ID_RE", "MODEL_FILES", "SKIP_FILES", "resolve_model_dir",
-           "_umask", "check_outdir", "write_atomically", "publish_folder", "label_log_axis"]
-# names the helpers had before they were unified: none may come back as a drifting copy
-OLD_NAMES = ["resolve_device", "resolve_dtype", "normalise_text", "_hub_reachable", "_is_offline", "write_csv_atomic",
-             "write_csvs_atomically", "publish"]
+FIX = ROOT / "common" / "fix_copies.py"
+COMMAND = "uv run --script common/fix_copies.py"
+# a tool's own entry points: these may differ from tool to tool
+TOOL_SPECIFIC = {"main", "parse_args", "build_parser", "check_args", "run", "draw"}
 
 
-def scripts() -> list[Path]:
-    found = sorted(ROOT.glob("*.py")) + sorted((ROOT / "demo").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
-    return [p for p in found if START in p.read_text(encoding="utf-8")]
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def node_name(node: ast.stmt) -> str | None:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return node.name
-    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-        return node.targets[0].id
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id
-    return None
+fix = load(FIX, "fix_copies_under_test")
+SRC = fix.Source()
 
 
-def split_script(path: Path) -> tuple[dict[str, ast.stmt], ast.Module, ast.Module]:
-    """(helpers in the block by name, the block's module, the whole script's module)."""
-    text = path.read_text(encoding="utf-8")
-    assert text.count(START) == 1 and text.count(END) == 1, f"{path.name}: one start and one end marker expected"
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line == START)
-    end = next(i for i, line in enumerate(lines) if line == END)
-    assert start < end, f"{path.name}: the end marker comes before the start marker"
-    block = ast.parse("\n".join(lines[start + 1:end]))
-    helpers = {}
-    for node in block.body:
-        name = node_name(node)
-        assert name is not None, f"{path.name}: the shared block holds something that is not a named helper"
-        helpers[name] = node
-    return helpers, block, ast.parse(text)
+@pytest.fixture(scope="module")
+def H():
+    return load(ROOT / "common" / "helpers.py", "helpers_source_under_test")
 
 
-def module_names(tree: ast.Module) -> set[str]:
-    """Names bound at the top level of a script (imports, defs, classes, assignments)."""
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and node in tree.body:
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
-                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif isinstance(node, (ast.If, ast.Try)):          # guarded imports
-            for sub in ast.walk(node):
-                if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                    names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
-    return names
+def tools() -> list[Path]:
+    return sorted(ROOT.glob("*.py"))
 
 
-def free_names(node: ast.stmt) -> set[str]:
-    """Global names a helper reads: loaded names that it neither binds nor takes as parameters."""
-    bound, loaded = set(), set()
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name):
-            (loaded if isinstance(sub.ctx, ast.Load) else bound).add(sub.id)
-        elif isinstance(sub, ast.arg):
-            bound.add(sub.arg)
-        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
-            bound |= {(a.asname or a.name).split(".")[0] for a in sub.names}
-        elif isinstance(sub, ast.ExceptHandler) and sub.name:
-            bound.add(sub.name)
-    return loaded - bound - set(dir(builtins))
-
-
-def test_copies_are_identical():
-    found = scripts()
-    assert len(found) >= 8, f"the shared block is missing from some tools (found in {[p.name for p in found]})"
-    first: dict[str, tuple[str, str]] = {}
+# ---------------------------------------------------------------------------------------------
+# The copies
+# ---------------------------------------------------------------------------------------------
+def test_every_copy_equals_the_source():
+    found = fix.targets()
+    assert {p.name for p in tools()} <= {p.name for p in found}, \
+        f"tools without a shared block: {sorted({p.name for p in tools()} - {p.name for p in found})}"
     problems = []
     for path in found:
-        helpers, _, _ = split_script(path)
-        for name, node in helpers.items():
-            dump = ast.dump(node)
-            if name not in first:
-                first[name] = (path.name, dump)
-            elif first[name][1] != dump:
-                problems.append(f"{name}: the copy in {path.relative_to(ROOT)} differs from the one in {first[name][0]}")
-    assert not problems, "\n".join(problems)
-    assert set(first) == set(HELPERS), f"helpers never copied or unknown: {set(first) ^ set(HELPERS)}"
+        new, notes, errors = fix.rewrite(path, SRC)
+        if errors or new != path.read_text(encoding="utf-8"):
+            problems += errors + notes or [f"{path.name}: its block differs from common/helpers.py"]
+    assert not problems, "\n".join(problems) + f"\nfix the copies with: {COMMAND}"
 
 
-@pytest.mark.parametrize("path", scripts(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_block_is_known_ordered_complete_and_alone(path):
-    helpers, block, tree = split_script(path)
-    unknown = [n for n in helpers if n not in HELPERS]
-    assert not unknown, f"{path.name}: {unknown} in the shared block are not shared helpers (add them to HELPERS)"
-    order = [n for n in HELPERS if n in helpers]
-    assert list(helpers) == order, f"{path.name}: helpers out of the canonical order {order}"
-    # the block comes right after the imports: no function or class of the script before it
-    block_names = set(helpers)
-    before = [node_name(n) for n in tree.body if node_name(n) in block_names]
-    assert before, path.name
-    first_helper_line = min(n.lineno for n in tree.body if node_name(n) in block_names)
-    early = [node_name(n) for n in tree.body if n.lineno < first_helper_line
-             and isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+def test_check_fails_on_an_edited_copy_and_the_command_restores_it(tmp_path):
+    original = (ROOT / "plot_tamper.py").read_text(encoding="utf-8")
+    tool = tmp_path / "plot_tamper.py"
+    edited = original.replace('return type(exc).__name__', 'return "edited"', 1)
+    assert edited != original
+    tool.write_text(edited, encoding="utf-8")
+    check = subprocess.run([sys.executable, str(FIX), "--check", str(tool)], capture_output=True, text=True)
+    assert check.returncode == 1, check.stderr
+    assert "first_line differs from the source" in check.stderr and COMMAND in check.stderr
+    assert tool.read_text(encoding="utf-8") == edited                      # --check changes nothing
+    done = subprocess.run([sys.executable, str(FIX), str(tool)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert tool.read_text(encoding="utf-8") == original
+    again = subprocess.run([sys.executable, str(FIX), "--check", str(tool)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+
+
+NEW_TOOL = """\
+\"\"\"A new tool.\"\"\"
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
+def first_line(exc):
+    return "old copy"
+# take: model_name, sha256_file
+# --- end shared helpers ---
+
+
+# Copied from evaluate_unlearning.py: length_batches
+def length_batches(lengths, batch_size):
+    return [[0]]
+
+
+def main():
+    return model_name(sys.argv[1])
+"""
+
+
+def test_take_line_old_markers_and_loose_copies(tmp_path):
+    tool = tmp_path / "new_tool.py"
+    tool.write_text(NEW_TOOL, encoding="utf-8")
+    new, notes, errors = fix.rewrite(tool, SRC)
+    assert not errors, errors
+    tree = ast.parse(new)
+    defined = [fix.node_name(n) for n in tree.body if fix.node_name(n)]
+    # the named helpers, the ones they use, the loose copy: all in the block, in the canonical order
+    block = [n for n in defined if n in SRC.text]
+    assert block == [n for n in SRC.order if n in block]
+    assert {"model_name", "sha256_file", "length_batches", "first_line", "HUB_ID_RE"} <= set(block)
+    assert defined.count("length_batches") == 1 and "# Copied from" not in new and "# take: model_name" not in new
+    assert SRC.text["first_line"] in new and SRC.text["length_batches"] in new
+    assert fix.START in new and "import hashlib" in new and "import os" in new and "import re" in new
+    assert new.index("import hashlib") < new.index("import sys")           # in its alphabetical place
+    tool.write_text(new, encoding="utf-8")
+    assert fix.rewrite(tool, SRC)[0] == new                                 # a second run changes nothing
+
+
+def test_a_block_with_an_unknown_name_is_refused(tmp_path):
+    tool = tmp_path / "t.py"
+    tool.write_text(NEW_TOOL.replace("# take: model_name, sha256_file", "# take: no_such_helper"), encoding="utf-8")
+    _, _, errors = fix.rewrite(tool, SRC)
+    assert errors and "no_such_helper" in errors[0]
+
+
+def definitions(path: Path) -> dict[str, str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {fix.node_name(n): ast.dump(n) for n in tree.body if fix.node_name(n)}
+
+
+def test_no_two_tools_define_a_name_differently():
+    seen: dict[str, tuple[str, str]] = {}
+    clashes = []
+    for path in tools():
+        for name, dump in definitions(path).items():
+            if name in TOOL_SPECIFIC:
+                continue
+            if name in seen and seen[name][1] != dump:
+                clashes.append(f"{name}: {seen[name][0]} and {path.name} define it differently "
+                               "(move it to common/helpers.py, or rename the one that only looks alike)")
+            seen.setdefault(name, (path.name, dump))
+    assert not clashes, "\n".join(clashes)
+
+
+@pytest.mark.parametrize("path", fix.targets(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_block_comes_after_the_imports_and_its_names_exist(path):
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    start = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(fix.START_PREFIX))
+    early = [fix.node_name(n) for n in tree.body if n.lineno < start and isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     assert not early, f"{path.name}: {early} defined before the shared block (it goes right after the imports)"
-    # a helper defined twice (a drifting copy outside the block), or under its old name
-    defs = [node_name(n) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.Assign))]
-    twice = sorted({n for n in defs if n in HELPERS and defs.count(n) > 1})
-    assert not twice, f"{path.name}: {twice} defined again outside the shared block"
-    stale = sorted(set(defs) & set(OLD_NAMES))
-    assert not stale, f"{path.name}: {stale} are old copies of shared helpers; use the block's helpers"
-    # every name a copy reads is defined in the script (imports, UsageError, other helpers)
-    have = module_names(tree)
-    for name, node in helpers.items():
-        missing = free_names(node) - have
+    have = fix.module_names(tree)
+    for name in [n for n in SRC.order if n in definitions(path)]:
+        missing = fix.free_names(SRC.nodes[name]) - have
         assert not missing, f"{path.name}: helper {name} uses {sorted(missing)}, which the script does not define"
+
+
+def test_source_helpers_use_only_helpers_and_imports():
+    names = fix.module_names(ast.parse((ROOT / "common" / "helpers.py").read_text(encoding="utf-8")))
+    for name, node in SRC.nodes.items():
+        assert not fix.free_names(node) - names, name
 
 
 def test_no_script_splits_messages_unsafely():
     """``str(e).splitlines()[0]`` raises IndexError on an empty message: first_line is the one way."""
-    for path in sorted(ROOT.glob("*.py")) + sorted((ROOT / "demo").glob("*.py")):
+    for path in tools() + sorted((ROOT / "demo").glob("*.py")):
         text = path.read_text(encoding="utf-8")
-        helpers_block = text[text.find(START):text.find(END)] if START in text else ""
-        rest = text.replace(helpers_block, "")
-        assert "splitlines()[0]" not in rest, f"{path.name} splits an error message with splitlines()[0]; use first_line"
+        lines = text.splitlines()
+        if any(line.startswith(fix.START_PREFIX) for line in lines):               # the helpers' docs name it
+            a = next(i for i, line in enumerate(lines) if line.startswith(fix.START_PREFIX))
+            b = next(i for i, line in enumerate(lines) if line == fix.END)
+            lines = lines[:a] + lines[b:]
+        assert "splitlines()[0]" not in "\n".join(lines), f"{path.name}: use first_line"
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour, once per helper (the copies are identical, so one copy stands for all)
+# Behaviour, once per helper, on the source
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ul():
-    import unlearn
-    return unlearn
-
-
-@pytest.fixture(scope="module")
-def cd():
-    import create_datasets
-    return create_datasets
-
-
-@pytest.fixture(scope="module")
-def bd():
-    sys.path.insert(0, str(ROOT / "demo"))
-    import build_demo
-    return build_demo
-
-
 @pytest.fixture
 def umask():
     """Set a umask for one test and restore the old one."""
@@ -189,28 +205,28 @@ def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_first_line_never_raises(ul):
-    assert ul.first_line(ValueError("")) == "ValueError"
-    assert ul.first_line(OSError()) == "OSError"
-    assert ul.first_line(RuntimeError("\n   \n")) == "RuntimeError"
-    assert ul.first_line(RuntimeError("\n  disk full  \nsecond line")) == "disk full"
-    assert ul.first_line(KeyError("k")) == "'k'"
+def test_first_line_never_raises(H):
+    assert H.first_line(ValueError("")) == "ValueError"
+    assert H.first_line(OSError()) == "OSError"
+    assert H.first_line(RuntimeError("\n   \n")) == "RuntimeError"
+    assert H.first_line(RuntimeError("\n  disk full  \nsecond line")) == "disk full"
+    assert H.first_line(KeyError("k")) == "'k'"
 
 
-def test_normalise_and_drop_duplicates(ul):
-    assert ul.normalise("  The\u00a0Cell\t\tCYCLE ") == "the cell cycle"     # NBSP -> space (NFKC)
-    assert ul.normalise("ﬁne Straße") == "fine strasse"                      # ligature (NFKC), ß (casefold)
-    kept, dropped = ul.drop_duplicates(["A b", "c", "a  B", "C", "d"])
+def test_normalise_and_drop_duplicates(H):
+    assert H.normalise("  The\u00a0Cell\t\tCYCLE ") == "the cell cycle"     # NBSP -> space (NFKC)
+    assert H.normalise("ﬁne Straße") == "fine strasse"                      # ligature (NFKC), ß (casefold)
+    kept, dropped = H.drop_duplicates(["A b", "c", "a  B", "C", "d"])
     assert kept == ["A b", "c", "d"] and dropped == 2
 
 
-def test_read_numbered_lines(ul, tmp_path):
+def test_read_numbered_lines(H, tmp_path):
     f = tmp_path / "x.txt"
     f.write_bytes("\ufeff first \r\n\r\n  second\n\t\nthird".encode("utf-8"))
-    assert ul.read_numbered_lines(f) == [(1, "first"), (3, "second"), (5, "third")]
-    assert ul.read_lines(f) == ["first", "second", "third"]                  # BOM dropped, not kept in "first"
+    assert H.read_numbered_lines(f) == [(1, "first"), (3, "second"), (5, "third")]
+    assert H.read_lines(f) == ["first", "second", "third"]                  # BOM dropped, not kept in "first"
     (tmp_path / "dup.txt").write_text("a\na\n", encoding="utf-8")
-    assert ul.read_lines(tmp_path / "dup.txt") == ["a", "a"]                  # reading never dedupes
+    assert H.read_lines(tmp_path / "dup.txt") == ["a", "a"]                  # reading never dedupes
     cases = {"missing.txt": (None, "does not exist"), "empty.txt": (b"", "is empty"),
              "blank.txt": (b"\n  \n", "only blank lines"), "latin1.txt": ("café".encode("latin-1"), "not UTF-8"),
              "folder": ("dir", "is not a file")}
@@ -220,55 +236,55 @@ def test_read_numbered_lines(ul, tmp_path):
             p.mkdir()
         elif content is not None:
             p.write_bytes(content)
-        with pytest.raises(ul.UsageError, match=words) as info:
-            ul.read_numbered_lines(p)
+        with pytest.raises(H.UsageError, match=words) as info:
+            H.read_numbered_lines(p)
         assert "\n" not in str(info.value)
 
 
-def test_pick_device_and_dtype(ul):
+def test_pick_device_and_dtype(H):
     import torch
-    assert ul.pick_dtype("auto", "cuda") == "bf16" and ul.pick_dtype("auto", "mps") == "fp16"
-    assert ul.pick_dtype("auto", "cpu") == "fp32" and ul.pick_dtype("fp16", "cpu") == "fp16"
-    assert ul.pick_device("cpu") == "cpu"
+    assert H.pick_dtype("auto", "cuda") == "bf16" and H.pick_dtype("auto", "mps") == "fp16"
+    assert H.pick_dtype("auto", "cpu") == "fp32" and H.pick_dtype("fp16", "cpu") == "fp16"
+    assert H.pick_device("cpu") == "cpu"
     if not torch.cuda.is_available():
-        assert ul.pick_device("auto") in ("cpu", "mps")
-        with pytest.raises(ul.UsageError, match="CUDA is not available"):
-            ul.pick_device("cuda")
+        assert H.pick_device("auto") in ("cpu", "mps")
+        with pytest.raises(H.UsageError, match="CUDA is not available"):
+            H.pick_device("cuda")
 
 
-def test_hub_reachable_honours_offline(ul, monkeypatch):
+def test_hub_reachable_honours_offline(H, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ul.hub_reachable.cache_clear()
+    H.hub_reachable.cache_clear()
     try:
-        assert ul.hub_reachable() is False
+        assert H.hub_reachable() is False
     finally:
-        ul.hub_reachable.cache_clear()
+        H.hub_reachable.cache_clear()
 
 
-def test_resolve_model_dir(ul, tmp_path, monkeypatch):
-    assert ul.resolve_model_dir(str(tmp_path)) == tmp_path
+def test_resolve_model_dir(H, tmp_path, monkeypatch):
+    assert H.resolve_model_dir(str(tmp_path)) == tmp_path
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ul.UsageError, match="is a file"):
-        ul.resolve_model_dir(str(tmp_path / "f"))
-    with pytest.raises(ul.UsageError, match="does not exist"):
-        ul.resolve_model_dir("./no/such/model")
+    with pytest.raises(H.UsageError, match="is a file"):
+        H.resolve_model_dir(str(tmp_path / "f"))
+    with pytest.raises(H.UsageError, match="does not exist"):
+        H.resolve_model_dir("./no/such/model")
     # a hub ID that is not cached, with the hub unreachable: one sentence, no retries
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ul.hub_reachable.cache_clear()
+    H.hub_reachable.cache_clear()
     try:
-        with pytest.raises(ul.UsageError, match=r"offline\?.*not in the local cache") as info:
-            ul.resolve_model_dir("nobody-h12b/no-such-model")
+        with pytest.raises(H.UsageError, match=r"offline\?.*not in the local cache") as info:
+            H.resolve_model_dir("nobody-h12b/no-such-model")
         assert "\n" not in str(info.value)
     finally:
-        ul.hub_reachable.cache_clear()
+        H.hub_reachable.cache_clear()
 
 
 @pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750),
                                                        (0o002, 0o664, 0o775)])
-def test_write_atomically_modes_follow_umask(cd, tmp_path, umask, mask, file_mode, dir_mode):
+def test_write_atomically_modes_follow_umask(H, tmp_path, umask, mask, file_mode, dir_mode):
     umask(mask)
     target = tmp_path / "new" / "a.txt"
-    cd.write_atomically({target: "héllo\n", tmp_path / "b.bin": b"\x00\x01",
+    H.write_atomically({target: "héllo\n", tmp_path / "b.bin": b"\x00\x01",
                          tmp_path / "c.csv": lambda p: p.write_text("x,y\n")})
     assert target.read_bytes() == "héllo\n".encode() and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
     assert (tmp_path / "c.csv").read_text() == "x,y\n"
@@ -278,7 +294,7 @@ def test_write_atomically_modes_follow_umask(cd, tmp_path, umask, mask, file_mod
 
 
 @pytest.mark.parametrize("fault", ["writer_error", "enospc", "ctrl_c"])
-def test_write_atomically_fault_leaves_old_files_and_no_temp(cd, tmp_path, monkeypatch, fault):
+def test_write_atomically_fault_leaves_old_files_and_no_temp(H, tmp_path, monkeypatch, fault):
     old_a, old_b = tmp_path / "a.txt", tmp_path / "b.txt"
     old_a.write_text("old a\n")
     old_b.write_text("old b\n")
@@ -305,17 +321,17 @@ def test_write_atomically_fault_leaves_old_files_and_no_temp(cd, tmp_path, monke
 
         monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
         files = {old_a: "new a\n", old_b: "new b\n"}
-        expected = cd.UsageError                                              # "cannot write ...: No space left"
+        expected = H.UsageError                                              # "cannot write ...: No space left"
     else:
         files = {old_a: "new a\n", old_b: bad_writer}
         expected = KeyboardInterrupt if fault == "ctrl_c" else ValueError
     with pytest.raises(expected):
-        cd.write_atomically(files)
+        H.write_atomically(files)
     assert old_a.read_text() == "old a\n" and old_b.read_text() == "old b\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
 
 
-def test_publish_folder_modes_and_replace(bd, tmp_path, umask):
+def test_publish_folder_modes_and_replace(H, tmp_path, umask):
     umask(0o022)
     final = tmp_path / "model"
     final.mkdir()
@@ -326,14 +342,14 @@ def test_publish_folder_modes_and_replace(bd, tmp_path, umask):
     os.chmod(tmp / "sub" / "w.safetensors", 0o600)
     (tmp / "config.json").write_text("{}")
     assert mode(tmp) == 0o700
-    bd.publish_folder(tmp, final)
+    H.publish_folder(tmp, final)
     assert not tmp.exists() and not (final / "old.txt").exists() and (final / "config.json").read_text() == "{}"
     assert mode(final) == mode(final / "sub") == 0o755
     assert mode(final / "config.json") == mode(final / "sub" / "w.safetensors") == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]           # the old folder is gone too
 
 
-def test_publish_folder_puts_the_old_folder_back_when_the_rename_fails(bd, tmp_path, monkeypatch):
+def test_publish_folder_puts_the_old_folder_back_when_the_rename_fails(H, tmp_path, monkeypatch):
     final = tmp_path / "model"
     final.mkdir()
     (final / "old.txt").write_text("old")
@@ -347,5 +363,198 @@ def test_publish_folder_puts_the_old_folder_back_when_the_rename_fails(bd, tmp_p
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError):
-        bd.publish_folder(tmp, final)
+        H.publish_folder(tmp, final)
     assert (final / "old.txt").read_text() == "old"
+
+
+# --- run_tool: the exit behaviour of every tool -----------------------------------------------
+def test_run_tool_statuses(H, capsys):
+    assert H.run_tool(lambda: None) == 0 and H.run_tool(lambda: 3) == 3
+
+    def usage():
+        raise H.UsageError("bad --x\nsecond line")
+    assert H.run_tool(usage) == 1
+    assert capsys.readouterr().err == "error: bad --x\n"
+
+    class Other(Exception):
+        pass
+
+    def other():
+        raise Other("nan loss")
+    assert H.run_tool(other, errors=(Other,)) == 1 and capsys.readouterr().err == "error: nan loss\n"
+    with pytest.raises(Other):                                  # not named: a bug, with its traceback
+        H.run_tool(other)
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/x/out.csv")
+    assert H.run_tool(full) == 1 and capsys.readouterr().err == "error: cannot access /x/out.csv: No space left on device\n"
+
+    def oom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+    assert H.run_tool(oom, oom_hint="lower --batch-size") == 1
+    assert capsys.readouterr().err == "error: out of device memory; lower --batch-size\n"
+
+    def argparse_error():
+        raise SystemExit(2)
+    with pytest.raises(SystemExit) as info:
+        H.run_tool(argparse_error)
+    assert info.value.code == 2
+
+
+def test_run_tool_ctrl_c_and_sigterm_clean_up_then_130_and_143(H, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+
+    def work(kill):
+        try:
+            if kill:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)          # a second one while cleaning up: ignored
+                time.sleep(5)                                 # (the handler interrupts the sleep at once)
+            raise KeyboardInterrupt
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM) if kill else None
+            cleaned.append(kill)
+
+    assert H.run_tool(lambda: work(False), kept="the cache was removed") == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C): the cache was removed\n"
+    assert H.run_tool(lambda: work(True), kept="nothing was written") == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM): nothing was written\n"
+    assert cleaned == [False, True] and signal.getsignal(signal.SIGTERM) is before
+
+    def swallowing():                                          # a tool that catches Ctrl-C itself
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            return 130
+    assert H.run_tool(swallowing) == 143
+    assert issubclass(H.Terminated, KeyboardInterrupt)
+
+
+# --- env_flag ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, expected", [("1", True), ("true", True), ("TRUE", True), (" Yes ", True),
+                                           ("0", False), ("false", False), ("No", False), ("", False)])
+def test_env_flag_values(H, monkeypatch, raw, expected):
+    monkeypatch.setenv("H21_FLAG", raw)
+    assert H.env_flag("H21_FLAG") is expected and H.env_flag("H21_FLAG", default=True) is expected
+
+
+def test_env_flag_unset_and_bad(H, monkeypatch):
+    monkeypatch.delenv("H21_FLAG", raising=False)
+    assert H.env_flag("H21_FLAG") is False and H.env_flag("H21_FLAG", True) is True
+    for bad in ("on", "2", "y", "enabled"):
+        monkeypatch.setenv("H21_FLAG", bad)
+        with pytest.raises(H.UsageError, match="H21_FLAG"):
+            H.env_flag("H21_FLAG")
+
+
+def test_env_flag_agrees_with_the_shell_helper(H, monkeypatch):
+    """common/env.sh's env_flag reads the same values the same way: status 0 on, 1 off, 2 neither."""
+    values = ["1", "true", "TRUE", " Yes ", "0", "false", "No", "", "on", "2"]
+    script = "; ".join(f"H21_FLAG={json.dumps(v)}; env_flag H21_FLAG; echo $?" for v in values)
+    shell = subprocess.run(["bash", "-c", f"source {ROOT / 'common' / 'env.sh'}; {script}; unset H21_FLAG; "
+                            "env_flag H21_FLAG; echo $?; env_flag H21_FLAG 1; echo $?"],
+                           capture_output=True, text=True)
+    want = []
+    for v in values:
+        monkeypatch.setenv("H21_FLAG", v)
+        try:
+            want.append("0" if H.env_flag("H21_FLAG") else "1")
+        except H.UsageError:
+            want.append("2")
+    assert shell.stdout.split() == want + ["1", "0"]
+    assert shell.stderr.count("error: H21_FLAG=") == 2
+
+
+# --- model_name ----------------------------------------------------------------------------------
+def test_model_name(H, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "m__npo" / "unlearned_model").mkdir(parents=True)
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "local").mkdir()
+    assert H.model_name("EleutherAI/pythia-70m") == "EleutherAI_pythia-70m"          # hub ID
+    assert H.model_name("org/local") == "local"                                       # a folder wins over a hub ID
+    assert H.model_name(".") == tmp_path.name and H.model_name("./") == tmp_path.name
+    assert H.model_name("org/local/..") == "org"
+    assert H.model_name("runs/m__npo/unlearned_model/") == "m__npo"
+    assert H.model_name(str(tmp_path / "runs" / "m__npo")) == "m__npo"
+    assert H.model_name("./no/such") == "such" and H.model_name("/") == "root"
+
+
+# --- read_mcq, sha256_file, mcq_task_yaml, pad_right, length_batches ---------------------------
+def test_read_mcq(H, tmp_path):
+    good = {"question": "Q?", "choices": ["a", "b"], "answer": 1}
+    f = tmp_path / "m.jsonl"
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "answer": 0}) + "\n", encoding="utf-8")
+    assert H.read_mcq(f) == [good, {**good, "answer": 0}]
+    for bad, words in [({**good, "question": "  "}, "line 1: 'question' must be a non-empty string"),
+                       ({**good, "choices": ["a"]}, "'choices' must be a list"),
+                       ({**good, "choices": ["a", ""]}, "'choices' must be a list"),
+                       ({**good, "answer": 2}, "out of range"), ({**good, "answer": True}, "integer index")]:
+        f.write_text(json.dumps(bad) + "\n", encoding="utf-8")
+        with pytest.raises(H.UsageError, match=words):
+            H.read_mcq(f)
+    f.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(H.UsageError, match="line 1: not valid JSON"):
+        H.read_mcq(f)
+    f.write_text("\n", encoding="utf-8")
+    with pytest.raises(H.UsageError, match="is empty"):
+        H.read_mcq(f)
+
+
+def test_sha256_file_and_mcq_task_yaml(H, tmp_path):
+    import yaml
+
+    f = tmp_path / "x.bin"
+    data = os.urandom(3 * (1 << 20) + 17)                       # more than one 1 MiB piece
+    f.write_bytes(data)
+    assert H.sha256_file(f) == hashlib.sha256(data).hexdigest()
+    cfg = yaml.safe_load(H.mcq_task_yaml("t", tmp_path / "q.jsonl"))
+    assert cfg["task"] == "t" and cfg["dataset_kwargs"]["data_files"]["test"] == str((tmp_path / "q.jsonl").resolve())
+    assert cfg["doc_to_text"] == "{{question}}\nAnswer:" and cfg["output_type"] == "multiple_choice"
+    assert [m["metric"] for m in cfg["metric_list"]] == ["acc", "acc_norm"]
+
+
+def test_pad_right_and_length_batches(H):
+    ids, mask = H.pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert H.length_batches([2, 5, 3, 5, 1], 2) == [[1, 3], [2, 0], [4]]
+    H.release_memory()
+
+
+# --- progress ------------------------------------------------------------------------------------
+def test_progress_without_a_terminal_prints_lines_not_bars(H, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    bar = H.progress(range(3), desc="pass 1", unit="batch")
+    assert isinstance(bar, H.LineProgress) and list(bar) == [0, 1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "pass 1: started of 3 batch" and err[-1].startswith("pass 1: done, 3/3 batch in ")
+    assert len(err) == 2 and "\r" not in "".join(err)
+    with H.LineProgress(total=4, desc="attack", unit="step", every=0) as bar:      # periodic line each update
+        for _ in range(4):
+            bar.update()
+        bar.set_postfix(loss="1.5")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 6 and err[2].startswith("attack: 2/4 step in ") and err[-1].endswith("loss=1.5")
+    assert H.progress(range(2), desc="x", disable=True).disable and capsys.readouterr().err == ""
+
+
+def test_progress_on_a_terminal_is_tqdm(H, monkeypatch):
+    from tqdm.auto import tqdm
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = H.progress(range(2), desc="x", disable=True)
+    assert isinstance(bar, tqdm)
+
+
+# --- model_style ---------------------------------------------------------------------------------
+def test_model_style(H):
+    okabe_ito = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+    ref = H.model_style("base", 0)
+    assert ref == {"color": "#000000", "linestyle": "-", "marker": "o", "label": "base"}
+    assert [H.model_style("m", i)["color"] for i in range(1, 8)] == okabe_ito
+    assert H.model_style("m", 8)["color"] == okabe_ito[0]                          # cycles past the palette
+    assert all(H.model_style("m", i)["linestyle"] != "-" for i in range(1, 12))   # only the reference is solid
+    assert len({H.model_style("m", i)["color"] for i in range(8)}) == 8
+    with pytest.raises(ValueError):
+        H.model_style("m", -1)

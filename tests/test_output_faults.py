@@ -164,10 +164,10 @@ def test_params_write_faults_lose_nothing(pair, tmp_path, capsys, monkeypatch, f
             raise OSError(errno.EROFS, "Read-only file system")
         monkeypatch.setattr(tempfile, "TemporaryFile", probe)
     else:
-        def write_csv(path, *a, **k):
+        def write_table_csv(path, *a, **k):
             Path(path).write_text("half a CSV")
             raise OSError(errno.ENOSPC, "No space left on device") if fault == "disk_full" else KeyboardInterrupt()
-        monkeypatch.setattr(cps, "write_csv", write_csv)
+        monkeypatch.setattr(cps, "write_table_csv", write_table_csv)
     code = run_params(pair, out)
     if fault == "ctrl_c":
         assert code == 130 and "interrupted" in capsys.readouterr().err
