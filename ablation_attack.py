@@ -69,6 +69,7 @@ import argparse
 import contextlib
 import csv
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -83,11 +84,13 @@ import threading
 import time
 from pathlib import Path
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -95,6 +98,7 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
     """The samples of a text file: ``[(line number from 1, text), ...]``, one sample per line.
@@ -118,186 +122,12 @@ def read_numbered_lines(path) -> list[tuple[int, str]]:
         raise UsageError(f"{p} is empty" + (" (only blank lines)" if text else ""))
     return lines
 
+
 def read_lines(path) -> list[str]:
     """The samples of a text file, one per line, as ``read_numbered_lines`` reads them."""
     return [s for _, s in read_numbered_lines(path)]
 
-def pick_device(name: str) -> str:
-    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
-    import torch
 
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available")
-    if name == "mps" and not mps:
-        raise UsageError("--device mps was asked for but MPS is not available")
-    return name
-
-def pick_dtype(name: str, device: str) -> str:
-    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
-    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
-    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
-    True behind a proxy, which a direct connection cannot judge). Without this an offline
-    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
-# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
-
-# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
-SKIP_FILES = ["*/*", "consolidated*"]
-
-def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
-    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
-
-    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
-    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
-    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
-    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
-        raise UsageError(f"model directory {spec} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError)
-    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
-                                      local_files_only=not hub_reachable()))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
-                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
-    except GatedRepoError as exc:
-        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
-                         "with `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
-    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
-
-    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
-    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
-    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
-    writes there, that holds one of them); a path whose nearest existing folder cannot be written
-    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
-    Returns ``Path(outdir)``; nothing is created."""
-    out = Path(outdir)
-    for source in inputs:
-        if source is not None and Path(source).is_dir():
-            src = Path(source).resolve()
-            if out.resolve() == src or src in out.resolve().parents:
-                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise UsageError(f"--outdir {out} exists and is not a folder")
-        ours = any(out.glob(marker))
-        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
-        if theirs and not ours:
-            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
-                             "choose a new or empty folder, or move them away")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
-    return out
-
-def write_atomically(files: dict) -> None:
-    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
-    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
-    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
-    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
-    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
-    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
-    temps: dict[Path, str] = {}
-    try:
-        for path, content in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps[path] = tmp
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(content, (str, bytes)):
-                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            if callable(content):
-                content(Path(tmp))
-            os.chmod(tmp, 0o666 & ~_umask())
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    except BaseException as e:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
-        raise
-# --- end shared helpers ---
-
-
-class UsageError(Exception):
-    """Bad input: reported as one ``error:`` line on stderr, exit status 1."""
-
-
-ATTACKS = ("direction", "delta_rank", "quantize")
-CSV_COLUMNS = ["model", "role", "attack", "setting", "value", "forget_nll", "retain_nll", "mcq_forget_acc",
-               "mcq_retain_acc", "recovered", "selected", "direction_forget_nll", "direction_retain_nll"]
-MCQ_TASKS = {"forget": "ablation_mcq_forget", "retain": "ablation_mcq_retain"}
-FP32_EPS = 2.0 ** -23
-
-
-# ----------------------------------------------------------------------------------------------
-# Copied pieces: the evaluation tool's definitions (so the numbers are the same)
-# ----------------------------------------------------------------------------------------------
-# Copied from evaluate_unlearning.py: model_name
-def model_name(spec: str) -> str:
-    """Folder name of a model's results: hub ID ``org/name`` -> ``org_name``; a local folder -> its
-    name, or its parent's name when the folder is an ``unlearned_model`` (unlearn.py's layout)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith((".", "/", "~")) or not HUB_ID_RE.match(spec):
-        path = path.resolve()
-        return path.parent.name if path.name == "unlearned_model" else path.name
-    return spec.replace("/", "_")
-
-
-# Copied from evaluate_unlearning.py: read_mcq
 def read_mcq(path) -> list[dict]:
     """Multiple-choice items of a JSONL file, validated: one ``{"question": str, "choices": [str, ...],
     "answer": int}`` object per line (blank lines skipped), ``0 <= answer < len(choices)``, at least two
@@ -336,8 +166,8 @@ def read_mcq(path) -> list[dict]:
     return items
 
 
-# Copied from evaluate_unlearning.py: sha256_file
 def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB pieces), as 64 hex digits."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -345,7 +175,128 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-# Copied from evaluate_unlearning.py: mcq_task_yaml
+def pick_device(name: str) -> str:
+    """``auto`` -> CUDA > MPS > CPU; an explicitly asked-for device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if name == "mps" and not mps:
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA, fp16 on MPS, fp32 on CPU; else ``name`` (fp32, fp16 or bf16)."""
+    return {"cuda": "bf16", "mps": "fp16"}.get(device, "fp32") if name == "auto" else name
+
+
+def release_memory() -> None:
+    """Give a deleted model's memory back (module graphs can hold reference cycles) before the next loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False when HF_HUB_OFFLINE is set or the
+    hub's host does not accept a TCP connection within ``timeout`` s (probed once per process;
+    True behind a proxy, which a direct connection cannot judge). Without this an offline
+    machine sits through huggingface_hub's retry back-off (tens of seconds per request)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# What from_pretrained reads: config, safetensors weights (one file or shards + index) and the tokenizer
+# (tokenizer.json, vocab.json + merges.txt, tokenizer.model, *.tiktoken, ...). Never *.bin/*.pt/*.pth pickles.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+# files in sub-folders and Mistral-style consolidated.safetensors duplicate the weights: skip them
+SKIP_FILES = ["*/*", "consolidated*"]
+
+
+def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: bool = False) -> Path:
+    """A local model directory, or a hub ID resolved to its snapshot in the Hugging Face cache.
+
+    Only configs, safetensors weights and tokenizer files are fetched (``weights_only``: no
+    tokenizer; custom ``*.py`` code only with ``trust_remote_code``), nothing is unpickled. When
+    ``hub_reachable()`` says no, only the local cache is looked at, so a missing model is one
+    sentence at once instead of from_pretrained's retries. Every failure is a UsageError."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{spec} is a file; pass a model directory or a Hugging Face hub ID")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not HUB_ID_RE.match(spec):
+        raise UsageError(f"model directory {spec} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError)
+    patterns = (["*.json", "*.safetensors"] if weights_only else MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, ignore_patterns=SKIP_FILES,
+                                      local_files_only=not hub_reachable()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise UsageError(f"cannot download {spec} from the Hugging Face hub (offline?) and it is not in the "
+                         "local cache; pass a local model directory, or try ./pipeline.sh --demo") from exc
+    except GatedRepoError as exc:
+        raise UsageError(f"{spec} is gated on the Hugging Face hub; accept its licence and log in "
+                         "with `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(f"{spec} is neither a local directory nor a model on the Hugging Face hub") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
+
+
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
+
+def pad_right(seqs: list[list[int]], pad_id: int):
+    """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
 def mcq_task_yaml(task: str, data_file: Path) -> str:
     """An lm-eval task config for a local JSONL set: cloze style, context "{question}\\nAnswer:",
     continuation " {choice}" (lm-eval's default target delimiter is one space), acc and acc_norm."""
@@ -364,8 +315,92 @@ def mcq_task_yaml(task: str, data_file: Path) -> str:
             f"metadata:\n  version: 1.0\n")
 
 
-# Copied from tamper_attack.py: line_nlls
-def line_nlls(logits, input_ids, attention_mask):
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_outdir(outdir, marker: str, owned: tuple = (), inputs: tuple = ()) -> Path:
+    """Refuse, before any work starts, an ``--outdir`` whose writing would lose something or fail.
+
+    Refused: a path that exists and is not a folder; a folder equal to or inside one of the
+    ``inputs`` (e.g. the input model); a folder this tool did not write, i.e. one without a file
+    matching the glob ``marker`` that is non-empty (or, when ``owned`` names the files the tool
+    writes there, that holds one of them); a path whose nearest existing folder cannot be written
+    (read-only, /proc, permissions: probed with a temporary file that is removed at once).
+    Returns ``Path(outdir)``; nothing is created."""
+    out = Path(outdir)
+    for source in inputs:
+        if source is not None and Path(source).is_dir():
+            src = Path(source).resolve()
+            if out.resolve() == src or src in out.resolve().parents:
+                raise UsageError(f"--outdir {out} is inside the input {source}; choose a folder outside it")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UsageError(f"--outdir {out} exists and is not a folder")
+        ours = any(out.glob(marker))
+        theirs = [p.name for p in out.iterdir() if p.name in owned] if owned else list(out.iterdir())
+        if theirs and not ours:
+            raise UsageError(f"--outdir {out} holds files that no earlier run of this tool wrote (no {marker}); "
+                             "choose a new or empty folder, or move them away")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create --outdir {out}: {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UsageError(f"cannot write --outdir {out}: {probe} is not writable ({e.strerror or first_line(e)})") from None
+    return out
+
+
+def write_atomically(files: dict) -> None:
+    """Write each ``{path: content}`` to a temporary file beside ``path``, then rename them all
+    into place. ``content``: str (written as UTF-8, line ends as given), bytes, or a function that
+    writes the file at the path it is given (``lambda p: fig.savefig(p, format="png")``). Files get
+    the ordinary mode 0666 & ~umask (mkstemp makes 0600), missing folders 0777 & ~umask. On any
+    error or Ctrl-C the temporary files are removed and every existing file stays as it was; an
+    OSError (disk full, read-only, ...) becomes a UsageError naming the file."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, (str, bytes)):
+                    f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if callable(content):
+                content(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+        raise
+# --- end shared helpers ---
+
+ABLATION_ATTACKS = ("direction", "delta_rank", "quantize")
+
+
+ABLATION_COLUMNS = ["model", "role", "attack", "setting", "value", "forget_nll", "retain_nll", "mcq_forget_acc",
+               "mcq_retain_acc", "recovered", "selected", "direction_forget_nll", "direction_retain_nll"]
+MCQ_TASKS = {"forget": "ablation_mcq_forget", "retain": "ablation_mcq_retain"}
+FP32_EPS = 2.0 ** -23
+
+
+# ----------------------------------------------------------------------------------------------
+# Copied pieces: the evaluation tool's definitions (so the numbers are the same)
+# ----------------------------------------------------------------------------------------------
+# Adapted from tamper_attack.py: line_nlls (the same definition; torch imported inside)
+def token_nlls_per_line(logits, input_ids, attention_mask):
     """Per line, the mean token NLL of tokens 2..T: (1/(T−1)) Σ_{t=2..T} −log p(x_t | x_<t).
 
     Same definition as evaluate_unlearning.py (fp32 log-softmax; position t of ``logits``
@@ -383,19 +418,6 @@ def mean_of_lines(values) -> float:
     """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
     values = [float(v) for v in values]
     return math.fsum(values) / len(values)
-
-
-# Copied from tamper_attack.py: pad_right
-def pad_right(seqs: list[list[int]], pad_id: int):
-    """Right-pad token lists to one [B, T] tensor with its attention mask."""
-    import torch
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 # Copied from tamper_attack.py: quiet
@@ -748,7 +770,7 @@ class MCQ:
         self._lm = None
 
 
-class Evaluator:
+class Measure:
     """Forget/retain test NLL and MCQ accuracy of a model, on token lists made once."""
 
     def __init__(self, forget_ids, retain_ids, mcq: MCQ | None, batch_size: int, device: str, max_length: int):
@@ -766,7 +788,7 @@ class Evaluator:
                 ids, mask = pad_right([seqs[j] for j in idx], pad_id)
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 logits = model(input_ids=ids, attention_mask=mask).logits
-                for j, v in zip(idx, line_nlls(logits, ids, mask).tolist()):
+                for j, v in zip(idx, token_nlls_per_line(logits, ids, mask).tolist()):
                     values[j] = v
         return mean_of_lines(values)
 
@@ -783,7 +805,7 @@ class Evaluator:
         return out
 
 
-def tokenize(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
+def tokenize_lines(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
     """Token ids of each line (the tokenizer's own special tokens, truncated to --max-length);
     a line of fewer than two tokens has nothing to score and is refused."""
     seqs = [list(x) for x in tok(lines, truncation=True, max_length=max_length)["input_ids"]]
@@ -796,10 +818,10 @@ def tokenize(tok, lines: list[str], max_length: int, what: str, path) -> list[li
 # ----------------------------------------------------------------------------------------------
 # Models: checked before any work, loaded one at a time
 # ----------------------------------------------------------------------------------------------
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def preflight(spec: str, what: str, trust_remote_code: bool) -> dict:
+def preflight_model(spec: str, what: str, trust_remote_code: bool) -> dict:
     """Fail before any attack when a model cannot be loaded: config, tokenizer and the headers of
     its safetensors files are read (no weights)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -837,14 +859,14 @@ def check_same_family(ref: dict, m: dict, need_shapes: bool, need_width: bool) -
                                  f"{k} is {list(ref['index'][k][1])} there and {list(shape)} here")
 
 
-def load_model(info: dict, dtype: str, device: str, trust_remote_code: bool, quantization_config=None):
+def load_ablation_model(info: dict, dtype: str, device: str, trust_remote_code: bool, quantization_config=None):
     """Model (eval mode) and tokenizer of a preflighted model (safetensors only)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(info["dir"], trust_remote_code=trust_remote_code)
         kw = {"quantization_config": quantization_config, "device_map": device} if quantization_config else {}
-        model = AutoModelForCausalLM.from_pretrained(info["dir"], dtype=getattr(torch, TORCH_DTYPES[dtype]),
+        model = AutoModelForCausalLM.from_pretrained(info["dir"], dtype=getattr(torch, DTYPE_NAMES[dtype]),
                                                      use_safetensors=True, trust_remote_code=trust_remote_code, **kw)
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
         raise UsageError(f"cannot load model {info['spec']}: {first_line(e)}") from None
@@ -853,14 +875,6 @@ def load_model(info: dict, dtype: str, device: str, trust_remote_code: bool, qua
     if not quantization_config:
         model = model.to(device)
     return model.eval(), tok
-
-
-def release_memory() -> None:
-    import gc
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def restore(model, names: list[str], reader: TensorReader, keys: dict) -> None:
@@ -910,7 +924,7 @@ def direction_attack(model, tok, name: str, a, ctx: dict, measure) -> tuple[list
         r = sums_f / n_f - sums_r / n_r
     else:
         r = sums_f / n_f - ctx["ref_forget_means"]
-    ev = Evaluator(ctx["dir_forget"], ctx["dir_retain"], None, a.batch_size, ctx["device"], a.max_length)
+    ev = Measure(ctx["dir_forget"], ctx["dir_retain"], None, a.batch_size, ctx["device"], a.max_length)
     base_f, base_r = ev.nll(model, ctx["dir_forget"], pad), ev.nll(model, ctx["dir_retain"], pad)
     rows = []
     for pos in candidate_positions(a.layers, r.shape[0] - 1):      # selection: direction data only
@@ -1029,7 +1043,7 @@ def bnb_attack(info: dict, a, ctx: dict, measure) -> list[dict]:
         t0 = time.perf_counter()
         cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4") if kind == "nf4"
                else BitsAndBytesConfig(load_in_8bit=True))
-        model, tok = load_model(info, ctx["dtype"], ctx["device"], a.trust_remote_code, quantization_config=cfg)
+        model, tok = load_ablation_model(info, ctx["dtype"], ctx["device"], a.trust_remote_code, quantization_config=cfg)
         res = measure(model, tok)
         rows.append({"attack": "quantize", "setting": f"bnb={kind}", "value": 4 if kind == "nf4" else 8, **res,
                      "_seconds": time.perf_counter() - t0})
@@ -1044,7 +1058,7 @@ def bnb_attack(info: dict, a, ctx: dict, measure) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-def parse_int_list(spec: str, flag: str) -> list[int]:
+def parse_settings(spec: str, flag: str) -> list[int]:
     """``"1,2,4"`` -> [1, 2, 4] (sorted, unique); anything else is a UsageError."""
     try:
         values = sorted({int(x) for x in spec.split(",") if x.strip()})
@@ -1062,7 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the original, knowledgeable model (hub ID or folder): its numbers are the target of "
                         "'recovered'; delta_rank and --direction-source reference read it")
     p.add_argument("--model", action="append", required=True, help="model to attack (repeat for several)")
-    p.add_argument("--attacks", default="direction,delta_rank,quantize", help="comma-separated: " + ", ".join(ATTACKS))
+    p.add_argument("--attacks", default="direction,delta_rank,quantize", help="comma-separated: " + ", ".join(ABLATION_ATTACKS))
     p.add_argument("--direction-data-forget", default="data/forget.txt", help="forget text for the directions")
     p.add_argument("--direction-data-retain", default="data/retain.txt", help="retain text for the directions")
     p.add_argument("--direction-samples", type=int, default=128,
@@ -1099,13 +1113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(a) -> None:
     a.attacks = [x.strip() for x in a.attacks.split(",") if x.strip()]
-    bad = [x for x in a.attacks if x not in ATTACKS]
+    bad = [x for x in a.attacks if x not in ABLATION_ATTACKS]
     if bad or not a.attacks:
-        raise UsageError(f"--attacks takes a comma-separated list of {', '.join(ATTACKS)} (got {bad[0] if bad else a.attacks!r})")
-    a.ranks = parse_int_list(a.ranks, "--ranks")
+        raise UsageError(f"--attacks takes a comma-separated list of {', '.join(ABLATION_ATTACKS)} (got {bad[0] if bad else a.attacks!r})")
+    a.ranks = parse_settings(a.ranks, "--ranks")
     if a.ranks[0] < 0:
         raise UsageError(f"--ranks must be non-negative (got {a.ranks[0]})")
-    a.bits = parse_int_list(a.bits, "--bits")
+    a.bits = parse_settings(a.bits, "--bits")
     if a.bits[0] < 2 or a.bits[-1] > 8:
         raise UsageError(f"--bits must be between 2 and 8 (got {a.bits[0] if a.bits[0] < 2 else a.bits[-1]})")
     a.bnb = [x.strip() for x in a.bnb.split(",") if x.strip()]
@@ -1134,7 +1148,7 @@ def check_args(a) -> None:
         candidate_positions(a.layers, 10 ** 9)       # the syntax now; the range once the depth is known
 
 
-def mcq_sets(a) -> dict:
+def ablation_mcq_sets(a) -> dict:
     """{'forget'|'retain': items} of the MCQ sets to score (validated)."""
     sets = {}
     for key, given in (("forget", a.mcq_forget), ("retain", a.mcq_retain)):
@@ -1163,12 +1177,12 @@ def run(a) -> Path:
     if "direction" in a.attacks:
         data["direction_forget"] = read_direction_lines(a.direction_data_forget, a.direction_samples)
         data["direction_retain"] = read_direction_lines(a.direction_data_retain, a.direction_samples)
-    sets = mcq_sets(a)
+    sets = ablation_mcq_sets(a)
     if not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
-    ref_info = preflight(a.reference, "--reference", a.trust_remote_code)
-    infos = [preflight(spec, "--model", a.trust_remote_code) for spec in a.model]
+    ref_info = preflight_model(a.reference, "--reference", a.trust_remote_code)
+    infos = [preflight_model(spec, "--model", a.trust_remote_code) for spec in a.model]
     for info in infos:
         check_same_family(ref_info, info, need_shapes="delta_rank" in a.attacks,
                           need_width="direction" in a.attacks and a.direction_source == "reference")
@@ -1187,17 +1201,17 @@ def run(a) -> Path:
 
     from transformers import AutoTokenizer
     tok0 = AutoTokenizer.from_pretrained(ref_info["dir"], trust_remote_code=a.trust_remote_code)
-    ids = {"forget_test": tokenize(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
-           "retain_test": tokenize(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
+    ids = {"forget_test": tokenize_lines(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
+           "retain_test": tokenize_lines(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
     if "direction" in a.attacks:
-        ids["dir_forget"] = tokenize(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
+        ids["dir_forget"] = tokenize_lines(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
                                      a.direction_data_forget)
-        ids["dir_retain"] = tokenize(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
+        ids["dir_retain"] = tokenize_lines(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
                                      a.direction_data_retain)
     rows, directions, report_models, timings = [], {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="model-diffs-ablation-") as work:
         mcq = MCQ(sets, Path(work)) if sets else None
-        ev = Evaluator(ids["forget_test"], ids["retain_test"], mcq, a.batch_size, device, a.max_length)
+        ev = Measure(ids["forget_test"], ids["retain_test"], mcq, a.batch_size, device, a.max_length)
         ctx = {"device": device, "dtype": dtype, "mcq": mcq, "ref_info": ref_info,
                "dir_forget": ids.get("dir_forget"), "dir_retain": ids.get("dir_retain")}
 
@@ -1205,7 +1219,7 @@ def run(a) -> Path:
         t0 = time.perf_counter()
         torch.manual_seed(a.seed)
         log(f"==> reference {a.reference}")
-        model, tok = load_model(ref_info, dtype, device, a.trust_remote_code)
+        model, tok = load_ablation_model(ref_info, dtype, device, a.trust_remote_code)
         ref = ev(model, tok)
         ref_name = model_name(a.reference)
         rows.append({"model": ref_name, "role": "reference", "attack": "none", "setting": "", **ref})
@@ -1227,7 +1241,7 @@ def run(a) -> Path:
             log(f"==> [{i}/{len(infos)}] {info['spec']}")
             torch.manual_seed(a.seed)
             t0 = time.perf_counter()
-            model, tok = load_model(info, dtype, device, a.trust_remote_code)
+            model, tok = load_ablation_model(info, dtype, device, a.trust_remote_code)
             t_load = time.perf_counter() - t0
             t0 = time.perf_counter()
             base = ev(model, tok)
@@ -1295,14 +1309,14 @@ def fmt(v) -> str:
 
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=ABLATION_COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: fmt(r.get(k)) for k in CSV_COLUMNS})
+        w.writerow({k: fmt(r.get(k)) for k in ABLATION_COLUMNS})
     return buf.getvalue()
 
 
-def versions() -> dict:
+def package_versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "lm_eval", "safetensors"):
@@ -1344,7 +1358,7 @@ def report_text(a, ref_info, infos, sets, device, dtype, models, timings, second
         "Data": data,
         "Per_model": models,
         "Timings_seconds": {**timings, "total": round(seconds, 3)},
-        "Hardware": {"device": device, "cuda": torch.version.cuda, **versions()},
+        "Hardware": {"device": device, "cuda": torch.version.cuda, **package_versions()},
     }
     return yaml.safe_dump(report, sort_keys=False, allow_unicode=True)
 

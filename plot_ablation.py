@@ -30,9 +30,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-# --- shared helpers (copied; tests/test_helper_copies.py keeps the copies identical) ---
-# (the ones this script needs, verbatim, in the canonical order; they use the script's imports
-# and its UsageError, which main() turns into one `error:` line and exit status 1)
+# --- shared helpers: copied from common/helpers.py; edit them there, then run `uv run --script common/fix_copies.py` ---
+# (the helpers named here, plus the ones they use, in the canonical order; to take another one add a
+# line `# take: NAME` here and run the command; the helpers use this script's imports)
+class UsageError(Exception):
+    """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -112,23 +116,24 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+# One look per model in every figure of a study: index 0 (the reference/original model) black,
+# the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
+MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 # --- end shared helpers ---
+
+ATTACK_PANELS = {"direction": ("Directional ablation", "residual position ablated from (layer)"),
+                 "delta_rank": ("ΔW rank ablation", "top-r part of ΔW removed (r)"),
+                 "quantize": ("RTN quantisation", "bits")}
 
 
 # Okabe-Ito, index = position of the model in the study (reference first)
-MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
-ATTACKS = {"direction": ("Directional ablation", "residual position ablated from (layer)"),
-           "delta_rank": ("ΔW rank ablation", "top-r part of ΔW removed (r)"),
-           "quantize": ("RTN quantisation", "bits")}
 NEEDED = ["model", "role", "attack", "setting", "value", "retain_nll", "recovered", "selected"]
 
 
-class UsageError(Exception):
-    """Bad input: reported as one ``error: ...`` line, exit status 1."""
-
-
-def to_float(cell: str) -> float:
+def cell_float(cell: str) -> float:
     """A CSV cell as a float; an empty cell (not defined) is NaN."""
     return float(cell) if cell.strip() else math.nan
 
@@ -149,12 +154,12 @@ def read_results(indir: Path) -> dict:
     models = [refs[0]["model"]] + list(dict.fromkeys(r["model"] for r in rows if r["role"] == "attacked"))
     series: dict = {}
     try:
-        ref_retain = to_float(refs[0]["retain_nll"])
+        ref_retain = cell_float(refs[0]["retain_nll"])
         for r in rows:
-            if r["role"] != "attacked" or r["attack"] not in ATTACKS or r["setting"].startswith("bnb="):
+            if r["role"] != "attacked" or r["attack"] not in ATTACK_PANELS or r["setting"].startswith("bnb="):
                 continue
             series.setdefault(r["attack"], {}).setdefault(r["model"], []).append(
-                (to_float(r["value"]), to_float(r["recovered"]), to_float(r["retain_nll"]), r["selected"] == "1"))
+                (cell_float(r["value"]), cell_float(r["recovered"]), cell_float(r["retain_nll"]), r["selected"] == "1"))
     except ValueError:
         raise UsageError(f"{path} has a cell that is not a number") from None
     for per_model in series.values():
@@ -168,7 +173,7 @@ def draw(res: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    attacks = [a for a in ATTACKS if a in res["series"]]
+    attacks = [a for a in ATTACK_PANELS if a in res["series"]]
     if not attacks:
         raise UsageError("the results hold no attack rows to draw")
     fig, axes = plt.subplots(2, len(attacks), figsize=(4.4 * len(attacks), 6.4), squeeze=False,
@@ -190,7 +195,7 @@ def draw(res: dict):
         if not math.isnan(res["reference_retain"]):
             bottom.axhline(res["reference_retain"], color=MODEL_COLOURS[0], linestyle="--", linewidth=1.0,
                            label=f"{res['models'][0]} (reference)")
-        title, xlabel = ATTACKS[attack]
+        title, xlabel = ATTACK_PANELS[attack]
         top.set_title(title, fontsize=11)
         top.set_ylabel("recovered share of the forget-NLL gap" if col == 0 else "")
         bottom.set_ylabel("retain-test NLL (nats)" if col == 0 else "")

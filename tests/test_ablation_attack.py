@@ -263,7 +263,7 @@ def test_delta_rank_zero_is_the_model_and_full_rank_is_the_reference(run_a):
 def test_outputs_report_and_inputs_untouched(files, run_a):
     import yaml
     rows, out = run_a["rows"], run_a["out"]
-    assert list(rows[0]) == aa.CSV_COLUMNS
+    assert list(rows[0]) == aa.ABLATION_COLUMNS
     assert [r["attack"] for r in rows].count("direction") == 2            # positions 1..N, N = 2 layers
     assert sum(r["selected"] == "1" for r in rows) == 1
     assert row(rows, "none", role="reference")["recovered"] == ""
@@ -415,7 +415,7 @@ def test_bad_input(files, tmp_path, capsys, case):
 def test_ctrl_c_leaves_nothing(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = aa.Evaluator.__call__
+    real = aa.Measure.__call__
 
     def boom(self, model, tok):
         calls["n"] += 1
@@ -423,7 +423,7 @@ def test_ctrl_c_leaves_nothing(files, tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(self, model, tok)
 
-    monkeypatch.setattr(aa.Evaluator, "__call__", boom)
+    monkeypatch.setattr(aa.Measure, "__call__", boom)
     assert aa.main(args(files, out, "--attacks", "quantize")) == 130
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
