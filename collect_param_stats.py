@@ -1107,11 +1107,14 @@ def compare(args, outdir: Path) -> None:
         print(f"warning: {w}", file=sys.stderr)
     chunk_elems = max(1, int(args.chunk_mb * 2**20 / 4))
     # the bar is closed (its line ended) before an error line is printed
+    # one step per matrix (total = the number of matrices), the periodic line names the last one done
+    per_matrix = []
     with progress(names, desc="ΔW spectra", unit="matrix") as bar:
-        per_matrix = [matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
-                                   tol=args.tol, max_iter=args.max_iter, seed=args.seed,
-                                   dense_max=args.dense_max)
-                      for name in bar]
+        for name in bar:
+            per_matrix.append(matrix_stats(a, b, name, device, chunk_elems=chunk_elems, block_size=args.block_size,
+                                           tol=args.tol, max_iter=args.max_iter, seed=args.seed,
+                                           dense_max=args.dense_max))
+            bar.set_postfix_str(name, refresh=False)
     stalled = [r["name"] for r in per_matrix if not r.pop("converged")]
     if stalled:
         print(f"warning: the spectral norm of {len(stalled)} matrices did not reach --tol "

@@ -661,3 +661,18 @@ def test_component_rel_norm_and_cosine_match_float64_numpy(pairs, tool_output, a
     assert {"attn_out", "mlp_in", "mlp_out", "embed"} <= comps
     assert ("unembed" in comps) == (arch != "gpt2")  # GPT-2 ties its LM head to wte
     assert ({"q", "k", "v"} <= comps) if arch == "llama" else ("qkv" in comps)
+
+
+def test_progress_line_per_matrix_in_a_log(pairs, tmp_path, capsys, monkeypatch):
+    """Non-TTY stderr (a log): a started line with the number of matrices, a line per matrix
+    naming it (the 60 s period set to 0 here), and a done line."""
+    a_dir, b_dir = pairs["gpt_neox", "fp32"]
+    monkeypatch.setattr(cps, "progress", lambda *a, **k: cps.LineProgress(*a, every=0, **k))
+    assert run_tool(a_dir, b_dir, tmp_path / "out") == 0
+    names = list(pd.read_csv(tmp_path / "out" / "per_matrix.csv")["name"])
+    err = capsys.readouterr().err.splitlines()
+    n = len(names)
+    assert f"ΔW spectra: started of {n} matrix" in err
+    lines = [line for line in err if line.startswith("ΔW spectra: ") and " s, " in line]
+    assert [line.split(" s, ")[-1] for line in lines] == names + [names[-1]]  # per matrix, then done
+    assert lines[-1].startswith(f"ΔW spectra: done, {n}/{n} matrix")
