@@ -40,7 +40,9 @@ model is loaded once (lm-eval wraps the loaded model).
 Outputs, per model, in ``<outdir>/<model name>/`` (hub ID ``org/name`` -> ``org_name``; a folder ->
 its name, or its parent's name when it is an ``unlearned_model`` folder): ``per_sample.csv``
 (``split, index, n_tokens, nll, mink, minkpp, zlib``), ``summary.json``, ``generations.jsonl``;
-and ``<outdir>/summary.csv`` with one row per model of this run.
+and ``<outdir>/summary.csv`` with one row per model of this run. Each file is written atomically as
+soon as it is done: ``per_sample.csv`` after the scoring, ``summary.json`` last (a model's completion
+marker), ``summary.csv`` when every model is done (the run's); a stopped run keeps the finished files.
 
 Usage:
     uv run --script evaluate_unlearning.py --model demo/models/demo-unfiltered \\
@@ -929,8 +931,10 @@ class McqBenchmarks:
 # ----------------------------------------------------------------------------------------------
 # One model
 # ----------------------------------------------------------------------------------------------
-def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, device: str, dtype: str):
-    """Every statistic of one model: (per-sample rows, summary dict, generation records)."""
+def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, device: str, dtype: str,
+                   on_scored=None):
+    """Every statistic of one model: (per-sample rows, summary dict, generation records).
+    ``on_scored(rows)``, when given, is called with the per-sample rows as soon as they are done."""
     import torch
 
     torch.manual_seed(args.seed)
@@ -940,6 +944,8 @@ def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, 
         scores = score_lines(model, tok, data[split], args, device, desc=f"{model_name(spec)} {split}")
         scored[split] = scores
         rows += [{"split": split, "index": i, **s} for i, s in enumerate(scores)]
+    if on_scored is not None:
+        on_scored(rows)
     ok = {s: [r for r in scored[s] if not math.isnan(r["nll"])] for s in SPLITS}
     summary: dict = {}
     for split, key in (("forget_test", "forget"), ("retain_test", "retain")):
@@ -1099,6 +1105,16 @@ def local_mcq_sets(args) -> dict:
     return sets
 
 
+def write_per_sample(outdir: Path, name: str, rows: list[dict]) -> None:
+    """A model's per_sample.csv, written (atomically) as soon as its scoring is done, so a stopped
+    run keeps it. Before it, the marks of an earlier finished run go: the model's summary.json and
+    the run's summary.csv (written last, when every model is done), so the folder never looks
+    finished while it holds parts of two runs."""
+    for stale in (outdir / "summary.csv", outdir / name / "summary.json", outdir / name / "generations.jsonl"):
+        stale.unlink(missing_ok=True)
+    write_atomically({outdir / name / "per_sample.csv": eval_per_sample_csv(rows)})
+
+
 def run(args) -> Path:
     check_args(args)
     args.few_shot = parse_int_list(args.few_shot, "--few-shot")
@@ -1128,15 +1144,15 @@ def run(args) -> Path:
         for spec in args.model:
             name = model_name(spec)
             print(f"==> {spec} -> {outdir / name}", file=sys.stderr, flush=True)
-            rows, summary, gens = evaluate_model(spec, paths[spec], data, mcq, args, device, dtype)
+            rows, summary, gens = evaluate_model(spec, paths[spec], data, mcq, args, device, dtype,
+                                                 on_scored=lambda rows: write_per_sample(outdir, name, rows))
             summary = {**summary, "mcq_chance": mcq.chance, "model": spec, "model_name": name,
                        "n_samples": {s: len(data[s]) for s in SPLITS}, "data": meta_data,
                        "settings": settings, "versions": versions()}
+            # each file atomically, summary.json (the model's completion marker) last
             write_atomically({
-                outdir / name / "per_sample.csv": eval_per_sample_csv(rows),
-                outdir / name / "summary.json": json.dumps(json_clean(summary), indent=2) + "\n",
-                outdir / name / "generations.jsonl": "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens),
-            })
+                outdir / name / "generations.jsonl": "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens)})
+            write_atomically({outdir / name / "summary.json": json.dumps(json_clean(summary), indent=2) + "\n"})
             rows_csv.append(summary_row(name, summary))
             print(f"    forget NLL {summary['forget_nll']:.3f}, retain NLL {summary['retain_nll']:.3f}, "
                   f"MIA AUC (loss) {summary['mia']['loss']:.3f}"

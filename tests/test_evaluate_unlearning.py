@@ -4,6 +4,7 @@ log-likelihood argmax, and the bad-input paths (one `error:` line, exit 1, nothi
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import zlib
 
@@ -390,3 +391,25 @@ def test_outdir_of_another_tools_summary_csv_is_refused(tmp_path, tiny, capsys):
     assert len(err) == 1 and "no */summary.json" in err[0], err
     assert [p.name for p in out.iterdir()] == ["summary.csv"]
     assert (out / "summary.csv").read_text() == "group,metric\nga,forget_NLL\n"
+
+
+def test_stopped_run_keeps_per_sample_csv_and_is_not_finished(cli_run, tiny, tmp_path, capsys, monkeypatch):
+    """Each finished part is written as it goes: a run stopped after the per-sample scoring (here
+    over a finished earlier run) leaves the new per_sample.csv, no summary.json (the model's
+    marker), no summary.csv (the run's), and no temporary file; a log shows the scoring's progress."""
+    out = tmp_path / "out"
+    shutil.copytree(cli_run, out)
+
+    def stop(self, model, tokenizer, args):
+        raise ev.UsageError("stopped after the per-sample scoring")
+    monkeypatch.setattr(ev.McqBenchmarks, "evaluate", stop)
+    capsys.readouterr()
+    assert run_cli(tiny, out) == 1
+    err = capsys.readouterr().err
+    folder = out / "tiny-model"
+    assert (folder / "per_sample.csv").read_text() == (cli_run / "tiny-model" / "per_sample.csv").read_text()
+    assert not (folder / "summary.json").exists() and not (out / "summary.csv").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["per_sample.csv"]
+    for split in ("forget_test", "retain_test", "forget_train"):
+        assert f"tiny-model {split}: started of " in err and f"tiny-model {split}: done, " in err
+    assert "error: stopped after the per-sample scoring" in err
