@@ -2158,6 +2158,7 @@ class Trainer:
         self.hidden_size = runner.model.get_input_embeddings().embedding_dim
         self.ref: dict[str, torch.Tensor] = {}
         self.frozen: dict | None = None
+        self.tick = lambda where: None  # progress inside one step (set by the training loop)
         self.peft = None  # LoRA: the PeftModel whose adapters are switched off for h_orig and log π_ref
         self.control: torch.Tensor | None = None
         self.start: dict = {}  # name → θ₀ (CPU) of the trainable parameters (not with LoRA: ΔW = s·B·A)
@@ -2237,7 +2238,8 @@ class Trainer:
         deltas = {k: torch.zeros(b.ids.shape + (self.hidden_size,), device=self.dev, requires_grad=True)
                   for k in self.runner.target_ids}
         step = lat_step_size(a.lat_eps, a.lat_step_size)
-        for _ in range(a.lat_steps):
+        for j in range(a.lat_steps):
+            self.tick(f"adversary {j + 1}/{a.lat_steps}")
             with self.runner.perturb(deltas), self.accelerator.autocast():
                 nll = mean_nll(*sequence_logprobs(self.runner(b.ids, b.mask, mode="lm"), b.ids, b.mask))
             grads = torch.autograd.grad(nll, list(deltas.values()))
@@ -2326,10 +2328,17 @@ def train(a: argparse.Namespace, t: Trainer, env: Env) -> History:
     bar = progress(schedule[start:], desc=f"unlearn {a.method}", unit="step", disable=not env.main,
                    initial=start, total=n_steps)
     t_train, t_eval = time.perf_counter(), 0.0
+
+    def tick(where: str) -> None:  # inside a step: the bar shows where, a log gets a line at least every 60 s
+        bar.set_postfix_str(where)
+        bar.update(0)
+    t.tick = tick
     for step, micro in enumerate(bar, start=start + 1):
         t_step = time.perf_counter()
         step_loss = torch.zeros((), device=t.dev)
-        for fi_global, ri_global in micro:
+        for m, (fi_global, ri_global) in enumerate(micro, start=1):
+            if len(micro) > 1:
+                tick(f"micro-batch {m}/{len(micro)}")
             fi = fi_global[rank * a.batch_size:(rank + 1) * a.batch_size]
             ri = ri_global[rank * a.batch_size:(rank + 1) * a.batch_size]
             with acc.accumulate(t.wrapped):
@@ -2484,7 +2493,8 @@ def sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator, desc: str = "
 
 def eval_nll(runner, tok_f, tok_r, pad_id, dev, batch_size, accelerator) -> dict:
     """Mean per-sample NLL of forget and retain texts (the mean of ``sample_nlls``)."""
-    return {key: float(sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator).mean()) if tok else math.nan
+    return {key: float(sample_nlls(runner, tok, pad_id, dev, batch_size, accelerator,
+                                   f"{key.split('_')[0]} NLL").mean()) if tok else math.nan
             for key, tok in (("forget_NLL", tok_f), ("retain_NLL", tok_r))}
 
 

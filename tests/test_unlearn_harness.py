@@ -531,3 +531,20 @@ def test_folders_left_by_a_killed_run_are_named(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{tmp_path / '.m.tmp-abc123'} was left by an interrupted run" in err
     assert any("left by an interrupted run" in w for w in metrics_of(out)["warnings"])
+
+
+def test_progress_inside_a_step_and_around_training_in_a_log(trained, tmp_path, capsys, monkeypatch):
+    """Non-TTY stderr (a log; the 60 s period set to 0 here): the evaluations before and after
+    training show progress, and a step with several micro-batches and LAT adversary steps says
+    where it is inside the step."""
+    monkeypatch.setattr(ul, "progress", lambda *a, **k: ul.LineProgress(*a, every=0, **k))
+    capsys.readouterr()
+    assert run_main(common(trained, tmp_path / "out", "lat") + [
+        "--grad-accum-steps", "2", "--batch-size", "4", "--lat-steps", "2", "--layer-id", "1",
+        "--max-samples", "8"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for split in ("forget", "retain"):  # before and after training
+        assert sum(line.startswith(f"per-sample NLL, {split}_eval: started of ") for line in err) == 2, split
+    inside = [line.split(" s, ")[-1] for line in err if line.startswith("unlearn lat: 0/1 step")]
+    assert inside == ["micro-batch 1/2", "adversary 1/2", "adversary 2/2",
+                      "micro-batch 2/2", "adversary 1/2", "adversary 2/2"]
