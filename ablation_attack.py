@@ -77,10 +77,8 @@ import math
 import os
 import platform
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -91,6 +89,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -98,6 +101,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -385,6 +438,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 ABLATION_ATTACKS = ("direction", "delta_rank", "quantize")
@@ -927,7 +1061,9 @@ def direction_attack(model, tok, name: str, a, ctx: dict, measure) -> tuple[list
     ev = Measure(ctx["dir_forget"], ctx["dir_retain"], None, a.batch_size, ctx["device"], a.max_length)
     base_f, base_r = ev.nll(model, ctx["dir_forget"], pad), ev.nll(model, ctx["dir_retain"], pad)
     rows = []
-    for pos in candidate_positions(a.layers, r.shape[0] - 1):      # selection: direction data only
+    positions = candidate_positions(a.layers, r.shape[0] - 1)
+    for pos in progress(positions, desc=f"    {name}: direction candidates", unit="layer", leave=False):
+        # selection: direction data only
         t0 = time.perf_counter()
         with ablate(model, unit(r[pos])):
             sel_f, sel_r = ev.nll(model, ctx["dir_forget"], pad), ev.nll(model, ctx["dir_retain"], pad)
@@ -962,7 +1098,7 @@ def delta_rank_attack(model, tok, a, ctx: dict, info: dict, keys: dict, measure)
     factors, stats, changed_1d = {}, [], []
     max_rank = max(a.ranks)
     with torch.no_grad(), TensorReader(ref_info["index"]) as ref_reader:
-        for name, p in params.items():
+        for name, p in progress(list(params.items()), desc="    delta_rank: ΔW factors", unit="tensor", leave=False):
             key = keys.get(name) if keys.get(name) in ref_info["index"] else file_key(name, ref_info["index"], prefix)
             if key is None:
                 raise UsageError(f"the reference {ref_info['spec']} has no tensor for {name}")
@@ -1365,36 +1501,13 @@ def report_text(a, ref_info, infos, sets, device, dtype, models, timings, second
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    got = {}
 
-    def on_term(signum, frame):  # `kill` cleans up like Ctrl-C does, exit status 143
-        got["term"] = True
-        raise KeyboardInterrupt
-
-    if main_thread:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    try:
+    def work() -> int:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr, flush=True)
-        return 143 if got else 130
-    except MemoryError:
-        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out / 'ablation.csv'}", file=sys.stderr)
-    return 0
+        print(f"wrote {out / 'ablation.csv'}", file=sys.stderr)
+        return 0
+
+    return run_tool(work, kept="nothing was written", oom_hint="lower --batch-size or --max-length")
 
 
 if __name__ == "__main__":
