@@ -579,7 +579,7 @@ def recovered_share(nll_model: float, nll_attacked: float, nll_reference: float,
     return (nll_model - nll_attacked) / gap
 
 
-def counted_mask(attention_mask, skip_first: int):
+def ablation_counted_mask(attention_mask, skip_first: int):
     """The tokens that count for mean activations: real tokens (attention_mask 1, right padding)
     from position ``skip_first`` on (the first positions of a line carry the attention-sink
     activations that do not depend on the text)."""
@@ -725,7 +725,7 @@ def ablate(model, r_hat):
 
 def residual_sums(model, seqs: list[list[int]], pad_id: int, batch_size: int, skip_first: int, device: str):
     """(sums [N+1, d] float64, count): Σ of the residual-stream activations at every position
-    over the counted tokens (``counted_mask``) of ``seqs``."""
+    over the counted tokens (``ablation_counted_mask``) of ``seqs``."""
     import torch
     state = {"mask": None, "sums": None}
     n_pos = len(decoder_layers(model)) + 1
@@ -743,7 +743,7 @@ def residual_sums(model, seqs: list[list[int]], pad_id: int, batch_size: int, sk
     with torch.inference_mode(), residual_hooks(model, grab):
         for i in range(0, len(order), batch_size):
             ids, mask = pad_right([seqs[j] for j in order[i:i + batch_size]], pad_id)
-            cm = counted_mask(mask, skip_first).to(device)
+            cm = ablation_counted_mask(mask, skip_first).to(device)
             state["mask"] = cm.double()
             count += int(cm.sum())
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -770,7 +770,7 @@ def linear_modules(model) -> list[tuple[str, object, bool]]:
     return out
 
 
-def weight_index(model_dir: Path) -> dict:
+def ablation_weight_index(model_dir: Path) -> dict:
     """{tensor name: (file, shape)} of the safetensors weights of a model folder (headers only)."""
     from safetensors import safe_open
     index = {}
@@ -939,7 +939,7 @@ class Measure:
         return out
 
 
-def tokenize_lines(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
+def ablation_token_ids(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
     """Token ids of each line (the tokenizer's own special tokens, truncated to --max-length);
     a line of fewer than two tokens has nothing to score and is refused."""
     seqs = [list(x) for x in tok(lines, truncation=True, max_length=max_length)["input_ids"]]
@@ -962,7 +962,7 @@ def preflight_model(spec: str, what: str, trust_remote_code: bool) -> dict:
     model_dir = resolve_model_dir(spec, trust_remote_code)
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"{what} {spec} has no config.json; is it a Hugging Face model directory?")
-    index = weight_index(model_dir)
+    index = ablation_weight_index(model_dir)
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -1337,12 +1337,12 @@ def run(a) -> Path:
 
     from transformers import AutoTokenizer
     tok0 = AutoTokenizer.from_pretrained(ref_info["dir"], trust_remote_code=a.trust_remote_code)
-    ids = {"forget_test": tokenize_lines(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
-           "retain_test": tokenize_lines(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
+    ids = {"forget_test": ablation_token_ids(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
+           "retain_test": ablation_token_ids(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
     if "direction" in a.attacks:
-        ids["dir_forget"] = tokenize_lines(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
+        ids["dir_forget"] = ablation_token_ids(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
                                      a.direction_data_forget)
-        ids["dir_retain"] = tokenize_lines(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
+        ids["dir_retain"] = ablation_token_ids(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
                                      a.direction_data_retain)
     rows, directions, report_models, timings = [], {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="model-diffs-ablation-") as work:
@@ -1417,8 +1417,8 @@ def run(a) -> Path:
                 + (f"; best direction: layer {best[0]['value']}, recovered {fmt_share(best[0]['recovered'])}"
                    if best else ""))
 
-    files = {outdir / "ablation.csv": csv_text(rows),
-             outdir / "ablation_report.yaml": report_text(a, ref_info, infos, sets, device, dtype, report_models,
+    files = {outdir / "ablation.csv": ablation_csv_text(rows),
+             outdir / "ablation_report.yaml": ablation_report_text(a, ref_info, infos, sets, device, dtype, report_models,
                                                           timings, time.perf_counter() - t_start)}
     if directions:
         from safetensors.torch import save
@@ -1443,7 +1443,7 @@ def fmt(v) -> str:
     return str(v)
 
 
-def csv_text(rows: list[dict]) -> str:
+def ablation_csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ABLATION_COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
@@ -1452,7 +1452,7 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def package_versions() -> dict:
+def ablation_versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "lm_eval", "safetensors"):
@@ -1463,7 +1463,7 @@ def package_versions() -> dict:
     return out
 
 
-def report_text(a, ref_info, infos, sets, device, dtype, models, timings, seconds) -> str:
+def ablation_report_text(a, ref_info, infos, sets, device, dtype, models, timings, seconds) -> str:
     import torch
     import yaml
     data = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in
@@ -1494,7 +1494,7 @@ def report_text(a, ref_info, infos, sets, device, dtype, models, timings, second
         "Data": data,
         "Per_model": models,
         "Timings_seconds": {**timings, "total": round(seconds, 3)},
-        "Hardware": {"device": device, "cuda": torch.version.cuda, **package_versions()},
+        "Hardware": {"device": device, "cuda": torch.version.cuda, **ablation_versions()},
     }
     return yaml.safe_dump(report, sort_keys=False, allow_unicode=True)
 

@@ -200,7 +200,7 @@ ATTACK_PANELS = {"direction": ("Directional ablation", "residual position ablate
                  "delta_rank": ("ΔW rank ablation", "top-r part of ΔW removed (r)"),
                  "quantize": ("RTN quantisation", "bits")}
 
-NEEDED = ["model", "role", "attack", "setting", "value", "retain_nll", "recovered", "selected"]
+ABLATION_CSV_COLUMNS = ["model", "role", "attack", "setting", "value", "retain_nll", "recovered", "selected"]
 
 
 def cell_float(cell: str) -> float:
@@ -216,8 +216,8 @@ def read_results(indir: Path) -> dict:
         raise UsageError(f"{path} does not exist; run ablation_attack.py --outdir {indir} first")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if not rows or any(c not in rows[0] for c in NEEDED):
-        raise UsageError(f"{path} must have the columns {', '.join(NEEDED)} and at least one row")
+    if not rows or any(c not in rows[0] for c in ABLATION_CSV_COLUMNS):
+        raise UsageError(f"{path} must have the columns {', '.join(ABLATION_CSV_COLUMNS)} and at least one row")
     refs = [r for r in rows if r["role"] == "reference"]
     if len(refs) != 1:
         raise UsageError(f"{path} must have exactly one reference row")

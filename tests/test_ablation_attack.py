@@ -287,7 +287,7 @@ def test_quantize_sets_rtn_weights_and_restores(files, tiny_tokenizer, tmp_path)
         save_model(make_tiny_model(arch, seed=4, layers=2), tmp_path / arch, tiny_tokenizer)
         model = AutoModelForCausalLM.from_pretrained(tmp_path / arch, dtype=torch.float32).eval()
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        info = {"spec": arch, "index": aa.weight_index(tmp_path / arch)}
+        info = {"spec": arch, "index": aa.ablation_weight_index(tmp_path / arch)}
         seen = {}
 
         def measure(m, tok):
