@@ -1056,7 +1056,7 @@ def run(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     chunk_elems = max(1, int(args.chunk_mb * 2**20 / 8))
     rows, spectra = [], {}
-    print(f"weight geometry: {len(names)} matrices of {a.spec} vs {b.spec}", flush=True)
+    print(f"weight geometry: {len(names)} matrices of {a.spec} vs {b.spec}", file=sys.stderr, flush=True)
     with progress(names, desc="weight geometry", unit="matrix") as bar:
         for name in bar:
             full = (slice(None), slice(None))
