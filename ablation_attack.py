@@ -855,15 +855,15 @@ class MCQ:
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
         with quiet():
-            from lm_eval.tasks import TaskManager, get_task_dict
+            from lm_eval.tasks import TaskManager
         for key, items in sets.items():
             data = workdir / f"{key}_mcq.jsonl"
             data.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
             (workdir / f"{MCQ_TASKS[key]}.yaml").write_text(mcq_task_yaml(MCQ_TASKS[key], data), encoding="utf-8")
         self.requests, self.gold = {}, {}
         with quiet():
-            tasks = get_task_dict([MCQ_TASKS[k] for k in sets],
-                                  TaskManager(include_path=str(workdir), include_defaults=False))
+            tasks = TaskManager(include_path=str(workdir), include_defaults=False).load(
+                [MCQ_TASKS[k] for k in sets])["tasks"]
             for key in sets:
                 task = tasks[MCQ_TASKS[key]]
                 task.build_all_requests(rank=0, world_size=1)
