@@ -77,10 +77,8 @@ import math
 import os
 import platform
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -91,6 +89,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -98,6 +101,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -385,6 +438,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 ABLATION_ATTACKS = ("direction", "delta_rank", "quantize")
@@ -445,7 +579,7 @@ def recovered_share(nll_model: float, nll_attacked: float, nll_reference: float,
     return (nll_model - nll_attacked) / gap
 
 
-def counted_mask(attention_mask, skip_first: int):
+def ablation_counted_mask(attention_mask, skip_first: int):
     """The tokens that count for mean activations: real tokens (attention_mask 1, right padding)
     from position ``skip_first`` on (the first positions of a line carry the attention-sink
     activations that do not depend on the text)."""
@@ -591,7 +725,7 @@ def ablate(model, r_hat):
 
 def residual_sums(model, seqs: list[list[int]], pad_id: int, batch_size: int, skip_first: int, device: str):
     """(sums [N+1, d] float64, count): Σ of the residual-stream activations at every position
-    over the counted tokens (``counted_mask``) of ``seqs``."""
+    over the counted tokens (``ablation_counted_mask``) of ``seqs``."""
     import torch
     state = {"mask": None, "sums": None}
     n_pos = len(decoder_layers(model)) + 1
@@ -609,7 +743,7 @@ def residual_sums(model, seqs: list[list[int]], pad_id: int, batch_size: int, sk
     with torch.inference_mode(), residual_hooks(model, grab):
         for i in range(0, len(order), batch_size):
             ids, mask = pad_right([seqs[j] for j in order[i:i + batch_size]], pad_id)
-            cm = counted_mask(mask, skip_first).to(device)
+            cm = ablation_counted_mask(mask, skip_first).to(device)
             state["mask"] = cm.double()
             count += int(cm.sum())
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -636,7 +770,7 @@ def linear_modules(model) -> list[tuple[str, object, bool]]:
     return out
 
 
-def weight_index(model_dir: Path) -> dict:
+def ablation_weight_index(model_dir: Path) -> dict:
     """{tensor name: (file, shape)} of the safetensors weights of a model folder (headers only)."""
     from safetensors import safe_open
     index = {}
@@ -721,15 +855,15 @@ class MCQ:
         for name in ("lm_eval", "lm-eval"):
             logging.getLogger(name).setLevel(logging.ERROR)
         with quiet():
-            from lm_eval.tasks import TaskManager, get_task_dict
+            from lm_eval.tasks import TaskManager
         for key, items in sets.items():
             data = workdir / f"{key}_mcq.jsonl"
             data.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
             (workdir / f"{MCQ_TASKS[key]}.yaml").write_text(mcq_task_yaml(MCQ_TASKS[key], data), encoding="utf-8")
         self.requests, self.gold = {}, {}
         with quiet():
-            tasks = get_task_dict([MCQ_TASKS[k] for k in sets],
-                                  TaskManager(include_path=str(workdir), include_defaults=False))
+            tasks = TaskManager(include_path=str(workdir), include_defaults=False).load(
+                [MCQ_TASKS[k] for k in sets])["tasks"]
             for key in sets:
                 task = tasks[MCQ_TASKS[key]]
                 task.build_all_requests(rank=0, world_size=1)
@@ -805,7 +939,7 @@ class Measure:
         return out
 
 
-def tokenize_lines(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
+def ablation_token_ids(tok, lines: list[str], max_length: int, what: str, path) -> list[list[int]]:
     """Token ids of each line (the tokenizer's own special tokens, truncated to --max-length);
     a line of fewer than two tokens has nothing to score and is refused."""
     seqs = [list(x) for x in tok(lines, truncation=True, max_length=max_length)["input_ids"]]
@@ -828,7 +962,7 @@ def preflight_model(spec: str, what: str, trust_remote_code: bool) -> dict:
     model_dir = resolve_model_dir(spec, trust_remote_code)
     if not (model_dir / "config.json").is_file():
         raise UsageError(f"{what} {spec} has no config.json; is it a Hugging Face model directory?")
-    index = weight_index(model_dir)
+    index = ablation_weight_index(model_dir)
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -927,7 +1061,9 @@ def direction_attack(model, tok, name: str, a, ctx: dict, measure) -> tuple[list
     ev = Measure(ctx["dir_forget"], ctx["dir_retain"], None, a.batch_size, ctx["device"], a.max_length)
     base_f, base_r = ev.nll(model, ctx["dir_forget"], pad), ev.nll(model, ctx["dir_retain"], pad)
     rows = []
-    for pos in candidate_positions(a.layers, r.shape[0] - 1):      # selection: direction data only
+    positions = candidate_positions(a.layers, r.shape[0] - 1)
+    for pos in progress(positions, desc=f"    {name}: direction candidates", unit="layer", leave=False):
+        # selection: direction data only
         t0 = time.perf_counter()
         with ablate(model, unit(r[pos])):
             sel_f, sel_r = ev.nll(model, ctx["dir_forget"], pad), ev.nll(model, ctx["dir_retain"], pad)
@@ -962,7 +1098,7 @@ def delta_rank_attack(model, tok, a, ctx: dict, info: dict, keys: dict, measure)
     factors, stats, changed_1d = {}, [], []
     max_rank = max(a.ranks)
     with torch.no_grad(), TensorReader(ref_info["index"]) as ref_reader:
-        for name, p in params.items():
+        for name, p in progress(list(params.items()), desc="    delta_rank: ΔW factors", unit="tensor", leave=False):
             key = keys.get(name) if keys.get(name) in ref_info["index"] else file_key(name, ref_info["index"], prefix)
             if key is None:
                 raise UsageError(f"the reference {ref_info['spec']} has no tensor for {name}")
@@ -1201,12 +1337,12 @@ def run(a) -> Path:
 
     from transformers import AutoTokenizer
     tok0 = AutoTokenizer.from_pretrained(ref_info["dir"], trust_remote_code=a.trust_remote_code)
-    ids = {"forget_test": tokenize_lines(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
-           "retain_test": tokenize_lines(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
+    ids = {"forget_test": ablation_token_ids(tok0, data["forget_test"], a.max_length, "--forget-test", a.forget_test),
+           "retain_test": ablation_token_ids(tok0, data["retain_test"], a.max_length, "--retain-test", a.retain_test)}
     if "direction" in a.attacks:
-        ids["dir_forget"] = tokenize_lines(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
+        ids["dir_forget"] = ablation_token_ids(tok0, data["direction_forget"], a.max_length, "--direction-data-forget",
                                      a.direction_data_forget)
-        ids["dir_retain"] = tokenize_lines(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
+        ids["dir_retain"] = ablation_token_ids(tok0, data["direction_retain"], a.max_length, "--direction-data-retain",
                                      a.direction_data_retain)
     rows, directions, report_models, timings = [], {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="model-diffs-ablation-") as work:
@@ -1281,8 +1417,8 @@ def run(a) -> Path:
                 + (f"; best direction: layer {best[0]['value']}, recovered {fmt_share(best[0]['recovered'])}"
                    if best else ""))
 
-    files = {outdir / "ablation.csv": csv_text(rows),
-             outdir / "ablation_report.yaml": report_text(a, ref_info, infos, sets, device, dtype, report_models,
+    files = {outdir / "ablation.csv": ablation_csv_text(rows),
+             outdir / "ablation_report.yaml": ablation_report_text(a, ref_info, infos, sets, device, dtype, report_models,
                                                           timings, time.perf_counter() - t_start)}
     if directions:
         from safetensors.torch import save
@@ -1307,7 +1443,7 @@ def fmt(v) -> str:
     return str(v)
 
 
-def csv_text(rows: list[dict]) -> str:
+def ablation_csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ABLATION_COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
@@ -1316,7 +1452,7 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def package_versions() -> dict:
+def ablation_versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "lm_eval", "safetensors"):
@@ -1327,7 +1463,7 @@ def package_versions() -> dict:
     return out
 
 
-def report_text(a, ref_info, infos, sets, device, dtype, models, timings, seconds) -> str:
+def ablation_report_text(a, ref_info, infos, sets, device, dtype, models, timings, seconds) -> str:
     import torch
     import yaml
     data = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in
@@ -1358,43 +1494,20 @@ def report_text(a, ref_info, infos, sets, device, dtype, models, timings, second
         "Data": data,
         "Per_model": models,
         "Timings_seconds": {**timings, "total": round(seconds, 3)},
-        "Hardware": {"device": device, "cuda": torch.version.cuda, **package_versions()},
+        "Hardware": {"device": device, "cuda": torch.version.cuda, **ablation_versions()},
     }
     return yaml.safe_dump(report, sort_keys=False, allow_unicode=True)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    got = {}
 
-    def on_term(signum, frame):  # `kill` cleans up like Ctrl-C does, exit status 143
-        got["term"] = True
-        raise KeyboardInterrupt
-
-    if main_thread:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    try:
+    def work() -> int:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr, flush=True)
-        return 143 if got else 130
-    except MemoryError:
-        print("error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size or --max-length", file=sys.stderr)
-        return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out / 'ablation.csv'}", file=sys.stderr)
-    return 0
+        print(f"wrote {out / 'ablation.csv'}", file=sys.stderr)
+        return 0
+
+    return run_tool(work, kept="nothing was written", oom_hint="lower --batch-size or --max-length")
 
 
 if __name__ == "__main__":

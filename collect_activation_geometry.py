@@ -54,7 +54,6 @@ import hashlib
 import os
 import platform
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -72,6 +71,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -79,6 +83,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -213,6 +267,20 @@ def resolve_model_dir(spec: str, trust_remote_code: bool = False, weights_only: 
         raise UsageError(f"cannot download {spec}: {first_line(exc)}") from exc
 
 
+def model_name(spec: str) -> str:
+    """The project's name of a model (its results folder): hub ID ``org/name`` -> ``org_name``; a
+    local folder -> its basename, or its parent's name when the folder is an ``unlearned_model``
+    (unlearn.py's layout). A path is made absolute first, so ``.`` and ``..`` name the folders they
+    stand for (symbolic links are not followed)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1 and HUB_ID_RE.match(spec):
+        return spec.replace("/", "_")
+    path = Path(os.path.abspath(path))
+    name = path.parent.name if path.name == "unlearned_model" and path.parent.name else path.name
+    return name or "root"
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
@@ -283,6 +351,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
@@ -438,7 +587,7 @@ def read_split(path, max_samples: int | None) -> tuple[list[int], list[str]]:
     return [n for n, _ in numbered], [t for _, t in numbered]
 
 
-def parse_layer_spec(spec: str, n_states: int) -> list[int]:
+def parse_state_spec(spec: str, n_states: int) -> list[int]:
     """``all`` or comma-separated hidden-state indices and ranges (``0,4-6``), each in 0..n_states-1."""
     if spec.strip().lower() == "all":
         return list(range(n_states))
@@ -743,7 +892,7 @@ class PassResult:
     reads: dict = field(default_factory=dict)     # (decoder layer, comp, split) -> [inside, total] energy
 
 
-def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str, progress, directions: dict | None = None):
+def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str, directions: dict | None = None):
     """One model over every batch: per-text features and the per-token sample of the reported layers,
     and (``directions``: model A) the read-share sums of ΔW's subspaces from forward pre-hooks."""
     import torch
@@ -781,7 +930,7 @@ def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str
 
             hooks.append(modules[key].register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        for split, idx in progress(plan.batches, f"model {which}"):
+        for split, idx in progress(plan.batches, f"model {which}", unit="batch"):
             seqs = [plan.ids[split][i] for i in idx]
             lengths = [len(s) for s in seqs]
             ids, mask, pos, offsets = pad_texts(seqs, plan.pad_id, plan.padding_side)
@@ -1002,21 +1151,10 @@ def make_geometry_plan(args, ids: dict, lines: dict, pad_id: int, layers: list) 
                 skip_first=args.skip_first, sample=sample, slot=slot, padding_side=args.padding_side)
 
 
-def progress_factory():
-    from tqdm.auto import tqdm
-
-    if sys.stderr.isatty():
-        return lambda items, desc: tqdm(items, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True)
-
-    def plain(items, desc):
-        print(f"{desc}: {len(items)} batches", file=sys.stderr, flush=True)
-        return items
-
-    return plain
-
-
 def run(args) -> Path:
     t_start = time.perf_counter()
+    if args.outdir is None:
+        args.outdir = str(geometry_outdir(args))
     check_geometry_flags(args)
     lines, texts = {}, {}
     for s, path in (("forget", args.forget_text), ("retain", args.retain_text)):
@@ -1025,10 +1163,9 @@ def run(args) -> Path:
     models = inspect_pair(args)
     outdir = check_outdir(args.outdir, REPORT_NAME, owned=(GEOMETRY_CSV, REPORT_NAME, FEATURES_NAME),
                           inputs=(models.dir_a, models.dir_b))
-    layers = parse_layer_spec(args.layers, models.n_layers + 1)
+    layers = parse_state_spec(args.layers, models.n_layers + 1)
     ids, pad_id = tokenize_splits(args, models, texts)
     plan = make_geometry_plan(args, ids, lines, pad_id, layers)
-    progress = progress_factory()
     stats_device = "cuda" if models.device == "cuda" else "cpu"  # float64 maths: not on MPS
 
     print("ΔW: top right singular subspaces of mlp_in and qkv", file=sys.stderr, flush=True)
@@ -1042,13 +1179,13 @@ def run(args) -> Path:
     gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
     try:
         model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
-        res_a = forward_pass(model, plan, models.device, models.hidden, "A", progress, directions)
+        res_a = forward_pass(model, plan, models.device, models.hidden, "A", directions)
         del model  # one model in memory at a time
         release_memory()
         timings["pass_a_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
-        res_b = forward_pass(model, plan, models.device, models.hidden, "B", progress)
+        res_b = forward_pass(model, plan, models.device, models.hidden, "B")
         del model
         release_memory()
         timings["pass_b_s"] = time.perf_counter() - t0
@@ -1165,56 +1302,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.outdir is None:
-        args.outdir = str(Path("outputs") / f"{model_stem(args.model_a)}_vs_{model_stem(args.model_b)}"
-                          / "activation_geometry")
-    return args
-
-
-def model_stem(spec: str) -> str:
-    """The last path component of a model spec, as study.sh's comparison_name takes it."""
-    return spec.rstrip("/").rsplit("/", 1)[-1]
+def geometry_outdir(args) -> Path:
+    """outputs/<A>_vs_<B>/activation_geometry, the folder study.sh's comparison_name gives the pair."""
+    return Path("outputs") / f"{model_name(args.model_a)}_vs_{model_name(args.model_b)}" / "activation_geometry"
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    got = {}
+    args = build_parser().parse_args(argv)
 
-    def terminated(signum, frame):  # `kill` cleans up like Ctrl-C does
-        got["sigterm"] = True
-        raise KeyboardInterrupt
-
-    main_thread = threading_is_main()
-    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
-    try:
+    def work() -> int:
         out = run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 143 if got.get("sigterm") else 130
-    except MemoryError:
-        print("error: out of memory; lower --batch-size, --max-length or --max-tokens", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
-            raise
-        print("error: out of device memory; lower --batch-size, --max-length or --max-tokens", file=sys.stderr)
-        return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
 
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return run_tool(work, kept="nothing was written",
+                    oom_hint="lower --batch-size, --max-length or --max-tokens")
 
 
 if __name__ == "__main__":

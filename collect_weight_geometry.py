@@ -74,7 +74,6 @@ import scipy.linalg
 from safetensors import SafetensorError, safe_open
 from scipy.linalg.blas import dsyrk, get_blas_funcs
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 # torch is imported only for a CUDA run (see choose_device)
 
@@ -86,6 +85,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -93,6 +97,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def sha256_file(path) -> str:
@@ -312,6 +366,87 @@ def write_atomically(files: dict) -> None:
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
         raise
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
@@ -869,7 +1004,7 @@ def make_geometry_report(args, device: str, a: Checkpoint, b: Checkpoint, names:
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Where in weight space two checkpoints of the same architecture differ: ΔW spectra "
                     "(effective rank, energy, elbow), top-k subspace alignment of W_a and W_b, ΔW's share in "
@@ -892,72 +1027,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0,
                    help="recorded in the report; the computation is deterministic and draws nothing at random")
     p.add_argument("--chunk-mb", type=float, default=4.0, help="matrices are processed in float64 slices of about this size")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
     outdir = Path(args.outdir) if args.outdir else Path("outputs") / (
         f"{Path(args.model_a.rstrip('/')).name}_vs_{Path(args.model_b.rstrip('/')).name}") / "weight_geometry"
-    try:
-        if args.top_k < 1 or args.intruder_k < 1 or args.chunk_mb <= 0 or not 0 < args.intruder_eps <= 1:
-            raise UsageError("--top-k and --intruder-k must be at least 1, --chunk-mb positive, "
-                             "--intruder-eps in (0, 1]")
-        components, layers = parse_components(args.components), parse_layer_spec(args.layers)
-        if args.device == "mps":
-            raise UsageError("--device mps has no float64; use cpu")
-        device = choose_device(args.device)
-        if device == "mps":
-            device = "cpu"
-        ops = Ops(device)
-        a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
-        check_outdir(outdir, "geometry_report.yaml",
-                     owned=("weight_geometry.csv", "dW_spectra.safetensors", "geometry_report.yaml"),
-                     inputs=(a.dir, b.dir))
-        names, warnings = match_matrices(a, b)
-        names = select_matrices(names, components, layers)
-        if not names:
-            raise UsageError(f"no weight matrix matches --components {args.components}"
-                             + (f" and --layers {args.layers}" if args.layers else ""))
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        chunk_elems = max(1, int(args.chunk_mb * 2**20 / 8))
-        rows, spectra = [], {}
-        # a bar on a terminal, else one line per stage (on stdout, so stderr holds only warnings/errors)
-        tty = sys.stderr.isatty()
-        if not tty:
-            print(f"weight geometry: {len(names)} matrices of {a.spec} vs {b.spec}", flush=True)
-        with tqdm(names, desc="weight geometry", unit="matrix", disable=not tty) as bar:
-            for name in bar:
-                full = (slice(None), slice(None))
-                raw_a, raw_b = a.read(name, *full), b.read(name, *full)
-                conv1d = a.model_type in CONV1D_MODEL_TYPES and name.endswith(
-                    (".c_attn.weight", ".c_fc.weight", ".c_proj.weight"))
-                row, sigma = matrix_geometry(raw_a, raw_b, conv1d, top_k=args.top_k, intruder_k=args.intruder_k,
-                                             intruder_eps=args.intruder_eps, chunk_elems=chunk_elems, ops=ops,
-                                             name=name)
-                del raw_a, raw_b
-                rows.append({"layer": parse_layer_group(name)[0], "name": name,
-                             "component": weight_component(name), **row})
-                spectra[name] = sigma
-        import yaml
+    if args.top_k < 1 or args.intruder_k < 1 or args.chunk_mb <= 0 or not 0 < args.intruder_eps <= 1:
+        raise UsageError("--top-k and --intruder-k must be at least 1, --chunk-mb positive, "
+                         "--intruder-eps in (0, 1]")
+    components, layers = parse_components(args.components), parse_layer_spec(args.layers)
+    if args.device == "mps":
+        raise UsageError("--device mps has no float64; use cpu")
+    device = choose_device(args.device)
+    if device == "mps":
+        device = "cpu"
+    ops = Ops(device)
+    a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
+    check_outdir(outdir, "geometry_report.yaml",
+                 owned=("weight_geometry.csv", "dW_spectra.safetensors", "geometry_report.yaml"),
+                 inputs=(a.dir, b.dir))
+    names, warnings = match_matrices(a, b)
+    names = select_matrices(names, components, layers)
+    if not names:
+        raise UsageError(f"no weight matrix matches --components {args.components}"
+                         + (f" and --layers {args.layers}" if args.layers else ""))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    chunk_elems = max(1, int(args.chunk_mb * 2**20 / 8))
+    rows, spectra = [], {}
+    print(f"weight geometry: {len(names)} matrices of {a.spec} vs {b.spec}", file=sys.stderr, flush=True)
+    with progress(names, desc="weight geometry", unit="matrix") as bar:
+        for name in bar:
+            full = (slice(None), slice(None))
+            raw_a, raw_b = a.read(name, *full), b.read(name, *full)
+            conv1d = a.model_type in CONV1D_MODEL_TYPES and name.endswith(
+                (".c_attn.weight", ".c_fc.weight", ".c_proj.weight"))
+            row, sigma = matrix_geometry(raw_a, raw_b, conv1d, top_k=args.top_k, intruder_k=args.intruder_k,
+                                         intruder_eps=args.intruder_eps, chunk_elems=chunk_elems, ops=ops,
+                                         name=name)
+            del raw_a, raw_b
+            rows.append({"layer": parse_layer_group(name)[0], "name": name,
+                         "component": weight_component(name), **row})
+            spectra[name] = sigma
+    import yaml
 
-        report = make_geometry_report(args, device, a, b, names)
-        write_atomically({
-            outdir / "weight_geometry.csv": lambda p: write_geometry_csv(p, rows),
-            outdir / "dW_spectra.safetensors": spectra_bytes(spectra),
-            outdir / "geometry_report.yaml": yaml.safe_dump(report, sort_keys=False, allow_unicode=True),
-        })
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
+    report = make_geometry_report(args, device, a, b, names)
+    write_atomically({
+        outdir / "weight_geometry.csv": lambda p: write_geometry_csv(p, rows),
+        outdir / "dW_spectra.safetensors": spectra_bytes(spectra),
+        outdir / "geometry_report.yaml": yaml.safe_dump(report, sort_keys=False, allow_unicode=True),
+    })
     changed = [r for r in rows if r["dW_fro"] > 0]
     print(f"wrote {outdir / 'weight_geometry.csv'} ({len(rows)} matrices, {len(changed)} changed), "
           f"dW_spectra.safetensors and geometry_report.yaml")
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: run(args), kept="nothing was written")
 
 
 if __name__ == "__main__":

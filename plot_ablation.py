@@ -37,6 +37,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -44,6 +49,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -121,16 +176,31 @@ def write_atomically(files: dict) -> None:
 # One look per model in every figure of a study: index 0 (the reference/original model) black,
 # the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
 MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
 # --- end shared helpers ---
 
 ATTACK_PANELS = {"direction": ("Directional ablation", "residual position ablated from (layer)"),
                  "delta_rank": ("ΔW rank ablation", "top-r part of ΔW removed (r)"),
                  "quantize": ("RTN quantisation", "bits")}
 
-
-# Okabe-Ito, index = position of the model in the study (reference first)
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
-NEEDED = ["model", "role", "attack", "setting", "value", "retain_nll", "recovered", "selected"]
+ABLATION_CSV_COLUMNS = ["model", "role", "attack", "setting", "value", "retain_nll", "recovered", "selected"]
 
 
 def cell_float(cell: str) -> float:
@@ -146,8 +216,8 @@ def read_results(indir: Path) -> dict:
         raise UsageError(f"{path} does not exist; run ablation_attack.py --outdir {indir} first")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if not rows or any(c not in rows[0] for c in NEEDED):
-        raise UsageError(f"{path} must have the columns {', '.join(NEEDED)} and at least one row")
+    if not rows or any(c not in rows[0] for c in ABLATION_CSV_COLUMNS):
+        raise UsageError(f"{path} must have the columns {', '.join(ABLATION_CSV_COLUMNS)} and at least one row")
     refs = [r for r in rows if r["role"] == "reference"]
     if len(refs) != 1:
         raise UsageError(f"{path} must have exactly one reference row")
@@ -181,19 +251,22 @@ def draw(res: dict):
     for col, attack in enumerate(attacks):
         top, bottom = axes[0][col], axes[1][col]
         for name, pts in res["series"][attack].items():
-            i = res["models"].index(name)
-            colour, marker = MODEL_COLOURS[i % len(MODEL_COLOURS)], MARKERS[i % len(MARKERS)]
+            # the model's position in the study (0 = the reference, then the attacked models in the run's
+            # order = COMPARE_WITH's): the same colour, line and marker as in every other figure
+            style = model_style(name, res["models"].index(name))
+            colour = style["color"]
             x = [p[0] for p in pts]
-            top.plot(x, [p[1] for p in pts], color=colour, marker=marker, markersize=4, linewidth=1.6, label=name)
-            bottom.plot(x, [p[2] for p in pts], color=colour, marker=marker, markersize=4, linewidth=1.6, label=name)
+            top.plot(x, [p[1] for p in pts], markersize=4, linewidth=1.6, **style)
+            bottom.plot(x, [p[2] for p in pts], markersize=4, linewidth=1.6, **style)
             for p in pts:
                 if p[3] and not math.isnan(p[1]):
                     top.plot([p[0]], [p[1]], marker="*", markersize=14, color=colour, markeredgecolor="white",
                              zorder=5, linestyle="none")
-        top.axhline(1.0, color=MODEL_COLOURS[0], linestyle="--", linewidth=1.0, label=f"{res['models'][0]} (reference)")
+        ref_colour = model_style(res["models"][0], 0)["color"]
+        top.axhline(1.0, color=ref_colour, linestyle="--", linewidth=1.0, label=f"{res['models'][0]} (reference)")
         top.axhline(0.0, color="0.6", linewidth=0.8)
         if not math.isnan(res["reference_retain"]):
-            bottom.axhline(res["reference_retain"], color=MODEL_COLOURS[0], linestyle="--", linewidth=1.0,
+            bottom.axhline(res["reference_retain"], color=ref_colour, linestyle="--", linewidth=1.0,
                            label=f"{res['models'][0]} (reference)")
         title, xlabel = ATTACK_PANELS[attack]
         top.set_title(title, fontsize=11)
@@ -216,24 +289,25 @@ def draw(res: dict):
     return fig
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--indir", default="outputs/ablation", help="ablation_attack.py's --outdir")
     p.add_argument("--outdir", default="plots/ablation", help="where ablation.png goes")
-    a = p.parse_args(argv)
-    try:
-        res = read_results(Path(a.indir))
-        out = check_outdir(a.outdir, "ablation.png", owned=("ablation.png",))
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work() -> int:
+        res = read_results(Path(args.indir))
+        out = check_outdir(args.outdir, "ablation.png", owned=("ablation.png",))
         fig = draw(res)
         write_atomically({out / "ablation.png": lambda p: fig.savefig(p, format="png", dpi=150, bbox_inches="tight")})
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(f"wrote {out / 'ablation.png'}")
-    return 0
+        print(f"wrote {out / 'ablation.png'}")
+        return 0
+
+    return run_tool(work, kept="nothing was written")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -51,6 +56,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -128,19 +183,39 @@ def write_atomically(files: dict) -> None:
 # One look per model in every figure of a study: index 0 (the reference/original model) black,
 # the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
 MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
 # --- end shared helpers ---
 
 
-SPLIT_STYLE = {"forget": dict(linestyle="-", marker="o"), "retain": dict(linestyle="--", marker="s")}
-COMP_STYLE = {"mlp_in": dict(marker="o", linestyle="-"), "qkv": dict(marker="^", linestyle="--")}
+# a model's colour and line style come from model_style (the same in every figure of the study);
+# splits and components are told apart by their markers
+SPLIT_MARKER = {"forget": "o", "retain": "s"}
+COMP_MARKER = {"mlp_in": "o", "qkv": "^"}
 NEEDED = ["layer", "probe_auc_a", "probe_auc_a_std", "probe_auc_b", "probe_auc_b_std", "cka_forget", "cka_retain",
           "eff_rank_forget_a", "eff_rank_forget_b", "eff_rank_retain_a", "eff_rank_retain_b",
           "dW_read_selectivity_mlp_in", "dW_read_selectivity_qkv"]
 
 
-def model_colour(index: int) -> str:
-    """Colour of the model at position ``index`` of the study (0 = the reference model A: black)."""
-    return MODEL_COLOURS[index % len(MODEL_COLOURS)]
+def line_kw(style: dict, marker: str | None = None) -> dict:
+    """Colour and line style of a model (a ``model_style`` dict), with ``marker`` or the model's own."""
+    return {"color": style["color"], "linestyle": style["linestyle"], "marker": marker or style["marker"]}
 
 
 def read_geometry(path):
@@ -169,14 +244,14 @@ def style_geometry_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_probe(df, name, label_a, label_b, colour_b):
+def plot_probe(df, name, style_a, style_b):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
-    for tag, label, colour, marker in (("a", label_a, model_colour(0), "o"), ("b", label_b, colour_b, "s")):
+    for tag, style in (("a", style_a), ("b", style_b)):
         m, s = df[f"probe_auc_{tag}"], df[f"probe_auc_{tag}_std"]
-        ax.plot(df["layer"], m, marker=marker, color=colour, label=f"{'AB'[tag == 'b']}: {label}")
-        ax.fill_between(df["layer"], m - s, (m + s).clip(upper=1.0), color=colour, alpha=0.15, linewidth=0)
+        ax.plot(df["layer"], m, label=f"{'AB'[tag == 'b']}: {style['label']}", **line_kw(style))
+        ax.fill_between(df["layer"], m - s, (m + s).clip(upper=1.0), color=style["color"], alpha=0.15, linewidth=0)
     ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, label="chance (0.5)")
     ax.set_ylim(0.4, 1.02)
     ax.set_ylabel("forget-vs-retain probe ROC AUC (± fold std)")
@@ -186,12 +261,13 @@ def plot_probe(df, name, label_a, label_b, colour_b):
     return fig
 
 
-def plot_cka(df, name, label_b, colour_b):
+def plot_cka(df, name, style_b):
     import matplotlib.pyplot as plt
 
+    label_b = style_b["label"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     for split in ("forget", "retain"):
-        ax.plot(df["layer"], df[f"cka_{split}"], color=colour_b, label=f"{split} text", **SPLIT_STYLE[split])
+        ax.plot(df["layer"], df[f"cka_{split}"], label=f"{split} text", **line_kw(style_b, SPLIT_MARKER[split]))
     ax.set_ylim(min(0.0, float(df[["cka_forget", "cka_retain"]].min().min())), 1.02)
     ax.set_ylabel("linear CKA(A, B), per-token activations")
     ax.set_title(f"{name}: how alike A and B ({label_b}) represent text")
@@ -200,14 +276,14 @@ def plot_cka(df, name, label_b, colour_b):
     return fig
 
 
-def plot_rank(df, name, label_a, label_b, colour_b):
+def plot_rank(df, name, style_a, style_b):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
-    for tag, label, colour in (("a", label_a, model_colour(0)), ("b", label_b, colour_b)):
+    for tag, style in (("a", style_a), ("b", style_b)):
         for split in ("forget", "retain"):
-            ax.plot(df["layer"], df[f"eff_rank_{split}_{tag}"], color=colour,
-                    label=f"{'AB'[tag == 'b']}: {label}, {split}", **SPLIT_STYLE[split])
+            ax.plot(df["layer"], df[f"eff_rank_{split}_{tag}"], label=f"{'AB'[tag == 'b']}: {style['label']}, {split}",
+                    **line_kw(style, SPLIT_MARKER[split]))
     ax.set_ylabel("effective rank (99% of the centred covariance's energy)")
     ax.set_title(f"{name}: dimensionality of the representations")
     style_geometry_axis(ax)
@@ -215,16 +291,17 @@ def plot_rank(df, name, label_a, label_b, colour_b):
     return fig
 
 
-def plot_selectivity(df, name, label_b, colour_b):
+def plot_selectivity(df, name, style_b):
     import matplotlib.pyplot as plt
 
+    label_b = style_b["label"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     drawn = False
     for comp in ("mlp_in", "qkv"):
         col = f"dW_read_selectivity_{comp}"
         d = df[df[col].notna()]
         if len(d):
-            ax.plot(d["layer"] - 1, d[col], color=colour_b, label=comp, **COMP_STYLE[comp])
+            ax.plot(d["layer"] - 1, d[col], label=comp, **line_kw(style_b, COMP_MARKER[comp]))
             drawn = True
     ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1.1, label="no preference (= 1)")
     if not drawn:
@@ -249,11 +326,11 @@ def make_geometry_plots(csv, outdir, name, label_a, label_b, b_index: int = 1) -
     df = read_geometry(csv)
     out = check_outdir(outdir, "probe_auc.png", owned=("probe_auc.png", "cka.png", "effective_rank.png",
                                                       "dW_read_selectivity.png"))
-    colour_b = model_colour(b_index)
-    figs = {"probe_auc.png": plot_probe(df, name, label_a, label_b, colour_b),
-            "cka.png": plot_cka(df, name, label_b, colour_b),
-            "effective_rank.png": plot_rank(df, name, label_a, label_b, colour_b),
-            "dW_read_selectivity.png": plot_selectivity(df, name, label_b, colour_b)}
+    style_a, style_b = model_style(label_a, 0), model_style(label_b, b_index)
+    figs = {"probe_auc.png": plot_probe(df, name, style_a, style_b),
+            "cka.png": plot_cka(df, name, style_b),
+            "effective_rank.png": plot_rank(df, name, style_a, style_b),
+            "dW_read_selectivity.png": plot_selectivity(df, name, style_b)}
     try:
         write_atomically({out / f: (lambda p, fig=fig: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"))
                           for f, fig in figs.items()})
@@ -275,22 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
+def run(args) -> int:
     if args.model_b_index < 1:
-        p.error("--model-b-index must be 1 or more (0 is the reference model A)")
+        raise UsageError("--model-b-index must be 1 or more (0 is the reference model A)")
     name = args.name or Path(args.csv).resolve().parent.parent.name
-    try:
-        for path in make_geometry_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label, args.model_b_index):
-            print(f"wrote {path}", file=sys.stderr)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no PNG was half-written", file=sys.stderr)
-        return 130
+    for path in make_geometry_plots(args.csv, args.outdir, name, args.model_a_label, args.model_b_label, args.model_b_index):
+        print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: run(args), kept="no PNG was half-written")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ collect_param_stats.py) into --outdir (plots/<pair>/weight_geometry/):
   rel_norm_<name>.png        ‖ΔW‖_F/‖W_a‖_F per layer and component, from per_component.csv
                              (drawn when --param-stats-dir holds it)
 
-Lines are drawn in model B's colour (MODEL_COLOURS[--model-index], the colour the model has in
-every figure of the study); layers and components are told apart by shade, marker and dash.
+Lines are drawn in model B's colour (model_style's colour for --model-index, the colour the model
+has in every figure of the study); layers and components are told apart by shade, marker and dash.
 
 Usage:
     uv run --script plot_weight_geometry.py --geometry-dir outputs/A_vs_B/weight_geometry \
@@ -52,6 +52,11 @@ class UsageError(Exception):
     """Bad input or a failed step: reported as one ``error: ...`` line, exit status 1 (see run_tool)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a Slurm time limit), raised like Ctrl-C so that every ``finally:`` cleans up
+    the same way; run_tool turns it into exit status 143 (Ctrl-C: 130)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or the exception's type name when the
     message is empty (``str(e).splitlines()[0]`` raises IndexError there)."""
@@ -59,6 +64,56 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hint: str = "") -> int:
+    """Run ``work()`` (a tool's body) with the collection's exit behaviour; return the exit status:
+    0 done (or the int ``work`` returns; any other value counts as 0); 1 for a UsageError or one of
+    ``errors``, an OSError, or running out of (device) memory, printed as one ``error: ...`` line
+    (``oom_hint`` appended to the memory one); 130 on Ctrl-C and 143 on SIGTERM, after the
+    ``finally:`` blocks inside ``work`` have removed what was half-written, with one line saying what
+    was ``kept``. SIGTERM raises Terminated (a KeyboardInterrupt) while ``work`` runs; a second
+    SIGTERM during the cleanup is ignored. argparse's SystemExit (status 2) passes through."""
+    import signal
+    import threading
+
+    received = []
+
+    def on_sigterm(signum, frame):
+        if not received:
+            received.append(signum)
+            raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    hint = f"; {oom_hint}" if oom_hint else ""
+    try:
+        status = work()
+    except KeyboardInterrupt:
+        how, status = ("terminated (SIGTERM)", 143) if received else ("interrupted (Ctrl-C)", 130)
+        print(f"{how}: {kept}", file=sys.stderr, flush=True)
+        return status
+    except (UsageError, *errors) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of device memory{hint}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        return 143
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def _umask() -> int:
@@ -136,6 +191,24 @@ def write_atomically(files: dict) -> None:
 # One look per model in every figure of a study: index 0 (the reference/original model) black,
 # the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
 MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+
+
+MODEL_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+
+
+MODEL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def model_style(name: str, index: int) -> dict:
+    """Matplotlib keywords for model number ``index`` of a study (0 = the reference model), so a
+    model keeps its colour, line style, marker and label in every figure: ``color``, ``linestyle``,
+    ``marker``, ``label``. The reference is black and solid; the others take MODEL_COLOURS[index]
+    (cycling past the palette) with a dashed style, so print in grey still tells them apart."""
+    if index < 0:
+        raise ValueError(f"model index {index} is negative")
+    colour = MODEL_COLOURS[0] if index == 0 else MODEL_COLOURS[1 + (index - 1) % (len(MODEL_COLOURS) - 1)]
+    style = MODEL_LINESTYLES[0] if index == 0 else MODEL_LINESTYLES[1 + (index - 1) % (len(MODEL_LINESTYLES) - 1)]
+    return {"color": colour, "linestyle": style, "marker": MODEL_MARKERS[index % len(MODEL_MARKERS)], "label": name}
 
 
 def label_log_axis(axis) -> None:
@@ -296,7 +369,7 @@ def figure_rel_norm(per_component: pd.DataFrame, colour: str, title: str):
     return fig
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Figures of collect_weight_geometry.py's output.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--geometry-dir", required=True, help="folder holding weight_geometry.csv and dW_spectra.safetensors")
@@ -308,52 +381,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-b-label", default="model B", help="name of model B in the titles")
     p.add_argument("--model-index", type=int, default=1,
                    help="position of model B in the study (0 = reference): its colour in every figure")
-    return p.parse_args(argv)
+    return p
+
+
+def run(args) -> int:
+    if args.model_index < 0:
+        raise UsageError("--model-index must be at least 0")
+    gdir, outdir = Path(args.geometry_dir), Path(args.outdir)
+    table = read_table(gdir / "weight_geometry.csv", GEOMETRY_REQUIRED, "collect_weight_geometry.py")
+    spectra = read_spectra(gdir / "dW_spectra.safetensors")
+    per_component = None
+    if args.param_stats_dir and (Path(args.param_stats_dir) / "per_component.csv").is_file():
+        per_component = read_table(Path(args.param_stats_dir) / "per_component.csv",
+                                ["layer", "component", "rel_dW_fro"], "collect_param_stats.py")
+    names = {key: outdir / f"{key}_{args.name}.png" for key in
+             ("dW_spectra", "eff_rank", "intruders", "colspace", "rel_norm")}
+    check_outdir(outdir, "eff_rank_*.png", owned=tuple(p.name for p in names.values()))
+    colour = model_style(args.model_b_label, args.model_index)["color"]
+    pair = f"{args.model_a_label} → {args.model_b_label}"
+    fig, drawn = figure_spectra(table, spectra, colour, f"ΔW singular values, normalised\n{pair}")
+    save_png(fig, names["dW_spectra"])
+    if not drawn:
+        print(f"warning: no matrix changed between {pair}; {names['dW_spectra'].name} shows no data", file=sys.stderr)
+    save_png(figure_heatmap(table, table["dW_eff_rank_99"], "mean", "dW_eff_rank_99 (99% of ‖ΔW‖_F²)",
+                            f"Effective rank of the change\n{pair}", "viridis", vmin=0), names["eff_rank"])
+    save_png(figure_heatmap(table, table["intruders"], "sum", "intruder dimensions",
+                            f"Intruder dimensions (top-{int(table['intruder_k'].max()) if 'intruder_k' in table else ''} "
+                            f"of W_B vs all of W_A)\n{pair}", "Reds", vmin=0), names["intruders"])
+    ratio = table["dW_in_colspace_k"] / table["dW_in_colspace_k_random"]
+    save_png(figure_heatmap(table, ratio, "mean", "share in W_A's top-k column space ÷ random k/rows",
+                            f"Does the change sit in W_A's top directions? (1 = like a random matrix)\n{pair}",
+                            "RdBu_r", centre=1.0), names["colspace"])
+    written = [names[k] for k in ("dW_spectra", "eff_rank", "intruders", "colspace")]
+    if per_component is not None:
+        save_png(figure_rel_norm(per_component, colour, f"Relative change per component\n{pair}"),
+                 names["rel_norm"])
+        written.append(names["rel_norm"])
+    print(f"wrote {len(written)} figures into {outdir}")
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.model_index < 0:
-            raise UsageError("--model-index must be at least 0")
-        gdir, outdir = Path(args.geometry_dir), Path(args.outdir)
-        table = read_table(gdir / "weight_geometry.csv", GEOMETRY_REQUIRED, "collect_weight_geometry.py")
-        spectra = read_spectra(gdir / "dW_spectra.safetensors")
-        per_component = None
-        if args.param_stats_dir and (Path(args.param_stats_dir) / "per_component.csv").is_file():
-            per_component = read_table(Path(args.param_stats_dir) / "per_component.csv",
-                                       ["layer", "component", "rel_dW_fro"], "collect_param_stats.py")
-        names = {key: outdir / f"{key}_{args.name}.png" for key in
-                 ("dW_spectra", "eff_rank", "intruders", "colspace", "rel_norm")}
-        check_outdir(outdir, "eff_rank_*.png", owned=tuple(p.name for p in names.values()))
-        colour = MODEL_COLOURS[args.model_index % len(MODEL_COLOURS)]
-        pair = f"{args.model_a_label} → {args.model_b_label}"
-        fig, drawn = figure_spectra(table, spectra, colour, f"ΔW singular values, normalised\n{pair}")
-        save_png(fig, names["dW_spectra"])
-        if not drawn:
-            print(f"warning: no matrix changed between {pair}; {names['dW_spectra'].name} shows no data", file=sys.stderr)
-        save_png(figure_heatmap(table, table["dW_eff_rank_99"], "mean", "dW_eff_rank_99 (99% of ‖ΔW‖_F²)",
-                                   f"Effective rank of the change\n{pair}", "viridis", vmin=0), names["eff_rank"])
-        save_png(figure_heatmap(table, table["intruders"], "sum", "intruder dimensions",
-                                   f"Intruder dimensions (top-{int(table['intruder_k'].max()) if 'intruder_k' in table else ''} "
-                                   f"of W_B vs all of W_A)\n{pair}", "Reds", vmin=0), names["intruders"])
-        ratio = table["dW_in_colspace_k"] / table["dW_in_colspace_k_random"]
-        save_png(figure_heatmap(table, ratio, "mean", "share in W_A's top-k column space ÷ random k/rows",
-                                   f"Does the change sit in W_A's top directions? (1 = like a random matrix)\n{pair}",
-                                   "RdBu_r", centre=1.0), names["colspace"])
-        written = [names[k] for k in ("dW_spectra", "eff_rank", "intruders", "colspace")]
-        if per_component is not None:
-            save_png(figure_rel_norm(per_component, colour, f"Relative change per component\n{pair}"),
-                        names["rel_norm"])
-            written.append(names["rel_norm"])
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"wrote {len(written)} figures into {outdir}")
-    return 0
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: run(args), kept="no PNG was half-written")
 
 
 if __name__ == "__main__":

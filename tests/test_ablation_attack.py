@@ -287,7 +287,7 @@ def test_quantize_sets_rtn_weights_and_restores(files, tiny_tokenizer, tmp_path)
         save_model(make_tiny_model(arch, seed=4, layers=2), tmp_path / arch, tiny_tokenizer)
         model = AutoModelForCausalLM.from_pretrained(tmp_path / arch, dtype=torch.float32).eval()
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        info = {"spec": arch, "index": aa.weight_index(tmp_path / arch)}
+        info = {"spec": arch, "index": aa.ablation_weight_index(tmp_path / arch)}
         seen = {}
 
         def measure(m, tok):
@@ -436,4 +436,8 @@ def test_plot_reads_the_results_and_draws(run_a, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     series = pa.read_results(run_a["out"])
     assert series["models"][0] == "ref" and series["models"][1:] == ["planted"]
+    fig = pa.draw(series)            # the attacked model has its study look: model 1 (reference = 0)
+    drawn = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "planted"]
+    assert drawn and all(ln.get_color() == pa.model_style("planted", 1)["color"] == "#0072B2" for ln in drawn)
+    assert all(ln.get_linestyle() == "--" for ln in drawn)
     assert pa.main(["--indir", str(tmp_path / "nothing"), "--outdir", str(tmp_path / "p2")]) == 1

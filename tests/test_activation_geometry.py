@@ -355,15 +355,15 @@ def test_wrappers_pass_only_what_is_set(tmp_path):
     env = {"MODEL_A": "m/a", "COMPARE_WITH": "x/b1 x/b2", "OUTPUTS_DIR": "/o", "PLOTS_DIR": "/p"}
     calls = wrapper_calls("run_activation_geometry.sh", tmp_path, **env)
     assert calls == [["collect_activation_geometry.py", "--model-a", "m/a", "--model-b", f"x/{b}",
-                      "--outdir", f"/o/a_vs_{b}/activation_geometry"] for b in ("b1", "b2")]
+                      "--outdir", f"/o/m_a_vs_x_{b}/activation_geometry"] for b in ("b1", "b2")]
     calls = wrapper_calls("run_activation_geometry.sh", tmp_path, **env, MAX_SAMPLES="50", GEOMETRY_MAX_SAMPLES="64",
                           GEOMETRY_MAX_TOKENS="2048", GEOMETRY_TOP_K="8", GEOMETRY_SAVE_FEATURES="1", DEVICE="cpu")
     assert calls[0][7:] == ["--device", "cpu", "--max-samples", "64", "--max-tokens", "2048", "--top-k", "8",
                             "--save-features"]
     calls = wrapper_calls("plot_activation_geometry.sh", tmp_path, **env)
     assert [c[c.index("--model-b-index") + 1] for c in calls] == ["1", "2"]  # the study's colour order
-    assert calls[1][:5] == ["plot_activation_geometry.py", "--csv", "/o/a_vs_b2/activation_geometry/activation_geometry.csv",
-                            "--outdir", "/p/a_vs_b2/activation_geometry"]
+    assert calls[1][:5] == ["plot_activation_geometry.py", "--csv", "/o/m_a_vs_x_b2/activation_geometry/activation_geometry.csv",
+                            "--outdir", "/p/m_a_vs_x_b2/activation_geometry"]
 
 
 def test_plots_from_the_csv(results, tmp_path, capsys):

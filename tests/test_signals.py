@@ -84,11 +84,17 @@ def cases(d: Path, out: Path) -> dict[str, tuple[str, int, list[str]]]:
             "--max-length", "32"]),
         "create_datasets.py": ("build_sets", 1, ["--source", "synthetic", "--n-forget", "20", "--n-retain", "20",
                                                  "--outdir", str(out)]),
+        "collect_activation_geometry.py": ("forward_pass", 2, [
+            "--model-a", a, "--model-b", b, "--forget-text", str(d / "forget.txt"), "--retain-text",
+            str(d / "retain.txt"), "--outdir", str(out), "--device", "cpu", "--dtype", "fp32", "--max-length", "32"]),
+        "collect_weight_geometry.py": ("matrix_geometry", 2, ["--model-a", a, "--model-b", b, "--outdir", str(out),
+                                                              "--device", "cpu"]),
     }
 
 
 @pytest.mark.parametrize("tool", ["collect_param_stats.py", "collect_activation_norms.py", "evaluate_unlearning.py",
-                                  "tamper_attack.py", "unlearn.py", "create_datasets.py"])
+                                  "tamper_attack.py", "unlearn.py", "create_datasets.py",
+                                  "collect_activation_geometry.py", "collect_weight_geometry.py"])
 def test_sigint_130_sigterm_143_nothing_half_written_inputs_untouched(inputs, tmp_path, tool):
     out = tmp_path / "out"
     (tmp_path / "cache").mkdir()

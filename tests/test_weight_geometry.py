@@ -357,8 +357,11 @@ def _umask():
 def _one_error_line(capsys, argv):
     code = cwg.main(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    # progress lines of the stages that ran may come first; then exactly one error line, last, no traceback
+    errors = [line for line in err if line.startswith("error")]
+    assert code == 1 and len(errors) == 1 and err[-1] == errors[0] and errors[0].startswith("error: "), err
+    assert not any("Traceback" in line for line in err), err
+    return errors[0]
 
 
 def test_bad_input_is_one_error_line(model_pairs, tmp_path, capsys):
