@@ -488,10 +488,12 @@ def best_training_free(rows: list[dict]) -> tuple[float, str] | None:
 
 def attack_label(r: dict) -> str:
     """An ablation row's attack and its setting: ``direction layer 2``, ``quantize bits 4``."""
+    setting = str(r.get("setting", "") or "").strip()
+    if setting:   # ablation_attack.py's own label of the setting: layer=4, r=8, bits=4
+        return f"{r.get('attack', '')} {setting.replace('=', ' ')}".strip()
     skip = {"model", "attack", "forget_nll", "retain_nll", "mcq_forget_acc", "mcq_retain_acc", "recovered",
-            "reference"}
-    extra = [str(v) if k == "setting" else f"{k} {v}" for k, v in r.items()
-             if k not in skip and str(v).strip() != ""]
+            "reference", "role", "value", "selected", "direction_forget_nll", "direction_retain_nll"}
+    extra = [f"{k} {v}" for k, v in r.items() if k not in skip and str(v).strip() != ""]
     return " ".join([str(r.get("attack", ""))] + extra[:2]).strip()
 
 
