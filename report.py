@@ -1422,7 +1422,7 @@ def build_page(study: Study, title: str) -> str:
     body.append(section_notes(study))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{E(title)}</title><style>{CSS}</style></head><body>"
+            f"{GENERATOR}<title>{E(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + f"<script>{SORT_JS}</script></body></html>\n")
 
 
@@ -1452,10 +1452,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+GENERATOR = '<meta name="generator" content="model-diffs report.py">'
+
+
 def run(args) -> Study:
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a .html path")
+    if out.exists():   # replace an earlier report, never another file
+        with open(out, "rb") as f:
+            if GENERATOR.encode() not in f.read(4096):
+                raise UsageError(f"--out {out} exists and is not a report written by report.py; "
+                                 "move it away or give another path")
     for flag, d in (("--outputs", args.outputs), ("--plots", args.plots)):
         if Path(d).exists() and not Path(d).is_dir():
             raise UsageError(f"{flag} {d} is not a folder")

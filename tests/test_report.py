@@ -503,3 +503,18 @@ if __name__ == "__main__":   # python tests/test_report.py PAGE SCREENSHOT: the 
     import sys
     shutil.os.makedirs(Path(sys.argv[2]).parent, exist_ok=True)
     print(open_in_chromium(Path(sys.argv[1]), Path(sys.argv[2])))
+
+
+def test_out_never_replaces_a_file_that_is_not_a_report(tmp_path, capsys):
+    import report
+
+    other = tmp_path / "notes.html"
+    other.write_text("my own notes\n")
+    assert report.main(["--outputs", str(tmp_path / "none"), "--plots", str(tmp_path / "none"),
+                        "--out", str(other)]) == 1
+    assert "is not a report written by report.py" in capsys.readouterr().err
+    assert other.read_text() == "my own notes\n"
+    page = tmp_path / "index.html"
+    for _ in range(2):   # an earlier report is replaced
+        assert report.main(["--outputs", str(tmp_path / "none"), "--plots", str(tmp_path / "none"),
+                            "--out", str(page)]) == 0
