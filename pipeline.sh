@@ -55,8 +55,11 @@ if [ "$DEMO" = 1 ]; then
   export ABLATION_BITS="${ABLATION_BITS:-4}" DIRECTION_SAMPLES="${DIRECTION_SAMPLES:-64}"
 fi
 # the attack and the third-round steps on the demo's tiny models: one thread is faster and steadier
+# (and two lanes of steps share the CPU's cores)
 one_thread=(env)
 [ "$DEMO" = 1 ] && one_thread=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}")
+lanes="${PIPELINE_JOBS:-$([ "$DEMO" = 1 ] && echo 2 || echo 1)}"
+[[ "$lanes" =~ ^[12]$ ]] || { echo "pipeline: PIPELINE_JOBS='$lanes' must be 1 or 2" >&2; exit 1; }
 source ./study.sh
 source ./common/skip.sh
 LOG_DIR="${LOG_DIR:-$OUTPUTS_DIR/logs}"
@@ -161,27 +164,60 @@ unless_done step "weight-diff stats" $(markers param_stats/per_component.csv) --
 step "weight-diff plots" ./plot_param_stats.sh
 unless_done step "datasets" "$DATA_DIR/PROVENANCE.md" -- ./run_datasets.sh
 step "sanity checks" ./run_checks.sh
-unless_done step "activation stats" $(markers activation_stats/activation_stats.csv) -- ./run_activations.sh
-step "activation plots" ./plot_activation_norms.sh
-# evidence of forgetting: the study's models side by side on the untouched test splits
-unless_done step "evaluation" "$OUTPUTS_DIR/eval/summary.csv" -- ./run_eval.sh
-step "evaluation plot" ./plot_unlearning_eval.sh
-# the same fine-tuning attack on every model, reference first
-unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- "${one_thread[@]}" ./run_tamper.sh
-step "tamper plot" ./plot_tamper.sh
-# why it comes back: where in weight space the change lives, how the representations changed
-unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
-step "weight geometry plots" ./plot_weight_geometry.sh
-unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- "${one_thread[@]}" ./run_activation_geometry.sh
-step "activation geometry plots" ./plot_activation_geometry.sh
-# what each layer still knows (tuned lenses already trained for a model are reused)
-step "layer-wise lens" "${one_thread[@]}" ./run_lens.sh
-step "layer-wise lens plot" ./plot_lens.sh
-# training-free attacks: MODEL_A is the reference, the compared models are attacked (the demo: on
-# the test lines its twins were built around, as the tamper attack)
-unless_done step "training-free attacks" "$OUTPUTS_DIR/ablation/ablation_report.yaml" -- \
-  "${one_thread[@]}" DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
-step "training-free attacks plot" ./plot_ablation.sh
+# Two lanes of steps that do not read each other's results. PIPELINE_JOBS=2 (the default with
+# --demo, whose steps each use one CPU thread) runs them side by side; otherwise one after the
+# other (a real study's steps each fill the GPU). A failed step fails the pipeline once the other
+# lane is done; the report needs both.
+models_lane() {  # what the models do: activations, evaluation, the fine-tuning attack
+  unless_done step "activation stats" $(markers activation_stats/activation_stats.csv) -- ./run_activations.sh
+  step "activation plots" ./plot_activation_norms.sh
+  # evidence of forgetting: the study's models side by side on the untouched test splits
+  unless_done step "evaluation" "$OUTPUTS_DIR/eval/summary.csv" -- ./run_eval.sh
+  step "evaluation plot" ./plot_unlearning_eval.sh
+  # the same fine-tuning attack on every model, reference first
+  unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- "${one_thread[@]}" ./run_tamper.sh
+  step "tamper plot" ./plot_tamper.sh
+}
+why_lane() {  # why it comes back: weights, representations, each layer, training-free attacks
+  unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
+  step "weight geometry plots" ./plot_weight_geometry.sh
+  unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- "${one_thread[@]}" ./run_activation_geometry.sh
+  step "activation geometry plots" ./plot_activation_geometry.sh
+  # what each layer still knows (tuned lenses already trained for a model are reused)
+  step "layer-wise lens" "${one_thread[@]}" ./run_lens.sh
+  step "layer-wise lens plot" ./plot_lens.sh
+  # training-free attacks: MODEL_A is the reference, the compared models are attacked (the demo: on
+  # the test lines its twins were built around, as the tamper attack)
+  unless_done step "training-free attacks" "$OUTPUTS_DIR/ablation/ablation_report.yaml" -- \
+    "${one_thread[@]}" DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
+  step "training-free attacks plot" ./plot_ablation.sh
+}
+if [ "$lanes" -ge 2 ]; then
+  # the second lane runs in a process group of its own (set -m): a Ctrl-C or SIGTERM that stops
+  # this script is passed on to it (stop_lane), and its tools stop as they would in the foreground
+  stop_lane() {  # stop_lane SIGNAL: stop the second lane if it still runs, and wait for it
+    [ -n "${why_pid:-}" ] || return 0
+    kill -s "$1" -- "-$why_pid" 2>/dev/null || true
+    wait "$why_pid" 2>/dev/null || true
+  }
+  trap 'trap - INT; stop_lane INT; echo "interrupted (Ctrl-C): ${0##*/} stopped" >&2; exit 130' INT
+  trap 'trap - TERM; stop_lane TERM; echo "terminated (SIGTERM): ${0##*/} stopped" >&2; exit 143' TERM
+  trap 'stop_lane TERM' EXIT
+  set -m
+  (on_signals; step_no=$((step_no + 6)); why_lane) &
+  why_pid=$!
+  set +m
+  models_lane
+  step_no=$((step_no + 8))
+  why_status=0
+  wait "$why_pid" || why_status=$?
+  why_pid=
+  stop_on_signal_status "$why_status"
+  [ "$why_status" = 0 ] || exit 1
+else
+  models_lane
+  why_lane
+fi
 step "report" ./run_report.sh
 
 echo "==> done. Files produced:"

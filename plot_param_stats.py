@@ -75,6 +75,8 @@ def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hi
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    if not sys.stderr.isatty():
+        quiet_library_bars()
     hint = f"; {oom_hint}" if oom_hint else ""
     try:
         status = work()
@@ -103,6 +105,22 @@ def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hi
     if received:
         return 143
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def quiet_library_bars() -> None:
+    """A log is not a terminal: switch off the progress bars that transformers ("Loading weights"),
+    datasets ("Generating ... split") and huggingface_hub draw with carriage returns; the tools' own
+    stages print lines instead (``progress``). Set before those libraries are imported, the
+    environment variables do it; for the ones already imported, their switches."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for module, switch in (("transformers.utils.logging", "disable_progress_bar"),
+                           ("datasets.utils.logging", "disable_progress_bar"),
+                           ("huggingface_hub.utils", "disable_progress_bars")):
+        if module in sys.modules and hasattr(sys.modules[module], switch):
+            getattr(sys.modules[module], switch)()
 
 
 def _umask() -> int:

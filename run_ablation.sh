@@ -15,16 +15,13 @@ cd "$(dirname "$0")"
 user_data_dir="${DATA_DIR:-}"  # set by the user, not by study.sh
 source ./study.sh
 
-extra=()
-flag() {  # flag VAR --option: pass "--option $VAR" only when VAR is set
-  if [[ -n "${!1:-}" ]]; then extra+=("$2" "${!1}"); fi
-}
+ARGS=()
 if [[ -n "$user_data_dir" ]]; then
-  extra+=(--forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt"
+  ARGS+=(--forget-test "$DATA_DIR/forget_test.txt" --retain-test "$DATA_DIR/retain_test.txt"
           --direction-data-forget "$DATA_DIR/forget.txt" --direction-data-retain "$DATA_DIR/retain.txt")
   for set in forget retain; do  # an MCQ set that is not there is skipped, not guessed
-    if [[ -f "$DATA_DIR/${set}_mcq.jsonl" ]]; then extra+=("--mcq-$set" "$DATA_DIR/${set}_mcq.jsonl")
-    else extra+=("--mcq-$set" ""); fi
+    if [[ -f "$DATA_DIR/${set}_mcq.jsonl" ]]; then ARGS+=("--mcq-$set" "$DATA_DIR/${set}_mcq.jsonl")
+    else ARGS+=("--mcq-$set" ""); fi
   done
 fi
 flag FORGET_TEST --forget-test
@@ -51,4 +48,4 @@ models=()
 for MODEL_B in $COMPARE_WITH; do models+=(--model "$MODEL_B"); done
 echo "== ablation attacks: reference $MODEL_A -> $OUTPUTS_DIR/ablation"
 $UV_RUN ablation_attack.py --reference "$MODEL_A" "${models[@]}" --outdir "$OUTPUTS_DIR/ablation" \
-  ${extra[@]+"${extra[@]}"}
+  ${ARGS[@]+"${ARGS[@]}"}

@@ -96,6 +96,8 @@ def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hi
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    if not sys.stderr.isatty():
+        quiet_library_bars()
     hint = f"; {oom_hint}" if oom_hint else ""
     try:
         status = work()
@@ -124,6 +126,22 @@ def run_tool(work, kept: str = "nothing was written", errors: tuple = (), oom_hi
     if received:
         return 143
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def quiet_library_bars() -> None:
+    """A log is not a terminal: switch off the progress bars that transformers ("Loading weights"),
+    datasets ("Generating ... split") and huggingface_hub draw with carriage returns; the tools' own
+    stages print lines instead (``progress``). Set before those libraries are imported, the
+    environment variables do it; for the ones already imported, their switches."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for module, switch in (("transformers.utils.logging", "disable_progress_bar"),
+                           ("datasets.utils.logging", "disable_progress_bar"),
+                           ("huggingface_hub.utils", "disable_progress_bars")):
+        if module in sys.modules and hasattr(sys.modules[module], switch):
+            getattr(sys.modules[module], switch)()
 
 
 def read_numbered_lines(path) -> list[tuple[int, str]]:
@@ -185,6 +203,87 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
+
+
+class LineProgress:
+    """What ``progress`` gives when stderr is not a terminal (CI, nohup, Slurm): a line when the
+    stage starts, one at most every ``every`` seconds while it runs, one when it ends; the parts of
+    tqdm's interface the tools use (iteration, ``update``, ``set_postfix``, ``write``, ``close``,
+    ``with``)."""
+
+    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "it", every: float = 60.0,
+                 disable: bool = False, **_ignored):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every, self.disable = iterable, desc or "progress", unit, every, disable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix, self.closed = total, 0, "", False
+        self.start = self.last = time.monotonic()
+        of = f" of {total} {unit}" if total is not None else ""
+        self._say(f"{self.desc}: started{of}")
+
+    def _say(self, text: str) -> None:
+        if not self.disable:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, state: str = "") -> str:
+        import time
+
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {state}{done} {self.unit} in {time.monotonic() - self.start:.0f} s{post}"
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._say(self._status())
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(self._status("done, "))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwargs):
+    """A progress display for a stage: a tqdm bar when stderr is a terminal, else a LineProgress
+    (one line per stage and a periodic line, so logs stay readable). Use it like tqdm: iterate over
+    it, or ``update()`` a ``total``; keyword arguments go to tqdm (``leave``, ``disable``, ...)."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 # --- end shared helpers ---
 
 
@@ -395,7 +494,6 @@ def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per
     same order and differ only by the forget lines: data filtering in its purest form.
     fp32 on the CPU: bit-reproducible."""
     import torch
-    from tqdm.auto import tqdm
 
     steps = train["steps"]
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -404,7 +502,7 @@ def pretrain(model, forget: list[list[int]], retain: list[list[int]], forget_per
                              {"params": no_decay, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, 0.95))
     plan = batch_plan(len(forget), len(retain), forget_per_batch, train["batch_size"], steps, seed)
     model.train()
-    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=2.0, position=position)
+    bar = progress(range(steps), desc=desc, unit="step", mininterval=2.0, position=position)
     for step in bar:
         fi, ri = plan[step]
         ids, mask, labels = pad([forget[i] for i in fi] + [retain[i] for i in ri], pad_id)

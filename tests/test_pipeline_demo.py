@@ -138,3 +138,13 @@ def test_evaluation_outputs_and_figure(demo_run):
     acc = rows.set_index("model")["mcq_forget_acc"]
     # the unfiltered model knows the invented domain; its data-filtered twin never saw it
     assert acc["demo-unfiltered"] > 0.45 and acc["demo-e2e-strong-filter"] < 0.35
+
+
+def test_step_logs_have_no_progress_bars(demo_run):
+    """A log is not a terminal: one line per stage, no carriage-return bars (the tools' own, or
+    transformers' "Loading weights" and datasets' "Generating split")."""
+    repo, _ = demo_run
+    logs = sorted((repo / "outputs" / "logs").glob("*.log"))
+    assert len(logs) == 20
+    for log in logs:
+        assert "\r" not in log.read_text(errors="replace"), log.name

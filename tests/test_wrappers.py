@@ -5,6 +5,7 @@ Run with a fake UV_RUN that prints its arguments (or sleeps, for the signals).""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -150,3 +151,74 @@ def test_a_signal_stops_the_pipeline_with_the_tools_code(tmp_path, sig, code):
         assert p.wait(timeout=60) == code
     text = log.read_text()
     assert "build demo models" in text and "weight-diff stats" not in text, text
+
+
+LANE_TOOL = """#!/usr/bin/env python3
+import os, pathlib, signal, sys, time
+tool = os.path.basename(sys.argv[1]) if len(sys.argv) > 1 else ""
+if tool not in ("evaluate_unlearning.py", "collect_weight_geometry.py"):
+    sys.exit(0)                                       # every other tool "succeeds" at once
+marks = pathlib.Path(os.environ["MARKS"])
+def stop(name, code):
+    (marks / f"{tool}.{name}").write_text("")
+    sys.exit(code)
+signal.signal(signal.SIGTERM, lambda *a: stop("TERM", 143))
+print("started", tool, flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    stop("INT", 130)
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_both_lanes_of_the_demo_pipeline(tmp_path, sig, code):
+    """--demo runs its two lanes of steps side by side (the models' evaluation and attack; the
+    geometry, lens and training-free attacks). A signal to the pipeline's process group reaches the
+    running tool of each lane (the second lane has a process group of its own, so the pipeline
+    passes the signal on): both stop with the tools' code, and no later step starts."""
+    tool, marks = tmp_path / "fake_uv_run", tmp_path / "marks"
+    tool.write_text(LANE_TOOL)
+    tool.chmod(0o755)
+    marks.mkdir()
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen(["bash", str(ROOT / "pipeline.sh"), "--demo"], stdout=out, stderr=subprocess.STDOUT,
+                             env=clean_env(UV_RUN=str(tool), OUTPUTS_DIR=str(tmp_path / "o"), MARKS=str(marks),
+                                           PLOTS_DIR=str(tmp_path / "p"), HF_HUB_OFFLINE="1", FORCE="1"),
+                             cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while log.read_text().count("started") < 2 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        assert log.read_text().count("started") == 2, log.read_text()
+        os.killpg(p.pid, sig)
+        assert p.wait(timeout=60) == code, log.read_text()
+    name = sig.name.removeprefix("SIG")
+    assert sorted(f.name for f in marks.iterdir()) == [f"collect_weight_geometry.py.{name}",
+                                                       f"evaluate_unlearning.py.{name}"]
+    text = log.read_text()
+    for later in ("evaluation plot", "weight geometry plots", "report"):
+        assert f"] {later}  (log" not in text, text
+
+
+def test_one_lane_runs_the_steps_in_the_documented_order(tmp_path):
+    """PIPELINE_JOBS=1: the steps one after the other, numbered as in the lanes."""
+    p = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "--demo"], capture_output=True, text=True, cwd=ROOT,
+                       env=clean_env(UV_RUN="true", OUTPUTS_DIR=str(tmp_path / "o"), PLOTS_DIR=str(tmp_path / "p"),
+                                     HF_HUB_OFFLINE="1", FORCE="1", PIPELINE_JOBS="1"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    steps = [line.split("]")[0].removeprefix("==> [") for line in p.stdout.splitlines() if line.startswith("==> [")]
+    assert steps == [str(k) for k in range(1, 21)]
+    q = subprocess.run(["bash", str(ROOT / "pipeline.sh"), "--demo"], capture_output=True, text=True, cwd=ROOT,
+                       env=clean_env(UV_RUN="true", OUTPUTS_DIR=str(tmp_path / "o"), PLOTS_DIR=str(tmp_path / "p"),
+                                     HF_HUB_OFFLINE="1", FORCE="1"))
+    assert q.returncode == 0, q.stdout + q.stderr
+    lanes = [line for line in q.stdout.splitlines() if line.startswith("==> [")]
+    assert sorted(lanes) == sorted(line for line in p.stdout.splitlines() if line.startswith("==> ["))
+
+
+def test_no_wrapper_defines_its_own_flag_idiom():
+    """One idiom turns a variable into a flag in every wrapper: common/env.sh's flag/switch."""
+    for script in ROOT.glob("*.sh"):
+        text = script.read_text()
+        assert not re.search(r"^\s*(flag|switch)\s*\(\)", text, re.M), script.name
