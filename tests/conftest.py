@@ -13,6 +13,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests start the tools as subprocesses hundreds of times; with PYTHONDONTWRITEBYTECODE set
+# (some containers set it) every one of them would compile torch, transformers and lm-eval from
+# source again (10 s a start on a 2-core box). The compiled files go to the test environment's
+# own caches.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

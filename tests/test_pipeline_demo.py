@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # deselect with -m "not slow"
@@ -148,3 +149,51 @@ def test_step_logs_have_no_progress_bars(demo_run):
     assert len(logs) == 20
     for log in logs:
         assert "\r" not in log.read_text(errors="replace"), log.name
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_demo_build_follows_the_recipe_and_a_rerun_is_cached(demo_run):
+    """The family the pipeline built: the unfiltered twin has read the invented domain, the filtered
+    one never has; cb-lat was made the real way (LoRA on query_key_value of layers 0-4, merged):
+    exactly those matrices changed, each by an update of rank <= r (an independent float64 SVD).
+    A second build finds every step cached, starts no tool and leaves the models byte-identical."""
+    repo, _ = demo_run
+    out = repo / "demo" / "models"
+    report = json.loads((out / "demo_report.json").read_text())
+    names = ["demo-unfiltered", "demo-e2e-strong-filter", "demo-unfiltered-cb-lat"]
+    assert list(report["models"]) == names
+    for name in names:
+        assert len(list((out / name).glob("model-*-of-*.safetensors"))) >= 2
+        assert (out / name / "tokenizer.json").is_file() and (out / name / "build_info.json").is_file()
+    u, f, c = (report["models"][n] for n in names)
+    assert f["forget_nll"] - u["forget_nll"] > 1.0
+    assert abs(f["retain_nll"] - u["retain_nll"]) < 0.5 * u["retain_nll"]
+    assert c["forget_nll"] - u["forget_nll"] > 0.5 and abs(c["retain_nll"] - u["retain_nll"]) < 0.1
+    cb = report["cb_lat"]
+    assert (cb["lora_target_modules"], cb["lora_layers"], u["parameters"]) == ("query_key_value", "0-4", f["parameters"])
+
+    base, cblat = _weights(out / names[0]), _weights(out / names[2])
+    changed = {k for k in base if not torch.equal(base[k], cblat[k])}
+    assert changed == {f"gpt_neox.layers.{i}.attention.query_key_value.weight" for i in range(5)}
+    assert set(report["cb_lat_weight_diff"]) == changed
+    for k in changed:
+        s = torch.linalg.svdvals(cblat[k].double() - base[k].double())
+        assert int((s > 1e-3 * s[0]).sum()) <= cb["lora_r"], k  # numerical rank of ΔW (fp32 rounding: 1e-3)
+        assert report["cb_lat_weight_diff"][k] == pytest.approx(float((s ** 2).sum() / s[0] ** 2), abs=1e-3)
+
+    before = {p: p.read_bytes() for p in out.rglob("*.safetensors")}
+    again = subprocess.run(["uv", "run", "--quiet", "--script", "demo/build_demo.py", "--outdir", "demo/models"],
+                           cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count(": cached") == 4, again.stdout
+    assert "$ " not in again.stdout  # no tool was started the second time
+    assert {p: p.read_bytes() for p in out.rglob("*.safetensors")} == before
+    assert json.loads((out / "demo_report.json").read_text())["models"] == report["models"]
