@@ -54,10 +54,9 @@ if [ "$DEMO" = 1 ]; then
   export ABLATION_LAYERS="${ABLATION_LAYERS:-2,4,6}" ABLATION_RANKS="${ABLATION_RANKS:-1,8}"
   export ABLATION_BITS="${ABLATION_BITS:-4}" DIRECTION_SAMPLES="${DIRECTION_SAMPLES:-64}"
 fi
-# the attack and the third-round steps on the demo's tiny models: one thread is faster and steadier
-# (and two lanes of steps share the CPU's cores)
-one_thread=(env)
-[ "$DEMO" = 1 ] && one_thread=(env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}")
+# the demo's tiny models: one thread per tool is faster and steadier, and the two lanes of steps
+# (below) fill two cores without oversubscribing them
+[ "$DEMO" = 1 ] && export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 lanes="${PIPELINE_JOBS:-$([ "$DEMO" = 1 ] && echo 2 || echo 1)}"
 [[ "$lanes" =~ ^[12]$ ]] || { echo "pipeline: PIPELINE_JOBS='$lanes' must be 1 or 2" >&2; exit 1; }
 source ./study.sh
@@ -175,21 +174,21 @@ models_lane() {  # what the models do: activations, evaluation, the fine-tuning 
   unless_done step "evaluation" "$OUTPUTS_DIR/eval/summary.csv" -- ./run_eval.sh
   step "evaluation plot" ./plot_unlearning_eval.sh
   # the same fine-tuning attack on every model, reference first
-  unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- "${one_thread[@]}" ./run_tamper.sh
+  unless_done step "tamper attack" "$OUTPUTS_DIR/tamper/attack_report.yaml" -- ./run_tamper.sh
   step "tamper plot" ./plot_tamper.sh
 }
 why_lane() {  # why it comes back: weights, representations, each layer, training-free attacks
   unless_done step "weight geometry" $(markers weight_geometry/geometry_report.yaml) -- ./run_weight_geometry.sh
   step "weight geometry plots" ./plot_weight_geometry.sh
-  unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- "${one_thread[@]}" ./run_activation_geometry.sh
+  unless_done step "activation geometry" $(markers activation_geometry/geometry_report.yaml) -- ./run_activation_geometry.sh
   step "activation geometry plots" ./plot_activation_geometry.sh
   # what each layer still knows (tuned lenses already trained for a model are reused)
-  step "layer-wise lens" "${one_thread[@]}" ./run_lens.sh
+  step "layer-wise lens" ./run_lens.sh
   step "layer-wise lens plot" ./plot_lens.sh
   # training-free attacks: MODEL_A is the reference, the compared models are attacked (the demo: on
   # the test lines its twins were built around, as the tamper attack)
   unless_done step "training-free attacks" "$OUTPUTS_DIR/ablation/ablation_report.yaml" -- \
-    "${one_thread[@]}" DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
+    env DATA_DIR="${TAMPER_DATA_DIR:-$DATA_DIR}" ./run_ablation.sh
   step "training-free attacks plot" ./plot_ablation.sh
 }
 if [ "$lanes" -ge 2 ]; then

@@ -48,7 +48,7 @@ def demo_run(tmp_path_factory):
         pytest.skip("uv is needed to run the pipeline")
     repo = clean_copy(tmp_path_factory.mktemp("clone"))
     proc = subprocess.run(["bash", "pipeline.sh", "--demo"], cwd=repo, env=pipeline_env(),
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + "\n" + proc.stderr[-4000:]
     return repo, proc
 
