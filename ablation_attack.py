@@ -537,6 +537,19 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
         kwargs.setdefault("dynamic_ncols", True)
         return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
     return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
+
+
+def mean_of_lines(values) -> float:
+    """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
+    values = [float(v) for v in values]
+    return math.fsum(values) / len(values)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence lm-eval's and datasets' chatter (progress bars and info lines) on stdout/stderr."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
 # --- end shared helpers ---
 
 ABLATION_ATTACKS = ("direction", "delta_rank", "quantize")
@@ -563,21 +576,6 @@ def token_nlls_per_line(logits, input_ids, attention_mask):
     tok = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     mask = attention_mask[:, 1:].to(tok.dtype)
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).double()
-
-
-# Copied from tamper_attack.py: mean_of_lines
-def mean_of_lines(values) -> float:
-    """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
-    values = [float(v) for v in values]
-    return math.fsum(values) / len(values)
-
-
-# Copied from tamper_attack.py: quiet
-@contextlib.contextmanager
-def quiet():
-    """Silence lm-eval's and datasets' chatter (progress bars and info lines) on stdout/stderr."""
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-        yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -520,6 +520,19 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
         kwargs.setdefault("dynamic_ncols", True)
         return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
     return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
+
+
+def mean_of_lines(values) -> float:
+    """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
+    values = [float(v) for v in values]
+    return math.fsum(values) / len(values)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence lm-eval's and datasets' chatter (progress bars and info lines) on stdout/stderr."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
 # --- end shared helpers ---
 
 
@@ -543,12 +556,6 @@ def line_nlls(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: tor
     tok = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     mask = attention_mask[:, 1:].to(tok.dtype)
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).double()
-
-
-def mean_of_lines(values) -> float:
-    """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
-    values = [float(v) for v in values]
-    return math.fsum(values) / len(values)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -626,13 +633,6 @@ class ForgetMcq:
                                 max_length=max_length)
             res = evaluate(self._lm, self.task_dict, bootstrap_iters=0, log_samples=False)
         return float(res["results"][MCQ_TASK]["acc,none"])
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence lm-eval's and datasets' chatter (progress bars and info lines) on stdout/stderr."""
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-        yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,13 @@ docs/helpers.md explains the mechanism.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +24,9 @@ import sys
 import tempfile
 import unicodedata
 from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
 
 
 class UsageError(Exception):
@@ -509,6 +515,161 @@ def weight_component(name: str) -> str:
     return "other"
 
 
+# Parameter names: `<prefix>.layers.N.<module>...` (GPT-NeoX, Llama/Mistral/Qwen/Gemma, OPT),
+# `transformer.h.N.` (GPT-2, Falcon, GPT-J), `blocks.N.` / `layer.N.` elsewhere.
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+
+ATTN_MODULES = {"attention", "self_attn", "attn", "self_attention", "cross_attn", "cross_attention",
+                "encoder_attn", "linear_attn"}
+
+MLP_MODULES = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "fc1", "fc2"}
+
+# Model families whose linear layers are transformers' Conv1D, stored [in_features, out_features].
+CONV1D_MODEL_TYPES = {"gpt2", "imagegpt", "decision_transformer"}
+
+
+def parse_layer_group(name: str) -> tuple[int, str]:
+    """Decoder-layer index and group of a parameter name.
+
+    The group comes from the module directly under the layer (`attention`/`self_attn`/`attn` →
+    "attn", `mlp`/`feed_forward` → "mlp", else "other"), never from the leaf: GPT-2 has a
+    `c_proj` under both `attn` and `mlp`. Names outside decoder layers (embeddings, LM head,
+    final norm) get layer −1 and group "other".
+
+    >>> parse_layer_group("gpt_neox.layers.3.attention.query_key_value.weight")
+    (3, 'attn')
+    >>> parse_layer_group("transformer.h.0.mlp.c_proj.weight")
+    (0, 'mlp')
+    >>> parse_layer_group("model.embed_tokens.weight")
+    (-1, 'other')
+    """
+    match = LAYER_RE.search(name)
+    if match is None:
+        return -1, "other"
+    module = match.group(2).split(".")[0]
+    if module in ATTN_MODULES:
+        return int(match.group(1)), "attn"
+    if module in MLP_MODULES:
+        return int(match.group(1)), "mlp"
+    return int(match.group(1)), "other"
+
+
+def open_safetensors(path: Path):
+    """`safe_open` with numpy arrays (bf16 through ml_dtypes). Opened per read and closed at once:
+    the memory map, and with it the file pages it touched, is released, so scanning a checkpoint
+    does not count the whole file towards this process's resident memory."""
+    return safe_open(path, framework="numpy")
+
+
+class Checkpoint:
+    """Names, shapes and stored dtypes of a safetensors checkpoint; tensors read on demand."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.dir = resolve_model_dir(spec, weights_only=True)
+        self.files = self._weight_files()  # tensor name -> shard path
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        for shard in sorted(set(self.files.values())):
+            try:
+                with open_safetensors(shard) as f:
+                    for name in f.keys():
+                        if self.files.get(name) == shard:
+                            piece = f.get_slice(name)
+                            self.shapes[name] = tuple(piece.get_shape())
+                            self.dtypes[name] = piece.get_dtype()
+            except (SafetensorError, OSError) as exc:
+                raise UsageError(f"cannot read {shard}: {first_line(exc)}") from exc
+        missing = sorted(n for n in self.files if n not in self.shapes)
+        if missing:
+            raise UsageError(f"{len(missing)} tensors of {self.dir} are listed in its index but "
+                             f"absent from their shard (e.g. {missing[0]})")
+        config = self.dir / "config.json"
+        try:
+            self.model_type = json.loads(config.read_text()).get("model_type", "") if config.is_file() else ""
+        except (OSError, ValueError, AttributeError):
+            self.model_type = ""
+
+    def _weight_files(self) -> dict[str, Path]:
+        """Map tensor name → shard, from model.safetensors.index.json or the files themselves."""
+        index = self.dir / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UsageError(f"cannot read {index}: {first_line(exc)}") from exc
+            files = {name: self.dir / shard for name, shard in weight_map.items()}
+            for shard in sorted(set(files.values())):
+                if not shard.is_file():
+                    raise UsageError(f"{shard.name} is listed in {index} but missing")
+            return files
+        shards = sorted(self.dir.glob("*.safetensors"))
+        if not shards:
+            pickled = sorted(p.name for p in self.dir.glob("*.bin")) + sorted(p.name for p in self.dir.glob("*.pt"))
+            hint = (f" (found {pickled[0]}, which this tool never unpickles; re-save the model with "
+                    "save_pretrained(..., safe_serialization=True))") if pickled else ""
+            raise UsageError(f"no .safetensors weights in {self.dir}{hint}")
+        files = {}
+        for shard in shards:
+            try:
+                with open_safetensors(shard) as f:
+                    files.update({name: shard for name in f.keys()})
+            except (SafetensorError, OSError) as exc:
+                raise UsageError(f"cannot read {shard}: {first_line(exc)}") from exc
+        return files
+
+    def matrices(self) -> dict[str, tuple[int, int]]:
+        return {n: s for n, s in self.shapes.items() if len(s) == 2}
+
+    def read(self, name: str, rows: slice, cols: slice) -> np.ndarray:
+        """The block [rows, cols] of a tensor, in its stored dtype (a C-contiguous copy)."""
+        try:
+            with open_safetensors(self.files[name]) as f:
+                return np.ascontiguousarray(f.get_slice(name)[rows, cols])
+        except (SafetensorError, OSError, TypeError) as exc:
+            raise UsageError(f"cannot read {name} from {self.files[name]}: {first_line(exc)}") from exc
+
+
+def match_matrices(a: Checkpoint, b: Checkpoint) -> tuple[list[str], list[str]]:
+    """Names of the 2-D weights present in both checkpoints (sorted by layer, then name), and
+    warnings for names present in one only. Differing shapes are a UsageError."""
+    mats_a, mats_b = a.matrices(), b.matrices()
+    warnings = []
+    for label, only in (("A", sorted(set(mats_a) - set(mats_b))), ("B", sorted(set(mats_b) - set(mats_a)))):
+        if only:
+            warnings.append(f"{len(only)} weight matrices are only in model {label} and are skipped "
+                            f"(e.g. {', '.join(only[:3])})")
+    common = [n for n in mats_a if n in mats_b]
+    bad = [n for n in common if mats_a[n] != mats_b[n]]
+    if bad:
+        n = bad[0]
+        raise UsageError(f"the models have different shapes for {len(bad)} matrices, e.g. {n}: "
+                         f"{list(mats_a[n])} in A vs {list(mats_b[n])} in B (not the same architecture?)")
+    if not common:
+        raise UsageError(f"{a.spec} and {b.spec} share no 2-D weight matrices")
+    return sorted(common, key=lambda n: (parse_layer_group(n)[0], n)), warnings
+
+
+
+# device files whose presence means torch may find a GPU (NVIDIA, AMD ROCm, WSL2)
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def choose_device(name: str) -> str:
+    """--device, asking torch (pick_device) only when the answer may be an accelerator: `cpu`, and
+    `auto` on a machine that is not macOS (MPS) and has none of GPU_DEVICE_FILES, are the CPU
+    without the torch import. On an accelerator the products run in exact fp32 (no TF32)."""
+    if name == "cpu" or (name == "auto" and sys.platform != "darwin"
+                         and not any(os.path.exists(f) for f in GPU_DEVICE_FILES)):
+        return "cpu"
+    device = pick_device(name)
+    if device != "cpu":
+        import torch
+
+        torch.set_float32_matmul_precision("highest")  # no TF32: its 10-bit mantissa is ~1e-3 off
+    return device
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
@@ -688,6 +849,19 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "it", **kwar
     return LineProgress(iterable, desc=desc, total=total, unit=unit, **kwargs)
 
 
+def mean_of_lines(values) -> float:
+    """NLL of a split: the plain mean over lines of the per-line mean token NLL."""
+    values = [float(v) for v in values]
+    return math.fsum(values) / len(values)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence lm-eval's and datasets' chatter (progress bars and info lines) on stdout/stderr."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
 # One look per model in every figure of a study: index 0 (the reference/original model) black,
 # the others from the Okabe-Ito colour-blind-safe palette in the order the study gives them.
 MODEL_COLOURS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
@@ -725,3 +899,10 @@ def label_log_axis(axis) -> None:
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of required or derived options."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
