@@ -26,6 +26,7 @@ def tiny(tmp_path_factory, tiny_tokenizer):
     b = save_model(make_tiny_model("gpt_neox", seed=4, vocab_size=len(tiny_tokenizer)), root / "b", tiny_tokenizer)
     (root / "forget.txt").write_text("\n".join(TINY_TEXTS[1::2]) + "\n")
     (root / "retain.txt").write_text("\n".join(TINY_TEXTS[0::2]) + "\n")
+    (root / "train.txt").write_text("\n".join(TINY_TEXTS[::-1] * 2) + "\n")
     return root
 
 
@@ -86,3 +87,20 @@ def test_max_memory_without_device_map_is_one_error_line(tiny, tmp_path, capsys)
                   "--outdir", str(tmp_path / "x"), "--max-memory", "cpu=1GB"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1] == "error: --max-memory needs --device-map auto"
+
+
+def test_lens_offloaded_equals_in_memory(tiny, tmp_path):
+    """Logit and tuned lens (the tuned lens trained through the offloaded norm and unembedding)."""
+    import layerwise_lens as ll
+
+    def run(out, *extra):
+        assert ll.main(["--model", str(tiny / "a"), "--forget-test", str(tiny / "forget.txt"),
+                        "--retain-test", str(tiny / "retain.txt"), "--mcq-forget", "", "--mcq-retain", "",
+                        "--lens-train-text", str(tiny / "train.txt"), "--lens-steps", "3",
+                        "--lens-tokens-per-step", "64", "--batch-size", "2", "--max-length", "32",
+                        "--device", "cpu", "--dtype", "fp32", "--outdir", str(tmp_path / out), *extra]) == 0
+        return pd.read_csv(tmp_path / out / "layerwise.csv")
+
+    mem, off = run("mem"), run("off", *LIMIT)
+    assert set(mem.lens) == {"logit", "tuned"} and len(mem) == 2 * 5
+    pd.testing.assert_frame_equal(mem, off, rtol=1e-5, atol=1e-5)
