@@ -104,3 +104,39 @@ def test_lens_offloaded_equals_in_memory(tiny, tmp_path):
     mem, off = run("mem"), run("off", *LIMIT)
     assert set(mem.lens) == {"logit", "tuned"} and len(mem) == 2 * 5
     pd.testing.assert_frame_equal(mem, off, rtol=1e-5, atol=1e-5)
+
+
+def ablation_argv(tiny, out, *extra):
+    return ["--reference", str(tiny / "a"), "--model", str(tiny / "b"), "--attacks", "direction",
+            "--direction-data-forget", str(tiny / "forget.txt"), "--direction-data-retain", str(tiny / "retain.txt"),
+            "--forget-test", str(tiny / "forget.txt"), "--retain-test", str(tiny / "retain.txt"),
+            "--mcq-forget", str(tiny / "mcq.jsonl"), "--mcq-retain", "", "--device", "cpu", "--dtype", "fp32",
+            "--max-length", "32", "--batch-size", "2", "--outdir", str(out), *extra]
+
+
+def test_ablation_direction_offloaded_equals_in_memory(tiny, tmp_path):
+    """The direction attack works by forward hooks on the decoder layers: offloaded, the same rows and the
+    same directions; MCQ through lm-eval on the dispatched model too."""
+    import ablation_attack as aa
+    from safetensors.torch import load_file
+
+    (tiny / "mcq.jsonl").write_text(json.dumps({"question": "What do glimmer reactors do?",
+                                                "choices": ["hum", "sing", "rain"], "answer": 0}) + "\n")
+    assert aa.main(ablation_argv(tiny, tmp_path / "mem")) == 0
+    assert aa.main(ablation_argv(tiny, tmp_path / "off", *LIMIT)) == 0
+    mem, off = (pd.read_csv(tmp_path / d / "ablation.csv") for d in ("mem", "off"))
+    assert len(mem) == 2 + 4 and mem.forget_nll.notna().all() and mem.mcq_forget_acc.notna().any()
+    pd.testing.assert_frame_equal(mem, off, rtol=1e-5, atol=1e-5)
+    dm, do = (load_file(tmp_path / d / "directions.safetensors") for d in ("mem", "off"))
+    assert dm.keys() == do.keys() and all((dm[k] - do[k]).abs().max() <= 1e-5 for k in dm)
+
+
+@pytest.mark.parametrize("attacks", ["quantize", "direction,delta_rank"])
+def test_ablation_weight_attacks_refuse_offloaded_layers(tiny, tmp_path, capsys, attacks):
+    import ablation_attack as aa
+
+    rc = aa.main(ablation_argv(tiny, tmp_path / "x", *LIMIT, "--attacks", attacks, "--mcq-forget", ""))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    weight = attacks.split(",")[-1]
+    assert rc == 1 and err.startswith(f"error: {weight} edits weights in place, but --device-map auto offloaded ")
+    assert "drop --device-map, give more --max-memory" in err and not (tmp_path / "x" / "ablation.csv").exists()
