@@ -140,3 +140,21 @@ def test_ablation_weight_attacks_refuse_offloaded_layers(tiny, tmp_path, capsys,
     weight = attacks.split(",")[-1]
     assert rc == 1 and err.startswith(f"error: {weight} edits weights in place, but --device-map auto offloaded ")
     assert "drop --device-map, give more --max-memory" in err and not (tmp_path / "x" / "ablation.csv").exists()
+
+
+def test_activation_geometry_offloaded_equals_in_memory(tiny, tmp_path):
+    """Hidden states, the per-token sample and the ΔW read shares (forward pre-hooks on the offloaded
+    qkv / mlp_in modules; ΔW itself read from the two checkpoints' files, never from the loaded model)."""
+    import collect_activation_geometry as cag
+
+    def run(out, *extra):
+        assert cag.main(["--model-a", str(tiny / "a"), "--model-b", str(tiny / "b"),
+                         "--forget-text", str(tiny / "forget.txt"), "--retain-text", str(tiny / "retain.txt"),
+                         "--outdir", str(tmp_path / out), "--device", "cpu", "--dtype", "fp32", "--probe-folds", "2",
+                         "--top-k", "4", "--max-length", "32", "--batch-size", "2", *extra]) == 0
+        return pd.read_csv(tmp_path / out / cag.GEOMETRY_CSV)
+
+    mem, off = run("mem"), run("off", *LIMIT)
+    reads = [c for c in mem.columns if c.startswith("dW_read")]
+    assert len(mem) == 5 and reads and mem[reads].iloc[1:].notna().all().all()
+    pd.testing.assert_frame_equal(mem, off, rtol=1e-5, atol=1e-5)
