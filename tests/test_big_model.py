@@ -26,6 +26,8 @@ def tiny(tmp_path_factory, tiny_tokenizer):
     b = save_model(make_tiny_model("gpt_neox", seed=4, vocab_size=len(tiny_tokenizer)), root / "b", tiny_tokenizer)
     (root / "forget.txt").write_text("\n".join(TINY_TEXTS[1::2]) + "\n")
     (root / "retain.txt").write_text("\n".join(TINY_TEXTS[0::2]) + "\n")
+    (root / "mcq.jsonl").write_text(json.dumps({"question": "What do glimmer reactors do?",
+                                                "choices": ["hum", "sing", "rain"], "answer": 0}) + "\n")
     (root / "train.txt").write_text("\n".join(TINY_TEXTS[::-1] * 2) + "\n")
     return root
 
@@ -52,7 +54,7 @@ def test_evaluation_offloaded_equals_in_memory(tiny, tmp_path):
     def run(out, *extra):
         return ev.main(["--model", str(tiny / "a"), "--forget-test", str(tiny / "forget.txt"),
                         "--retain-test", str(tiny / "retain.txt"), "--forget-train", str(tiny / "forget.txt"),
-                        "--mcq-forget", "", "--mcq-retain", "", "--few-shot", "0", "--generate", "0",
+                        "--mcq-forget", str(tiny / "mcq.jsonl"), "--mcq-retain", "", "--few-shot", "0", "--generate", "0",
                         "--batch-size", "2", "--max-length", "32", "--device", "cpu", "--dtype", "fp32",
                         "--outdir", str(out), *extra])
 
@@ -63,6 +65,8 @@ def test_evaluation_offloaded_equals_in_memory(tiny, tmp_path):
     pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)
     sa = json.loads((tmp_path / "mem" / "a" / "summary.json").read_text())
     sb = json.loads((tmp_path / "off" / "a" / "summary.json").read_text())
+    # lm-eval on the dispatched model (HFLM's device must not be the meta device of the offloaded layers)
+    assert sa["mcq"]["forget"]["acc"] is not None and sa["mcq"] == sb["mcq"]
     for key in ("forget_nll", "retain_nll", "mia"):
         assert sa[key] == pytest.approx(sb[key], rel=1e-6), key
 
@@ -120,8 +124,6 @@ def test_ablation_direction_offloaded_equals_in_memory(tiny, tmp_path):
     import ablation_attack as aa
     from safetensors.torch import load_file
 
-    (tiny / "mcq.jsonl").write_text(json.dumps({"question": "What do glimmer reactors do?",
-                                                "choices": ["hum", "sing", "rain"], "answer": 0}) + "\n")
     assert aa.main(ablation_argv(tiny, tmp_path / "mem")) == 0
     assert aa.main(ablation_argv(tiny, tmp_path / "off", *LIMIT)) == 0
     mem, off = (pd.read_csv(tmp_path / d / "ablation.csv") for d in ("mem", "off"))
@@ -158,3 +160,38 @@ def test_activation_geometry_offloaded_equals_in_memory(tiny, tmp_path):
     reads = [c for c in mem.columns if c.startswith("dW_read")]
     assert len(mem) == 5 and reads and mem[reads].iloc[1:].notna().all().all()
     pd.testing.assert_frame_equal(mem, off, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("wrapper", ["run_eval.sh", "run_activations.sh", "run_lens.sh", "run_ablation.sh",
+                                     "run_activation_geometry.sh"])
+def test_wrappers_pass_the_big_model_flags_only_when_set(wrapper, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    fake = tmp_path / "fake"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")} | {
+        "UV_RUN": str(fake), "MODEL_A": "a/ref", "COMPARE_WITH": "b/filt", "OUTPUTS_DIR": "o"}
+    plain = subprocess.run([str(ROOT / wrapper)], env=env, capture_output=True, text=True, check=True).stdout
+    assert "--device-map" not in plain and "--max-memory" not in plain and "--offload-folder" not in plain
+    out = subprocess.run([str(ROOT / wrapper)], capture_output=True, text=True, check=True,
+                         env=env | {"DEVICE_MAP": "auto", "MAX_MEMORY": "0=20GiB,cpu=60GiB",
+                                    "OFFLOAD_FOLDER": "/scratch/off"}).stdout.splitlines()
+    assert out[out.index("--device-map") + 1] == "auto" and out[out.index("--max-memory") + 1] == "0=20GiB,cpu=60GiB"
+    assert out[out.index("--offload-folder") + 1] == "/scratch/off"
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("layerwise_lens", ["--model", "m"]),
+    ("ablation_attack", ["--reference", "r", "--model", "m"]),
+    ("collect_activation_geometry", ["--model-a", "a", "--model-b", "b"]),
+])
+def test_max_memory_without_device_map_in_the_other_tools(tool, argv, tmp_path, capsys):
+    import importlib
+
+    rc = importlib.import_module(tool).main([*argv, "--outdir", str(tmp_path / "x"), "--max-memory", "cpu=1GB"])
+    assert rc == 1 and capsys.readouterr().err.strip().splitlines()[-1] == "error: --max-memory needs --device-map auto"
+    assert not (tmp_path / "x").exists()
