@@ -920,9 +920,8 @@ class McqBenchmarks:
             return None
         return sum(inv) / len(inv) if inv else None
 
-    def evaluate(self, model, tokenizer, args, device: str | None = None) -> dict:
-        """{set or task: {acc, acc_stderr, acc_norm, acc_norm_stderr}} of the loaded ``model`` (its inputs
-        on ``device`` when it is spread by --device-map auto)."""
+    def evaluate(self, model, tokenizer, args) -> dict:
+        """{set or task: {acc, acc_stderr, acc_norm, acc_norm_stderr}} of the loaded ``model``."""
         if not self.names:
             return {}
         import lm_eval
@@ -933,7 +932,7 @@ class McqBenchmarks:
             # --device-map auto: HFLM takes model.device, the meta device when a layer is offloaded (torch.autocast
             # then fails); the inputs go to --device and accelerate's hooks move them on
             import torch
-            lm._device = torch.device(device or "cpu")
+            lm._device = torch.device(pick_device(args.device))
         res = lm_eval.simple_evaluate(model=lm, tasks=self.names, task_manager=self.tm, num_fewshot=0,
                                       bootstrap_iters=1000, log_samples=False, random_seed=args.seed,
                                       numpy_random_seed=args.seed, torch_random_seed=args.seed,
@@ -978,7 +977,7 @@ def evaluate_model(spec: str, path: Path, data: dict, mcq: McqBenchmarks, args, 
         summary[f"{key}_nll_ci95"] = bootstrap_ci(nll, args.seed)
     members, nonmembers = mia_scores(ok["forget_train"]), mia_scores(ok["forget_test"])
     summary["mia"] = {a: mia_auc(members[a], nonmembers[a]) for a in ATTACKS}
-    summary["mcq"] = mcq.evaluate(model, tok, args, device)
+    summary["mcq"] = mcq.evaluate(model, tok, args)
     summary["few_shot"] = few_shot_nll(model, tok, data["forget_test"], data["forget_train"], args.few_shot,
                                        args, device)
     gens, summary["generation"] = [], {}
