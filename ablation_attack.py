@@ -355,6 +355,66 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
+def parse_max_memory(text: str | None) -> dict | None:
+    """``--max-memory`` as accelerate wants it: ``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}``.
+
+    Keys: a GPU index, ``cpu``, ``mps`` or ``disk``; values: a size with its unit (``GiB``, ``GB``,
+    ``MiB``, ...) or a number of bytes. None or empty: no limit (accelerate fills what is free)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"--max-memory must look like 0=20GiB,cpu=60GiB, got {text!r}")
+        if key.isdigit():
+            key = int(key)
+        elif key not in ("cpu", "mps", "disk"):
+            raise UsageError(f"--max-memory: {key!r} is not a GPU index, cpu, mps or disk")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B)?", value, flags=re.IGNORECASE):
+            raise UsageError(f"--max-memory: {value!r} is not a size such as 20GiB or 512MB")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
+                   offload_folder: str | None = None, trust_remote_code: bool = False):
+    """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
+
+    ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
+    ``"auto"``: accelerate's big-model inference: decoder layers go to the GPUs while they fit
+    ``max_memory`` (``parse_max_memory``), then to the CPU, then to ``offload_folder`` on disk (a
+    temporary folder, removed with the model, when None); accelerate's hooks move each layer's
+    inputs to its device and the output back to the input's device, so callers need no change.
+    transformers builds the model on the meta device and fills every tensor from the safetensors
+    file into its final place: the weights are never held twice (disk-offloaded layers are
+    memory-mapped and read per forward)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    tmp = None
+    if device_map == "auto":
+        if offload_folder is None:
+            tmp = tempfile.TemporaryDirectory(prefix="offload-")
+            offload_folder = tmp.name
+        kwargs.update(device_map="auto", max_memory=max_memory, offload_folder=offload_folder)
+    else:
+        kwargs["device_map"] = device
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tmp is not None:
+        model._offload_tmp = tmp      # the offload folder lives (and is removed) with the model
+    return model.eval()
+
+
+def big_model_kwargs(args) -> dict:
+    """load_causal_lm's keywords from the parsed --device-map, --max-memory and --offload-folder."""
+    if args is None or getattr(args, "device_map", None) is None:
+        return {}
+    return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
+            "offload_folder": args.offload_folder}
+
+
 def pad_right(seqs: list[list[int]], pad_id: int):
     """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
     import torch
@@ -747,11 +807,11 @@ def residual_sums(model, seqs: list[list[int]], pad_id: int, batch_size: int, sk
     n_pos = len(decoder_layers(model)) + 1
 
     def grab(pos, h):
-        m = state["mask"]
+        m = state["mask"].to(h.device)          # --device-map auto: layers may sit on several devices
         s = (h.double() * m.unsqueeze(-1)).sum(dim=(0, 1))
         if state["sums"] is None:
             state["sums"] = torch.zeros((n_pos, h.shape[-1]), dtype=torch.float64, device=h.device)
-        state["sums"][pos] += s
+        state["sums"][pos] += s.to(state["sums"].device)
         return None
 
     count = 0
@@ -907,6 +967,11 @@ class MCQ:
             if self._lm is None or self._lm.model is not model:     # one wrapper per model, reused
                 self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
                                 max_length=max_length)
+                if getattr(model, "hf_device_map", None):
+                    # --device-map auto: HFLM takes model.device, the meta device when a layer is offloaded;
+                    # the inputs go to --device and accelerate's hooks move them on
+                    import torch
+                    self._lm._device = torch.device(device)
             for key, reqs in self.requests.items():
                 resps = self._lm.loglikelihood(reqs, disable_tqdm=True)
                 lls: dict = {}
@@ -987,6 +1052,11 @@ def preflight_model(spec: str, what: str, trust_remote_code: bool) -> dict:
     return {"spec": spec, "dir": model_dir, "index": index, "config": config, "vocab": tok.get_vocab()}
 
 
+def n_weights(info: dict) -> int:
+    """Number of weights in a preflighted model's safetensors files (from the headers)."""
+    return sum(math.prod(shape) for _, shape in info["index"].values())
+
+
 def check_same_family(ref: dict, m: dict, need_shapes: bool, need_width: bool) -> None:
     """The attacked model must share the reference's tokenizer (the recovered share compares NLLs
     of the same tokens); delta_rank needs every tensor of the same name and shape, the
@@ -1009,22 +1079,51 @@ def check_same_family(ref: dict, m: dict, need_shapes: bool, need_width: bool) -
                                  f"{k} is {list(ref['index'][k][1])} there and {list(shape)} here")
 
 
-def load_ablation_model(info: dict, dtype: str, device: str, trust_remote_code: bool, quantization_config=None):
-    """Model (eval mode) and tokenizer of a preflighted model (safetensors only)."""
+def load_ablation_model(info: dict, dtype: str, device: str, trust_remote_code: bool, quantization_config=None,
+                        big=None):
+    """Model (eval mode) and tokenizer of a preflighted model (safetensors only), its weights loaded once,
+    straight to ``device`` (``from_pretrained_big``); ``big``: the parsed --device-map, --max-memory and
+    --offload-folder (accelerate's big-model inference)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch_dtype = getattr(torch, DTYPE_NAMES[dtype])
     try:
         tok = AutoTokenizer.from_pretrained(info["dir"], trust_remote_code=trust_remote_code)
-        kw = {"quantization_config": quantization_config, "device_map": device} if quantization_config else {}
-        model = AutoModelForCausalLM.from_pretrained(info["dir"], dtype=getattr(torch, DTYPE_NAMES[dtype]),
-                                                     use_safetensors=True, trust_remote_code=trust_remote_code, **kw)
+        if quantization_config:
+            model = AutoModelForCausalLM.from_pretrained(info["dir"], dtype=torch_dtype, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code, device_map=device,
+                                                         quantization_config=quantization_config)
+        else:
+            model = from_pretrained_big(info["dir"], dtype=torch_dtype, device=device,
+                                        trust_remote_code=trust_remote_code, **big_model_kwargs(big))
     except Exception as e:  # noqa: BLE001 - every failure becomes one sentence
         raise UsageError(f"cannot load model {info['spec']}: {first_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
-    if not quantization_config:
-        model = model.to(device)
     return model.eval(), tok
+
+
+WEIGHT_ATTACKS = ("delta_rank", "quantize")
+
+
+def offloaded_tensors(model) -> list[str]:
+    """Names of the parameters that are not in memory: with --device-map auto, accelerate keeps the
+    weights of layers offloaded to the CPU (behind a GPU) or to disk on the meta device and loads them
+    for each forward pass only."""
+    return [n for n, p in model.named_parameters() if p.device.type == "meta"]
+
+
+def check_weights_in_memory(model, spec: str, attacks: list[str]) -> None:
+    """delta_rank and quantize edit the weights in place, which an offloaded layer does not have:
+    one UsageError naming the attacks instead of a wrong (unedited) result or a traceback."""
+    editing = [x for x in attacks if x in WEIGHT_ATTACKS]
+    gone = offloaded_tensors(model) if editing else []
+    if gone:
+        n = sum(1 for _ in model.parameters())
+        raise UsageError(f"{' and '.join(editing)} edit{'s' if len(editing) == 1 else ''} weights in place, but "
+                         f"--device-map auto offloaded {len(gone)} of {n} weight tensors of {spec} (e.g. {gone[0]}); "
+                         "drop --device-map, give more --max-memory, or leave "
+                         f"{' and '.join(editing)} out of --attacks")
 
 
 def restore(model, names: list[str], reader: TensorReader, keys: dict) -> None:
@@ -1260,10 +1359,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
     p.add_argument("--outdir", default="outputs/ablation", help="where the results go")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code")
+    p.add_argument("--device-map", default=None, choices=["auto"],
+                   help="auto: spread a model that does not fit --device over the GPUs, the CPU and disk "
+                        "(accelerate's big-model inference; same numbers, slower; docs/scale.md)")
+    p.add_argument("--max-memory", default=None,
+                   help="with --device-map auto: memory per device, e.g. 0=20GiB,cpu=60GiB (default: what is free)")
+    p.add_argument("--offload-folder", default=None,
+                   help="with --device-map auto: where layers beyond --max-memory go (default: a temporary folder)")
     return p
 
 
 def check_args(a) -> None:
+    if a.max_memory and not a.device_map:
+        raise UsageError("--max-memory needs --device-map auto")
+    parse_max_memory(a.max_memory)          # a malformed --max-memory fails before any model is read
     a.attacks = [x.strip() for x in a.attacks.split(",") if x.strip()]
     bad = [x for x in a.attacks if x not in ABLATION_ATTACKS]
     if bad or not a.attacks:
@@ -1371,7 +1480,9 @@ def run(a) -> Path:
         t0 = time.perf_counter()
         torch.manual_seed(a.seed)
         log(f"==> reference {a.reference}")
-        model, tok = load_ablation_model(ref_info, dtype, device, a.trust_remote_code)
+        model, tok = load_ablation_model(ref_info, dtype, device, a.trust_remote_code, big=a)
+        if all(n_weights(i) >= n_weights(ref_info) for i in infos):  # they will not fit either: fail now
+            check_weights_in_memory(model, a.reference, a.attacks)
         ref = ev(model, tok)
         ref_name = model_name(a.reference)
         rows.append({"model": ref_name, "role": "reference", "attack": "none", "setting": "", **ref})
@@ -1393,7 +1504,8 @@ def run(a) -> Path:
             log(f"==> [{i}/{len(infos)}] {info['spec']}")
             torch.manual_seed(a.seed)
             t0 = time.perf_counter()
-            model, tok = load_ablation_model(info, dtype, device, a.trust_remote_code)
+            model, tok = load_ablation_model(info, dtype, device, a.trust_remote_code, big=a)
+            check_weights_in_memory(model, info["spec"], a.attacks)
             t_load = time.perf_counter() - t0
             t0 = time.perf_counter()
             base = ev(model, tok)
@@ -1502,7 +1614,7 @@ def ablation_report_text(a, ref_info, infos, sets, device, dtype, models, timing
                      "direction_samples": a.direction_samples, "layers": a.layers,
                      "mcq_every_layer": a.mcq_every_layer, "ranks": a.ranks, "bits": a.bits,
                      "group_size": a.group_size, "bnb": a.bnb, "min_gap": a.min_gap, "batch_size": a.batch_size,
-                     "max_length": a.max_length, "seed": a.seed, "device": device, "dtype": dtype,
+                     "max_length": a.max_length, "seed": a.seed, "device": device, "device_map": a.device_map, "dtype": dtype,
                      "ablation_at": "embedding output (input of decoder layer 0) and every decoder layer's output",
                      "selection": "lowest (forget NLL change + positive part of retain NLL change) on the direction data",
                      "quantized": "every nn.Linear / Conv1D weight except the output head; RTN symmetric absmax per group",

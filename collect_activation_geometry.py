@@ -299,6 +299,66 @@ def model_name(spec: str) -> str:
     return name or "root"
 
 
+def parse_max_memory(text: str | None) -> dict | None:
+    """``--max-memory`` as accelerate wants it: ``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}``.
+
+    Keys: a GPU index, ``cpu``, ``mps`` or ``disk``; values: a size with its unit (``GiB``, ``GB``,
+    ``MiB``, ...) or a number of bytes. None or empty: no limit (accelerate fills what is free)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"--max-memory must look like 0=20GiB,cpu=60GiB, got {text!r}")
+        if key.isdigit():
+            key = int(key)
+        elif key not in ("cpu", "mps", "disk"):
+            raise UsageError(f"--max-memory: {key!r} is not a GPU index, cpu, mps or disk")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B)?", value, flags=re.IGNORECASE):
+            raise UsageError(f"--max-memory: {value!r} is not a size such as 20GiB or 512MB")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
+                   offload_folder: str | None = None, trust_remote_code: bool = False):
+    """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
+
+    ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
+    ``"auto"``: accelerate's big-model inference: decoder layers go to the GPUs while they fit
+    ``max_memory`` (``parse_max_memory``), then to the CPU, then to ``offload_folder`` on disk (a
+    temporary folder, removed with the model, when None); accelerate's hooks move each layer's
+    inputs to its device and the output back to the input's device, so callers need no change.
+    transformers builds the model on the meta device and fills every tensor from the safetensors
+    file into its final place: the weights are never held twice (disk-offloaded layers are
+    memory-mapped and read per forward)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    tmp = None
+    if device_map == "auto":
+        if offload_folder is None:
+            tmp = tempfile.TemporaryDirectory(prefix="offload-")
+            offload_folder = tmp.name
+        kwargs.update(device_map="auto", max_memory=max_memory, offload_folder=offload_folder)
+    else:
+        kwargs["device_map"] = device
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if tmp is not None:
+        model._offload_tmp = tmp      # the offload folder lives (and is removed) with the model
+    return model.eval()
+
+
+def big_model_kwargs(args) -> dict:
+    """load_causal_lm's keywords from the parsed --device-map, --max-memory and --offload-folder."""
+    if args is None or getattr(args, "device_map", None) is None:
+        return {}
+    return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
+            "offload_folder": args.offload_folder}
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
@@ -543,15 +603,15 @@ def base_of(model):
     return getattr(model, "base_model", model)
 
 
-# Copied from collect_activation_norms.py: load_model (renamed: unlearn.py and layerwise_lens.py have others)
-def load_geometry_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool):
+def load_geometry_model(path: Path, name: str, dtype, device: str, trust_remote_code: bool, big=None):
+    """One model through the shared loader (``from_pretrained_big``): the weights loaded once, straight to
+    ``device``, or spread by --device-map auto (``big``: the parsed --device-map, --max-memory and
+    --offload-folder). ΔW is never read from the loaded model (``dw_directions`` reads the files)."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
 
     try:
-        # device_map puts the weights straight onto the device (no detour through CPU memory)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, device_map=device,
-                                                     trust_remote_code=trust_remote_code)
+        model = from_pretrained_big(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                    **big_model_kwargs(big))
     except (OSError, ValueError, SafetensorError) as e:
         raise UsageError(f"cannot load model {name} as safetensors: {first_line(e)}") from None
     return model.eval()
@@ -941,7 +1001,8 @@ def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str
                 if x.shape[-1] != v.shape[0]:
                     raise UsageError(f"decoder layer {key[0]}'s {key[1]} reads inputs of size {x.shape[-1]}, "
                                      f"its ΔW has {v.shape[0]} columns")
-                inside, total = read_share_sums(x[state["counted"]], v)
+                # --device-map auto: the module's input is where the previous layer ran
+                inside, total = read_share_sums(x[state["counted"].to(x.device)], v)
                 acc = res.reads.setdefault((key[0], key[1], state["split"]), [0.0, 0.0])
                 acc[0] += inside
                 acc[1] += total
@@ -957,7 +1018,8 @@ def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str
             with torch.inference_mode():
                 out = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                            output_hidden_states=True, use_cache=False)
-            hs = out.hidden_states
+            # --device-map auto: a layer's output stays on that layer's device; bring every state to the input's
+            hs = tuple(h.to(device) for h in out.hidden_states)
             # the sampled tokens of this batch: (row in batch, column) -> row of the sample
             rows, cols, dest = [], [], []
             slot = plan.slot[split]
@@ -1084,6 +1146,9 @@ class ModelPair:
 
 
 def check_geometry_flags(args) -> None:
+    if args.max_memory and not args.device_map:
+        raise UsageError("--max-memory needs --device-map auto")
+    parse_max_memory(args.max_memory)          # a malformed --max-memory fails before any model is read
     for flag, value in (("--max-length", args.max_length), ("--batch-size", args.batch_size),
                         ("--max-tokens", args.max_tokens), ("--top-k", args.top_k)):
         if value <= 0:
@@ -1196,13 +1261,15 @@ def run(args) -> Path:
     t0 = time.perf_counter()
     gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
     try:
-        model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code)
+        model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code,
+                                    big=args)
         res_a = forward_pass(model, plan, models.device, models.hidden, "A", directions)
         del model  # one model in memory at a time
         release_memory()
         timings["pass_a_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code)
+        model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code,
+                                    big=args)
         res_b = forward_pass(model, plan, models.device, models.hidden, "B")
         del model
         release_memory()
@@ -1275,7 +1342,7 @@ def report_text(args, models: ModelPair, plan: GeometryPlan, directions: dict, t
         "Settings": {"layers": plan.layers, "max_samples": args.max_samples, "max_length": args.max_length,
                      "batch_size": args.batch_size, "padding_side": args.padding_side, "max_tokens": args.max_tokens,
                      "skip_first": args.skip_first, "probe_folds": args.probe_folds, "top_k": args.top_k,
-                     "seed": args.seed, "device": models.device, "dtype": str(models.dtype).split(".")[-1]},
+                     "seed": args.seed, "device": models.device, "device_map": args.device_map, "dtype": str(models.dtype).split(".")[-1]},
         "Probe": {**PROBE, "folds": args.probe_folds, "random_state": args.seed},
         "Definitions": {
             "layer": "hidden_states index: 0 = embeddings, l = output of decoder layer l-1 (last: after the final norm)",
@@ -1317,6 +1384,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how batches are padded (the numbers do not depend on it)")
     p.add_argument("--save-features", action="store_true", help=f"also write the per-text features to {FEATURES_NAME}")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
+    p.add_argument("--device-map", default=None, choices=["auto"],
+                   help="auto: spread a model that does not fit --device over the GPUs, the CPU and disk "
+                        "(accelerate's big-model inference; same numbers, slower; docs/scale.md)")
+    p.add_argument("--max-memory", default=None,
+                   help="with --device-map auto: memory per device, e.g. 0=20GiB,cpu=60GiB (default: what is free)")
+    p.add_argument("--offload-folder", default=None,
+                   help="with --device-map auto: where layers beyond --max-memory go (default: a temporary folder)")
     return p
 
 

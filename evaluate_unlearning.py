@@ -928,6 +928,11 @@ class McqBenchmarks:
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+        if getattr(model, "hf_device_map", None):
+            # --device-map auto: HFLM takes model.device, the meta device when a layer is offloaded (torch.autocast
+            # then fails); the inputs go to --device and accelerate's hooks move them on
+            import torch
+            lm._device = torch.device(pick_device(args.device))
         res = lm_eval.simple_evaluate(model=lm, tasks=self.names, task_manager=self.tm, num_fewshot=0,
                                       bootstrap_iters=1000, log_samples=False, random_seed=args.seed,
                                       numpy_random_seed=args.seed, torch_random_seed=args.seed,

@@ -629,7 +629,8 @@ def residual_streams(model, norm, ids, mask):
     if len(captured) != 1:
         raise UsageError(f"the final norm ran {len(captured)} times in one forward pass; cannot find the last "
                          "residual stream")
-    return out.logits, list(out.hidden_states[:-1]) + [captured[0]]
+    # --device-map auto: a layer's output stays on that layer's device; bring every stream to the input's
+    return out.logits.to(ids.device), [h.to(ids.device) for h in list(out.hidden_states[:-1]) + [captured[0]]]
 
 
 def new_tuned_lens(n_layers: int, hidden: int):
@@ -661,8 +662,10 @@ def translate(lens, layer: int, h):
 
 
 def lens_logits(h, norm, unembed, lens=None, layer: int = 0):
-    """The lens's logits of residual streams ``h`` [..., H] at ``layer``: W_U · norm(translate(h))."""
-    return unembed(norm(translate(lens, layer, h)))
+    """The lens's logits of residual streams ``h`` [..., H] at ``layer``: W_U · norm(translate(h)), on h's
+    device (with --device-map auto the norm and the unembedding may run on another device, or load their
+    weights from disk for this call: accelerate's hooks on the two modules do that)."""
+    return unembed(norm(translate(lens, layer, h))).to(h.device)
 
 
 def check_last_layer(logits, h_last, norm, unembed, name: str) -> None:
@@ -941,7 +944,7 @@ def lens_of_model(spec: str, path: Path, data: dict, args, device: str, dtype: s
 
     name = model_name(spec)
     torch.manual_seed(args.seed)
-    model, tok = load_causal_lm(path, name, dtype, device, args.trust_remote_code)
+    model, tok = load_causal_lm(path, name, dtype, device, args.trust_remote_code, big=args)
     norm, unembed = lens_parts(model, name)
     n_layers = n_layers_of(model)
     hidden = int(model.config.hidden_size)
@@ -1070,10 +1073,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU")
     p.add_argument("--outdir", default="outputs/lens", help="results folder (default: %(default)s)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code (off: safe)")
+    p.add_argument("--device-map", default=None, choices=["auto"],
+                   help="auto: spread a model that does not fit --device over the GPUs, the CPU and disk "
+                        "(accelerate's big-model inference; same numbers, slower; docs/scale.md)")
+    p.add_argument("--max-memory", default=None,
+                   help="with --device-map auto: memory per device, e.g. 0=20GiB,cpu=60GiB (default: what is free)")
+    p.add_argument("--offload-folder", default=None,
+                   help="with --device-map auto: where layers beyond --max-memory go (default: a temporary folder)")
     return p.parse_args(argv)
 
 
 def check_args(args) -> None:
+    if args.max_memory and not args.device_map:
+        raise UsageError("--max-memory needs --device-map auto")
+    parse_max_memory(args.max_memory)          # a malformed --max-memory fails before any model is read
     for flag, v, low in (("--batch-size", args.batch_size, 1), ("--max-length", args.max_length, 2),
                          ("--lens-steps", args.lens_steps, 1), ("--lens-tokens-per-step", args.lens_tokens_per_step, 1)):
         if v < low:
@@ -1127,6 +1140,7 @@ def run(args) -> Path:
     dtype = pick_dtype(args.dtype, device)
     outdir = Path(args.outdir)
     meta = {"models": args.model, "lenses": args.lens, "layers": args.layers, "device": device, "dtype": dtype,
+            "device_map": args.device_map,
             "settings": {k: getattr(args, k) for k in ("lens_steps", "lens_tokens_per_step", "lens_lr", "batch_size",
                                                         "max_length", "seed")},
             "data": {k: {"path": str(getattr(args, k)), "sha256": sha256_file(getattr(args, k))}

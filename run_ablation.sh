@@ -9,6 +9,7 @@
 #   ABLATION_GROUP_SIZE  DIRECTION_SOURCE (contrast | reference)  DIRECTION_SAMPLES  SKIP_FIRST
 #   FORGET_TEST, RETAIN_TEST, MCQ_FORGET, MCQ_RETAIN, DIRECTION_FORGET, DIRECTION_RETAIN (or DATA_DIR)
 #   DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  SEED
+#   DEVICE_MAP (auto: layers over GPUs, CPU, disk)  MAX_MEMORY (e.g. 0=20GiB,cpu=60GiB)  OFFLOAD_FOLDER
 # e.g.  DEVICE=cuda ABLATION_RANKS=1,4,16 ./run_ablation.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +44,9 @@ flag DTYPE --dtype
 flag BATCH_SIZE --batch-size
 flag MAX_LENGTH --max-length
 flag SEED --seed
+flag DEVICE_MAP --device-map
+flag MAX_MEMORY --max-memory
+flag OFFLOAD_FOLDER --offload-folder
 
 models=()
 for MODEL_B in $COMPARE_WITH; do models+=(--model "$MODEL_B"); done

@@ -7,6 +7,7 @@
 #   FORGET_TEXT, RETAIN_TEXT (or DATA_DIR)  DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  SEED
 #   MAX_SAMPLES (or GEOMETRY_MAX_SAMPLES, which wins)  GEOMETRY_MAX_TOKENS  GEOMETRY_LAYERS
 #   GEOMETRY_SKIP_FIRST  GEOMETRY_PROBE_FOLDS  GEOMETRY_TOP_K  GEOMETRY_SAVE_FEATURES (1/true/yes = --save-features)
+#   DEVICE_MAP (auto: layers over GPUs, CPU, disk)  MAX_MEMORY (e.g. 0=20GiB,cpu=60GiB)  OFFLOAD_FOLDER
 # e.g.  DEVICE=cuda GEOMETRY_MAX_TOKENS=4096 ./run_activation_geometry.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,6 +23,9 @@ flag DTYPE --dtype
 flag BATCH_SIZE --batch-size
 flag MAX_LENGTH --max-length
 flag SEED --seed
+flag DEVICE_MAP --device-map
+flag MAX_MEMORY --max-memory
+flag OFFLOAD_FOLDER --offload-folder
 if [[ -n "${GEOMETRY_MAX_SAMPLES:-}" ]]; then flag GEOMETRY_MAX_SAMPLES --max-samples; else flag MAX_SAMPLES --max-samples; fi
 flag GEOMETRY_MAX_TOKENS --max-tokens
 flag GEOMETRY_LAYERS --layers

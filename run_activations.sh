@@ -6,6 +6,7 @@
 # UV_RUN); a variable that is not set passes no flag, so the tool's own default applies:
 #   FORGET_TEXT, RETAIN_TEXT (or DATA_DIR)  DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  MAX_SAMPLES
 #   CACHE_FP16 (1/true/yes = --cache-fp16)  CACHE_DIR
+#   DEVICE_MAP (auto: layers over GPUs, CPU, disk)  MAX_MEMORY (e.g. 0=20GiB,cpu=60GiB)  OFFLOAD_FOLDER
 # e.g.  DEVICE=cuda MAX_SAMPLES=200 ./run_activations.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +24,9 @@ flag MAX_LENGTH --max-length
 flag MAX_SAMPLES --max-samples
 flag CACHE_DIR --cache-dir
 switch CACHE_FP16 --cache-fp16
+flag DEVICE_MAP --device-map
+flag MAX_MEMORY --max-memory
+flag OFFLOAD_FOLDER --offload-folder
 
 for MODEL_B in $COMPARE_WITH; do
   cmp=$(comparison_name "$MODEL_A" "$MODEL_B")

@@ -6,6 +6,7 @@
 # DATA_DIR, UV_RUN); a variable that is not set passes no flag, so the tool's own default applies:
 #   DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH  SEED
 #   EVAL_FEW_SHOT (--few-shot)  EVAL_GENERATE (--generate)  LM_EVAL_TASKS (--lm-eval-tasks)
+#   DEVICE_MAP (auto: layers over GPUs, CPU, disk)  MAX_MEMORY (e.g. 0=20GiB,cpu=60GiB)  OFFLOAD_FOLDER
 # The multiple-choice sets DATA_DIR/forget_mcq.jsonl and retain_mcq.jsonl are used when they exist.
 # e.g.  DEVICE=cuda LM_EVAL_TASKS=wmdp_bio ./run_eval.sh
 set -euo pipefail
@@ -31,6 +32,9 @@ flag SEED --seed
 flag EVAL_FEW_SHOT --few-shot
 flag EVAL_GENERATE --generate
 flag LM_EVAL_TASKS --lm-eval-tasks
+flag DEVICE_MAP --device-map
+flag MAX_MEMORY --max-memory
+flag OFFLOAD_FOLDER --offload-folder
 
 echo "== evaluation: $MODEL_A $COMPARE_WITH -> $OUTPUTS_DIR/eval"
 $UV_RUN evaluate_unlearning.py "${ARGS[@]}"

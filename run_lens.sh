@@ -7,6 +7,7 @@
 #   MCQ_FORGET, MCQ_RETAIN, FORGET_TEST, RETAIN_TEST, LENS_TRAIN_TEXT (or DATA_DIR)
 #   LENS (logit,tuned)  LENS_STEPS  LENS_TOKENS_PER_STEP  LENS_LR  LAYERS  SEED
 #   DEVICE  DTYPE  BATCH_SIZE  MAX_LENGTH
+#   DEVICE_MAP (auto: layers over GPUs, CPU, disk)  MAX_MEMORY (e.g. 0=20GiB,cpu=60GiB)  OFFLOAD_FOLDER
 # e.g.  DEVICE=cuda LENS_STEPS=250 ./run_lens.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +35,9 @@ flag DEVICE --device
 flag DTYPE --dtype
 flag BATCH_SIZE --batch-size
 flag MAX_LENGTH --max-length
+flag DEVICE_MAP --device-map
+flag MAX_MEMORY --max-memory
+flag OFFLOAD_FOLDER --offload-folder
 
 models=()
 for model in $MODEL_A $COMPARE_WITH; do models+=(--model "$model"); done
