@@ -898,18 +898,21 @@ def read_share_sums(x, v) -> tuple[float, float]:
 
 
 class one_thread_if_small:
-    """Run small CPU linear algebra (hidden size <= 1024) on one torch thread: a 128 x 128 eigh on two
-    threads of a busy machine took 0.5-1 s instead of milliseconds. Large or GPU work keeps its threads."""
+    """Run small CPU linear algebra (hidden size <= 1024) on one torch thread and one BLAS thread (numpy's
+    Grams): a 128 x 128 eigh on two threads of a busy machine took 0.5-1 s instead of milliseconds. Large or
+    GPU work keeps its threads."""
 
     def __init__(self, device: str, side: int):
         self.active = device == "cpu" and side <= 1024
 
     def __enter__(self):
         import torch
+        from threadpoolctl import threadpool_limits
 
         if self.active:
             self.before = torch.get_num_threads()
             torch.set_num_threads(1)
+            self.blas = threadpool_limits(1)
         return self
 
     def __exit__(self, *exc):
@@ -917,6 +920,7 @@ class one_thread_if_small:
 
         if self.active:
             torch.set_num_threads(self.before)
+            self.blas.restore_original_limits()
         return False
 
 
