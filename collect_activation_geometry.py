@@ -8,7 +8,6 @@
 #     "huggingface_hub>=0.30",
 #     "numpy>=1.24",
 #     "pandas>=2.0",
-#     "scikit-learn>=1.3",
 #     "scipy>=1.11",
 #     "threadpoolctl>=3.1",
 #     "pyyaml>=6.0",
@@ -57,7 +56,6 @@ import re
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -755,9 +753,47 @@ def counted_mask(lengths: list[int], offsets: list[int], width: int, skip_first:
 
 
 def centred(x):
-    """float64 torch tensor minus its column means."""
-    x = x.double()
-    return x - x.mean(0, keepdim=True)
+    """float64 torch tensor minus its column means (a new tensor; ``x`` is never changed)."""
+    import torch
+
+    xc = x.to(torch.float64, copy=True)
+    return xc.sub_(xc.mean(0, keepdim=True))
+
+
+def smaller_gram(xc):
+    """The Gram matrix of the smaller side of [n, d] ``xc``: X X^T (n x n) when n <= d, else X^T X (d x d).
+    Its non-zero eigenvalues are the same either way."""
+    return xc @ xc.T if xc.shape[0] <= xc.shape[1] else xc.T @ xc
+
+
+def centred_for_gram(x):
+    """``centred(x)``, as a numpy array on the CPU: numpy runs ``a.T @ a`` as a symmetric rank-k update (half
+    the flops; 0.06 s against torch's 0.12 s at 5600 x 512 in float64); a torch tensor on a GPU."""
+    xc = centred(x)
+    return xc.numpy() if xc.device.type == "cpu" else xc
+
+
+def as_torch(k):
+    import torch
+
+    return torch.from_numpy(k) if isinstance(k, np.ndarray) else k
+
+
+def centred_grams(x, y):
+    """(K_x, K_y, <K_x, K_y>_F) of two [tokens, features] activations of the same tokens, column-centred:
+    the Gram matrices of the smaller side (``smaller_gram``) and their Frobenius inner product, computed as
+    ||Y_cᵀ X_c||_F² on the d x d side (the same number). One centring and one Gram per activation serve both
+    CKA and the effective ranks."""
+    xc, yc = centred_for_gram(x), centred_for_gram(y)
+    kx, ky = smaller_gram(xc), smaller_gram(yc)
+    cross = float((kx * ky).sum()) if xc.shape[0] <= xc.shape[1] else float(((yc.T @ xc) ** 2).sum())
+    return as_torch(kx), as_torch(ky), cross
+
+
+def cka_from_grams(kx, ky, cross: float) -> float:
+    """Linear CKA <K_x, K_y> / (||K_x||_F ||K_y||_F); NaN where a side has no variance."""
+    den = float(kx.norm() * ky.norm())
+    return cross / den if den > 0 else float("nan")
 
 
 def linear_cka(x, y) -> float:
@@ -765,14 +801,7 @@ def linear_cka(x, y) -> float:
     "Similarity of Neural Network Representations Revisited", eq. for linear kernels):
     ||Y_cᵀ X_c||_F² / (||X_cᵀ X_c||_F ||Y_cᵀ Y_c||_F), X_c, Y_c column-centred. Computed with the Gram
     matrices of whichever side is smaller (the same number). NaN where a side has no variance."""
-    xc, yc = centred(x), centred(y)
-    if xc.shape[0] <= xc.shape[1]:  # n x n Grams: <K, L>_F / (||K|| ||L||)
-        k, l_ = xc @ xc.T, yc @ yc.T
-        num, den = float((k * l_).sum()), float(k.norm() * l_.norm())
-    else:
-        num = float((yc.T @ xc).square().sum())
-        den = float((xc.T @ xc).norm() * (yc.T @ yc).norm())
-    return num / den if den > 0 else float("nan")
+    return cka_from_grams(*centred_grams(x, y))
 
 
 def energy_rank(eigenvalues, energy: float = ENERGY) -> int:
@@ -784,14 +813,17 @@ def energy_rank(eigenvalues, energy: float = ENERGY) -> int:
     return int(np.searchsorted(np.cumsum(lam) / total, energy - 1e-12) + 1)
 
 
+def gram_energy_rank(k, energy: float = ENERGY) -> int:
+    """``energy_rank`` of the eigenvalues of a (centred) Gram matrix, n x n or d x d: the same non-zero spectrum."""
+    import torch
+
+    return energy_rank(torch.linalg.eigvalsh(k).cpu().numpy(), energy)
+
+
 def effective_rank(x, energy: float = ENERGY) -> int:
     """99%-energy rank of the centred covariance of [tokens, features] ``x``: its eigenvalues are the
     squared singular values of the centred data (over n), read off the smaller Gram matrix."""
-    import torch
-
-    xc = centred(x)
-    g = xc @ xc.T if xc.shape[0] <= xc.shape[1] else xc.T @ xc
-    return energy_rank(torch.linalg.eigvalsh(g).cpu().numpy(), energy)
+    return gram_energy_rank(as_torch(smaller_gram(centred_for_gram(x))), energy)
 
 
 def mean_shift(x_a, x_b) -> float:
@@ -807,36 +839,92 @@ def cosine(u, v) -> float:
     return float(u @ v / den) if den > 0 else float("nan")
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(train indices, test indices)] of scikit-learn's ``StratifiedKFold(folds, shuffle=True,
+    random_state=seed).split(x, y)`` (its ``_make_test_folds``, scikit-learn >= 0.22), written out: each
+    class's fold labels are allotted round-robin over the sorted labels, then shuffled by
+    ``RandomState(seed)`` one class after another (classes in order of first appearance)."""
+    y = np.asarray(y)
+    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
+    _, class_perm = np.unique(first, return_inverse=True)
+    y_enc = class_perm[inverse.reshape(-1)]
+    n_classes = len(first)
+    y_order = np.sort(y_enc)
+    allocation = np.asarray([np.bincount(y_order[i::folds], minlength=n_classes) for i in range(folds)])
+    rng = np.random.RandomState(seed)
+    test_fold = np.empty(len(y), dtype=np.int64)
+    for k in range(n_classes):
+        labels = np.arange(folds).repeat(allocation[:, k])
+        rng.shuffle(labels)
+        test_fold[y_enc == k] = labels
+    every = np.arange(len(y))
+    return [(every[test_fold != i], every[test_fold == i]) for i in range(folds)]
+
+
+def logistic_loss_grad(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
+    """Mean binomial log-loss of the scores x @ w[:-1] + w[-1] against y in {0, 1}, plus l2 / 2 ||w[:-1]||²
+    (the intercept unpenalised), and its gradient: scikit-learn's lbfgs objective with C = 1 / (l2 n)."""
+    n = len(y)
+    coef = w[:-1]
+    raw = x @ coef + w[-1]
+    loss = float(np.sum(np.logaddexp(0.0, raw) - y * raw) / n) + 0.5 * l2 * float(coef @ coef)
+    g = (np.exp(-np.logaddexp(0.0, -raw)) - y) / n  # sigmoid(raw) - y, stable, over n
+    grad = np.empty_like(w)
+    grad[:-1] = x.T @ g + l2 * coef
+    grad[-1] = g.sum()
+    return loss, grad
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, tol: float = 1e-4) -> np.ndarray:
+    """Coefficients and intercept [w..., b] of an L2 logistic regression fitted as scikit-learn's
+    ``LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=tol)`` does: scipy's L-BFGS-B from 0
+    on ``logistic_loss_grad`` with l2 = 1 / (C n), maxls 50, gtol ``tol``, ftol 64 eps (scikit-learn is not
+    imported: its import cost more than the fits)."""
+    from scipy.optimize import minimize
+
+    y = np.asarray(y, dtype=np.float64)
+    res = minimize(logistic_loss_grad, np.zeros(x.shape[1] + 1), args=(x, y, 1.0 / (c * len(y))), method="L-BFGS-B",
+                   jac=True, options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                      "ftol": 64 * np.finfo(np.float64).eps})
+    return res.x
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
     """Mean and population std over folds of the ROC AUC of a standardised L2 logistic regression
     (C = 1, lbfgs) telling class 1 from class 0, StratifiedKFold(folds, shuffle=True, random_state=seed).
     The standardisation (sklearn's StandardScaler: mean 0, std 1, constant columns left unscaled) is
     fitted on each training fold only; the AUC is the Mann-Whitney statistic of the decision function."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
     aucs = []
     with threadpool_limits(1):  # tiny BLAS calls: extra threads only contend (8 ms -> 0.3 ms per L-BFGS step)
-        for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
+        for train, test in stratified_folds(y, folds, seed):
             mu, sd = x[train].mean(0), x[train].std(0)
             sd[sd < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0)] = 1.0  # as StandardScaler
-            clf = LogisticRegression(C=PROBE["C"], solver=PROBE["solver"], max_iter=PROBE["max_iter"])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit((x[train] - mu) / sd, y[train])
-            aucs.append(roc_auc(y[test], clf.decision_function((x[test] - mu) / sd)))
+            w = logistic_fit((x[train] - mu) / sd, y[train] == 1, PROBE["C"], PROBE["max_iter"])
+            aucs.append(roc_auc(y[test], ((x[test] - mu) / sd) @ w[:-1] + w[-1]))
     return float(np.mean(aucs)), float(np.std(aucs))
+
+
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``a``, ties given the mean of their ranks (scipy.stats.rankdata's 'average')."""
+    a = np.asarray(a)
+    order = np.argsort(a, kind="mergesort")
+    sorted_a = a[order]
+    starts = np.r_[True, sorted_a[1:] != sorted_a[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(a)]  # one past each group's end
+    ranks = np.empty(len(a), dtype=np.float64)
+    ranks[order] = ((first + 1 + last) / 2.0)[group]
+    return ranks
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC = P(score of a random positive > score of a random negative) + P(tie) / 2 (Mann-Whitney U)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score)
+    ranks = average_ranks(score)
     pos = np.asarray(y) == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -870,18 +958,21 @@ def read_share_sums(x, v) -> tuple[float, float]:
 
 
 class one_thread_if_small:
-    """Run small CPU linear algebra (hidden size <= 1024) on one torch thread: a 128 x 128 eigh on two
-    threads of a busy machine took 0.5-1 s instead of milliseconds. Large or GPU work keeps its threads."""
+    """Run small CPU linear algebra (hidden size <= 1024) on one torch thread and one BLAS thread (numpy's
+    Grams): a 128 x 128 eigh on two threads of a busy machine took 0.5-1 s instead of milliseconds. Large or
+    GPU work keeps its threads."""
 
     def __init__(self, device: str, side: int):
         self.active = device == "cpu" and side <= 1024
 
     def __enter__(self):
         import torch
+        from threadpoolctl import threadpool_limits
 
         if self.active:
             self.before = torch.get_num_threads()
             torch.set_num_threads(1)
+            self.blas = threadpool_limits(1)
         return self
 
     def __exit__(self, *exc):
@@ -889,6 +980,7 @@ class one_thread_if_small:
 
         if self.active:
             torch.set_num_threads(self.before)
+            self.blas.restore_original_limits()
         return False
 
 
@@ -1072,9 +1164,12 @@ def geometry_rows(plan: GeometryPlan, res_a: PassResult, res_b: PassResult, read
             xa = res_a.sample[split][li].to(device)
             xb = res_b.sample[split][li].to(device)
             n = xa.shape[0]
-            row[f"cka_{split}"] = linear_cka(xa, xb) if n > 1 else None
-            row[f"eff_rank_{split}_a"] = effective_rank(xa) if n > 1 else None
-            row[f"eff_rank_{split}_b"] = effective_rank(xb) if n > 1 else None
+            row[f"cka_{split}"] = row[f"eff_rank_{split}_a"] = row[f"eff_rank_{split}_b"] = None
+            if n > 1:
+                ka, kb, cross = centred_grams(xa, xb)
+                row[f"cka_{split}"] = cka_from_grams(ka, kb, cross)
+                row[f"eff_rank_{split}_a"], row[f"eff_rank_{split}_b"] = gram_energy_rank(ka), gram_energy_rank(kb)
+                del ka, kb
             row[f"shift_{split}"] = mean_shift(xa, xb) if n else None
             del xa, xb
         j = layer - 1  # decoder layer j writes hidden state j + 1
@@ -1314,7 +1409,7 @@ def package_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "scikit-learn", "numpy", "safetensors"):
+    for pkg in ("torch", "transformers", "scipy", "numpy", "safetensors"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -14,6 +14,13 @@ in wall time. Peak resident memory of each process (``wait4``) is reported next 
 per-token sample, 2 models x 2 splits x tokens x (layers + 1) x hidden x 4 bytes.
 Run on a shared machine, the wall times move with the load: the CPU times (user + system of the
 process) are the steadier figure; the minimum over --reps is reported.
+Imports: this machine's environment may set ``PYTHONDONTWRITEBYTECODE=1``, and then every process compiles
+torch, transformers and scikit-learn from source (~15-25 s, more for the tool, which imports more): the
+children get a bytecode cache in the temporary folder (``PYTHONPYCACHEPREFIX``) and one untimed warm-up
+run of (a) and (b) fills it, as an installed environment's ``__pycache__`` would be; ``--cold-imports``
+keeps the environment as it is.
+The result is a markdown table on stdout (one row per shape and run; the ratios against (a) of the same
+shape), then the goal per shape.
 """
 from __future__ import annotations
 
@@ -87,13 +94,19 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=160, help="number of texts (half forget, half retain)")
     p.add_argument("--reps", type=int, default=2, help="repetitions; the minimum time is reported")
     p.add_argument("--threads", type=int, default=1, help="torch threads in both processes")
+    p.add_argument("--cold-imports", action="store_true",
+                   help="no bytecode cache and no warm-up run: the processes import as the environment says")
     args = p.parse_args()
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
                         "MKL_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; {args.texts} texts, batch {BATCH}, max length {MAX_LEN}", flush=True)
+    table, goals = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if not args.cold_imports:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         texts = make_texts(args.texts)
         half = len(texts) // 2
         forget, retain = tmp / "forget.txt", tmp / "retain.txt"
@@ -114,32 +127,42 @@ def main() -> None:
             tool = [sys.executable, str(ROOT / "collect_activation_geometry.py"), "--model-a", str(da), "--model-b",
                     str(db), "--forget-text", str(forget), "--retain-text", str(retain), "--device", "cpu",
                     "--dtype", "fp32", "--batch-size", str(BATCH), "--max-length", str(MAX_LEN)]
+            if not args.cold_imports and shape == next(iter(SHAPES)):  # fill the bytecode cache, untimed
+                timed(base, env)
+                timed(tool + ["--outdir", str(tmp / f"warm_{shape}")], env)
             runs = {"a": [], "b": [], "c": []}
             for rep in range(args.reps):
                 runs["a"].append(timed(base, env))
                 runs["b"].append(timed(tool + ["--outdir", str(tmp / f"out_{shape}_{rep}")], env))
                 runs["c"].append(timed(tool + ["--outdir", str(tmp / f"outc_{shape}_{rep}"), "--max-tokens", "256"], env))
+                print(f"{shape} rep {rep + 1}: walls (a, b, c) {[round(runs[k][-1][0], 1) for k in 'abc']} s, "
+                      f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
             import yaml
             rep0 = yaml.safe_load((tmp / f"out_{shape}_0" / "geometry_report.yaml").read_text())
-            n_tok = rep0["Data"]["forget"]["tokens_sampled"] + rep0["Data"]["retain"]["tokens_sampled"]
+            sampled = {s: rep0["Data"][s]["tokens_sampled"] for s in ("forget", "retain")}
             n_states = cfg["layers"] + 1
-            sample_b = 2 * n_tok * n_states * cfg["hidden"] * 4
-            small_b = 2 * (min(256, rep0["Data"]["forget"]["tokens_sampled"]) + min(256, rep0["Data"]["retain"]["tokens_sampled"])) \
-                * n_states * cfg["hidden"] * 4
+            sample_mb = {"a": None, "b": 2 * sum(sampled.values()) * n_states * cfg["hidden"] * 4 / 1e6,
+                         "c": 2 * sum(min(256, n) for n in sampled.values()) * n_states * cfg["hidden"] * 4 / 1e6}
             best = {k: (min(r[0] for r in v), min(r[1] for r in v), max(r[2] for r in v)) for k, v in runs.items()}
             wa, ca = best["a"][0], best["a"][1]
-            print(f"\n{shape}: GPT-NeoX hidden {cfg['hidden']}, {cfg['layers']} layers; "
-                  f"{n_tok} counted tokens sampled (both splits)")
-            for k, label, extra in (("a", "(a) two bare forward passes, same batches", ""),
-                                    ("b", "(b) collect_activation_geometry, default", f", sample {sample_b / 1e6:.1f} MB"),
-                                    ("c", "(c) collect_activation_geometry --max-tokens 256", f", sample {small_b / 1e6:.1f} MB")):
+            label = f"{cfg['hidden']} × {cfg['layers']}"
+            for k, what in (("a", "(a) two bare forward passes"), ("b", "(b) tool, default `--max-tokens 8192`"),
+                            ("c", "(c) tool, `--max-tokens 256`")):
                 w, c, m = best[k]
-                print(f"  {label:<50} wall {w:6.1f} s ({w / wa:.2f}x)  cpu {c:6.1f} s ({c / ca:.2f}x)  "
-                      f"peak RSS {m / 1e6:7.1f} MB{extra}")
-            print(f"  all walls (a, b, c per rep): {[[round(r[0], 1) for r in runs[k]] for k in 'abc']}")
+                sample = "" if sample_mb[k] is None else f"{sample_mb[k]:.1f}"
+                table.append(f"| {label} | {sum(sampled.values())} | {what} | {w:.1f} | {w / wa:.2f}× | {c:.1f} | "
+                             f"{c / ca:.2f}× | {m / 1e6:.0f} | {sample} |")
             ratio = best["b"][0] / wa
-            print(f"  goal (b)/(a) <= 1.3 (wall): {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}x; "
-                  f"cpu {best['b'][1] / ca:.2f}x)", flush=True)
+            goals.append(f"- {label}: goal (b)/(a) ≤ 1.3 in wall time {'met' if ratio <= 1.3 else 'NOT met'} "
+                         f"({ratio:.2f}× wall, {best['b'][1] / ca:.2f}× CPU); all walls (a, b, c per rep): "
+                         f"{[[round(r[0], 1) for r in runs[k]] for k in 'abc']}")
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}; minimum over {args.reps} reps; GPT-NeoX, "
+          f"vocabulary 8192; tokens = counted tokens sampled, both splits\n")
+    print("| hidden × layers | tokens | run | wall s | wall ×(a) | CPU s | CPU ×(a) | peak RSS MB | per-token sample MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(table))
+    print()
+    print("\n".join(goals), flush=True)
 
 
 if __name__ == "__main__":
