@@ -8,6 +8,7 @@
 #     "huggingface_hub>=0.30",
 #     "numpy>=1.24",
 #     "pandas>=2.0",
+#     "scikit-learn>=1.3",
 #     "scipy>=1.11",
 #     "threadpoolctl>=3.1",
 #     "pyyaml>=6.0",
@@ -56,6 +57,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -839,92 +841,36 @@ def cosine(u, v) -> float:
     return float(u @ v / den) if den > 0 else float("nan")
 
 
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(train indices, test indices)] of scikit-learn's ``StratifiedKFold(folds, shuffle=True,
-    random_state=seed).split(x, y)`` (its ``_make_test_folds``, scikit-learn >= 0.22), written out: each
-    class's fold labels are allotted round-robin over the sorted labels, then shuffled by
-    ``RandomState(seed)`` one class after another (classes in order of first appearance)."""
-    y = np.asarray(y)
-    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
-    _, class_perm = np.unique(first, return_inverse=True)
-    y_enc = class_perm[inverse.reshape(-1)]
-    n_classes = len(first)
-    y_order = np.sort(y_enc)
-    allocation = np.asarray([np.bincount(y_order[i::folds], minlength=n_classes) for i in range(folds)])
-    rng = np.random.RandomState(seed)
-    test_fold = np.empty(len(y), dtype=np.int64)
-    for k in range(n_classes):
-        labels = np.arange(folds).repeat(allocation[:, k])
-        rng.shuffle(labels)
-        test_fold[y_enc == k] = labels
-    every = np.arange(len(y))
-    return [(every[test_fold != i], every[test_fold == i]) for i in range(folds)]
-
-
-def logistic_loss_grad(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
-    """Mean binomial log-loss of the scores x @ w[:-1] + w[-1] against y in {0, 1}, plus l2 / 2 ||w[:-1]||²
-    (the intercept unpenalised), and its gradient: scikit-learn's lbfgs objective with C = 1 / (l2 n)."""
-    n = len(y)
-    coef = w[:-1]
-    raw = x @ coef + w[-1]
-    loss = float(np.sum(np.logaddexp(0.0, raw) - y * raw) / n) + 0.5 * l2 * float(coef @ coef)
-    g = (np.exp(-np.logaddexp(0.0, -raw)) - y) / n  # sigmoid(raw) - y, stable, over n
-    grad = np.empty_like(w)
-    grad[:-1] = x.T @ g + l2 * coef
-    grad[-1] = g.sum()
-    return loss, grad
-
-
-def logistic_fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, tol: float = 1e-4) -> np.ndarray:
-    """Coefficients and intercept [w..., b] of an L2 logistic regression fitted as scikit-learn's
-    ``LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=tol)`` does: scipy's L-BFGS-B from 0
-    on ``logistic_loss_grad`` with l2 = 1 / (C n), maxls 50, gtol ``tol``, ftol 64 eps (scikit-learn is not
-    imported: its import cost more than the fits)."""
-    from scipy.optimize import minimize
-
-    y = np.asarray(y, dtype=np.float64)
-    res = minimize(logistic_loss_grad, np.zeros(x.shape[1] + 1), args=(x, y, 1.0 / (c * len(y))), method="L-BFGS-B",
-                   jac=True, options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
-                                      "ftol": 64 * np.finfo(np.float64).eps})
-    return res.x
-
-
 def probe_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
     """Mean and population std over folds of the ROC AUC of a standardised L2 logistic regression
     (C = 1, lbfgs) telling class 1 from class 0, StratifiedKFold(folds, shuffle=True, random_state=seed).
     The standardisation (sklearn's StandardScaler: mean 0, std 1, constant columns left unscaled) is
     fitted on each training fold only; the AUC is the Mann-Whitney statistic of the decision function."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
     aucs = []
     with threadpool_limits(1):  # tiny BLAS calls: extra threads only contend (8 ms -> 0.3 ms per L-BFGS step)
-        for train, test in stratified_folds(y, folds, seed):
+        for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
             mu, sd = x[train].mean(0), x[train].std(0)
             sd[sd < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0)] = 1.0  # as StandardScaler
-            w = logistic_fit((x[train] - mu) / sd, y[train] == 1, PROBE["C"], PROBE["max_iter"])
-            aucs.append(roc_auc(y[test], ((x[test] - mu) / sd) @ w[:-1] + w[-1]))
+            clf = LogisticRegression(C=PROBE["C"], solver=PROBE["solver"], max_iter=PROBE["max_iter"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit((x[train] - mu) / sd, y[train])
+            aucs.append(roc_auc(y[test], clf.decision_function((x[test] - mu) / sd)))
     return float(np.mean(aucs)), float(np.std(aucs))
-
-
-def average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``a``, ties given the mean of their ranks (scipy.stats.rankdata's 'average')."""
-    a = np.asarray(a)
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    starts = np.r_[True, sorted_a[1:] != sorted_a[:-1]]
-    group = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    last = np.r_[first[1:], len(a)]  # one past each group's end
-    ranks = np.empty(len(a), dtype=np.float64)
-    ranks[order] = ((first + 1 + last) / 2.0)[group]
-    return ranks
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC = P(score of a random positive > score of a random negative) + P(tie) / 2 (Mann-Whitney U)."""
-    ranks = average_ranks(score)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
     pos = np.asarray(y) == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -1409,7 +1355,7 @@ def package_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "scipy", "numpy", "safetensors"):
+    for pkg in ("torch", "transformers", "scikit-learn", "numpy", "safetensors"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

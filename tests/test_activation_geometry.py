@@ -252,33 +252,6 @@ def test_math_helpers_against_numpy():
     assert g.energy_rank([0.0, 0.0]) == 0 and g.energy_rank([1.0, 0.0, 0.0]) == 1
 
 
-def test_probe_parts_against_sklearn_and_scipy():
-    """The tool's written-out StratifiedKFold, average ranks and probe against scikit-learn / scipy themselves."""
-    from scipy.stats import rankdata
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(1)
-    for n, folds, seed, p_pos in ((23, 3, 0, 0.5), (40, 5, 7, 0.3), (31, 4, 123456, 0.7)):
-        y = np.r_[np.ones(folds), np.zeros(folds), (rng.random(n - 2 * folds) < p_pos)].astype(int)
-        rng.shuffle(y)
-        ref = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros((n, 1)), y))
-        got = g.stratified_folds(y, folds, seed)
-        assert [(a.tolist(), b.tolist()) for a, b in got] == [(a.tolist(), b.tolist()) for a, b in ref]
-        s = np.round(rng.standard_normal(n), 1)  # ties
-        np.testing.assert_array_equal(g.average_ranks(s), rankdata(s))
-        x = rng.standard_normal((n, 12)) + 0.8 * y[:, None] * rng.standard_normal(12) + 4.0
-        x[:, 0] = 2.5  # a constant column: left unscaled
-        with threadpool_limits(1):
-            scores = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)), x, y,
-                                     cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="roc_auc")
-        auc, std = g.probe_auc(x, y, folds, seed)
-        assert auc == pytest.approx(scores.mean(), abs=1e-9) and std == pytest.approx(scores.std(), abs=1e-9)
-
-
 # forget text of one narrow topic (a random model barely tells FORGET's sentences from RETAIN's:
 # centroid cosine 0.70 at decoder layer 1's MLP input, against 0.45 for these)
 TOPIC = [" ".join(["glimmer quartz zephyr coil"] * k) for k in range(1, 10)]
