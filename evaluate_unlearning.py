@@ -864,6 +864,20 @@ def generate(model, tokenizer, texts: list[str], split: str, args, device: str):
 # ----------------------------------------------------------------------------------------------
 # Multiple choice through lm-evaluation-harness
 # ----------------------------------------------------------------------------------------------
+def lm_eval_progress_lines() -> None:
+    """A log is not a terminal: lm-eval's tqdm bars ("Building contexts", "Tokenizing inputs", "Running
+    loglikelihood requests") become LineProgress lines (a line when a stage starts, one a minute, one
+    when it ends), so a long MCQ evaluation is never silent and writes no carriage returns."""
+    if sys.stderr.isatty():
+        return
+    import importlib
+
+    for name in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface"):
+        module = importlib.import_module(name)
+        if hasattr(module, "tqdm"):
+            module.tqdm = LineProgress
+
+
 class McqBenchmarks:
     """The lm-eval side: task configs written to a temporary folder, a TaskManager that finds them
     (and lm-eval's own tasks when standard ones are asked for), checked before any model is loaded."""
@@ -933,6 +947,7 @@ class McqBenchmarks:
             # then fails); the inputs go to --device and accelerate's hooks move them on
             import torch
             lm._device = torch.device(pick_device(args.device))
+        lm_eval_progress_lines()
         res = lm_eval.simple_evaluate(model=lm, tasks=self.names, task_manager=self.tm, num_fewshot=0,
                                       bootstrap_iters=1000, log_samples=False, random_seed=args.seed,
                                       numpy_random_seed=args.seed, torch_random_seed=args.seed,

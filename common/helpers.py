@@ -415,6 +415,88 @@ def load_causal_lm(path: Path, name: str, dtype: str, device: str, trust_remote_
     return model.eval(), tok
 
 
+def load_text_config(path: Path, name: str, trust_remote_code: bool = False):
+    """The (text) config of a resolved model directory (``name``: what the user passed), or one sentence why not."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} has no config.json, so it is not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # unknown architecture, remote code needed, ...
+        raise UsageError(f"cannot load the config of {name}: {first_line(e)}") from None
+    return config.get_text_config()
+
+
+def check_compatible(config_a, config_b) -> tuple[int, int]:
+    """Both models must have the same number of layers and hidden size; returns (layers, hidden)."""
+    la, lb = getattr(config_a, "num_hidden_layers", None), getattr(config_b, "num_hidden_layers", None)
+    ha, hb = getattr(config_a, "hidden_size", None), getattr(config_b, "hidden_size", None)
+    if la != lb:
+        raise UsageError(f"the models have different numbers of layers (A: {la}, B: {lb}); "
+                         "their hidden states cannot be compared layer by layer")
+    if ha != hb:
+        raise UsageError(f"the models have different hidden sizes (A: {ha}, B: {hb}); "
+                         "their hidden states cannot be subtracted")
+    if la is None or ha is None:
+        raise UsageError("cannot read num_hidden_layers / hidden_size from the model configs")
+    return la, ha
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:  # causal LMs often ship without one; the id only fills masked slots
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def has_tokenizer(path: Path) -> bool:
+    """Whether a model directory has tokenizer files (AutoTokenizer would otherwise build an empty one)."""
+    return any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated to ``max_length`` (no padding: batches are padded later)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return [list(x) for x in ids]
+
+
+def check_weights(path: Path, name: str) -> None:
+    """Every ``*.safetensors`` file of a model folder opens (its header is whole and covers the file)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UsageError(f"model {name} has no *.safetensors weights (pickled .bin weights are not loaded)")
+    for f in files:
+        try:
+            with safe_open(f, framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean "cannot read this file"
+            raise UsageError(f"model {name}: {f.name} is damaged or truncated ({first_line(e)})") from None
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (an OOM shows up at once).
+
+    With right padding and a causal mask a real token never sees a padding token, so the hidden
+    states of real tokens do not depend on how texts are grouped; sorting only removes padding work.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def base_of(model):
+    """The transformer body without the LM head: its ``hidden_states`` equal the causal LM's."""
+    return getattr(model, "base_model", model)
+
+
+
 def pad_right(seqs: list[list[int]], pad_id: int):
     """``input_ids`` and ``attention_mask`` (1 = real token) of a right-padded batch."""
     import torch
