@@ -113,3 +113,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The end-to-end pipeline test is the longest by far: collected first, so pytest-xdist (--dist
+# loadfile) gives it a worker at once and the other worker runs the rest beside it.
+SLOWEST_FIRST = ("test_pipeline_demo.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: Path(str(item.fspath)).name not in SLOWEST_FIRST)

@@ -193,7 +193,7 @@ def test_demo_build_follows_the_recipe_and_a_rerun_is_cached(demo_run):
     again = subprocess.run(["uv", "run", "--quiet", "--script", "demo/build_demo.py", "--outdir", "demo/models"],
                            cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count(": cached") == 4, again.stdout
+    assert again.stdout.count(": cached") == 5, again.stdout   # data, tokenizer, the three models
     assert "$ " not in again.stdout  # no tool was started the second time
     assert {p: p.read_bytes() for p in out.rglob("*.safetensors")} == before
     assert json.loads((out / "demo_report.json").read_text())["models"] == report["models"]
