@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -70,14 +69,19 @@ def state_bytes(model, opt) -> float:
 
 def peak_child(shape: str, mode: str, device: str) -> None:
     """(child process) print the peak memory of building and training 3 steps."""
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def vm(key: str) -> int:   # this process's own figures (getrusage's ru_maxrss survives fork + exec:
+        # it would start at the parent's resident set)
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+        return int(status[key].split()[0]) * 1024
+
+    rss0 = vm("VmRSS")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, opt, ids = build(shape, mode, device)
     for _ in range(3):
         step(model, opt, ids, mode, device)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        vm("VmHWM") - rss0
     print(json.dumps({"peak_bytes": peak, "n_params": sum(p.numel() for p in model.parameters())}))
 
 

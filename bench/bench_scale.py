@@ -11,7 +11,7 @@
 vocabulary 50304, bf16) with 1, 2 and 4 decoder layers; each tool's peak memory and time; the
 per-layer slope and the 32-layer extrapolation, next to check_experiment.py's memory plan.
 
-    uv run --script bench/bench_scale.py --layers 1,2,4 --tools param_stats,activation_norms,evaluate \\
+    uv run python bench/bench_scale.py --layers 1,2,4 --tools param_stats,activation_norms,evaluate \\
         --workdir /tmp/bench_scale --device cpu
 
 Per size it writes a pair (model A random, model B = A with every decoder layer perturbed by 1e-3

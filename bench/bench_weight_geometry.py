@@ -81,7 +81,10 @@ def run_tool(a: str, b: str, out: str) -> dict:
     code = cwg.main(["--model-a", a, "--model-b", b, "--outdir", out, "--device", "cpu"])
     seconds = time.perf_counter() - t
     assert code == 0
-    return {"seconds": seconds, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "imports_kb": imports}
+    # the peak of this process's own memory (VmHWM, reset by exec); getrusage's ru_maxrss is kept across
+    # fork + exec, so it would report the parent's resident set (the pair it built) when that is larger
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {"seconds": seconds, "maxrss_kb": int(status["VmHWM"].split()[0]), "imports_kb": imports}
 
 
 def run_naive(a: str, b: str) -> dict:
