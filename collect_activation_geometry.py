@@ -1276,7 +1276,8 @@ def run(args) -> Path:
         lines[s], texts[s] = read_split(path, args.max_samples)
     check_folds({s: len(texts[s]) for s in GEOMETRY_SPLITS}, args.probe_folds)
     models = inspect_pair(args)
-    outdir = check_outdir(args.outdir, REPORT_NAME, owned=(GEOMETRY_CSV, REPORT_NAME, FEATURES_NAME),
+    # the marker is this tool's CSV: collect_weight_geometry.py writes a geometry_report.yaml too
+    outdir = check_outdir(args.outdir, GEOMETRY_CSV, owned=(GEOMETRY_CSV, REPORT_NAME, FEATURES_NAME),
                           inputs=(models.dir_a, models.dir_b))
     layers = parse_state_spec(args.layers, models.n_layers + 1)
     ids, pad_id = tokenize_splits(args, models, texts)

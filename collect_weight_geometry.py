@@ -1056,7 +1056,8 @@ def run(args) -> int:
         device = "cpu"
     ops = Ops(device)
     a, b = Checkpoint(args.model_a), Checkpoint(args.model_b)
-    check_outdir(outdir, "geometry_report.yaml",
+    # the marker is this tool's CSV: collect_activation_geometry.py writes a geometry_report.yaml too
+    check_outdir(outdir, "weight_geometry.csv",
                  owned=("weight_geometry.csv", "dW_spectra.safetensors", "geometry_report.yaml"),
                  inputs=(a.dir, b.dir))
     names, warnings = match_matrices(a, b)

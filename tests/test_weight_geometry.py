@@ -424,3 +424,19 @@ def test_plots_are_written(tool_runs, tmp_path, capsys):
     assert pwg.main(["--geometry-dir", str(tmp_path / "bad"), "--outdir", str(tmp_path / "p2"), "--name", "x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "lacks the columns" in err[0]
+
+
+def test_outdir_of_the_activation_geometry_tool_is_refused(model_pairs, tmp_path, capsys):
+    """Both geometry tools write a geometry_report.yaml: one must not take the other's folder for its
+    own and replace that report."""
+    import collect_weight_geometry as cwg
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "activation_geometry.csv").write_text("layer\n0\n")
+    (out / "geometry_report.yaml").write_text("tool: collect_activation_geometry.py\n")
+    a, b = model_pairs["gpt_neox"]
+    assert cwg.main(["--model-a", str(a), "--model-b", str(b), "--outdir", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --outdir {out} holds files that no earlier run"), err
+    assert (out / "geometry_report.yaml").read_text() == "tool: collect_activation_geometry.py\n"
