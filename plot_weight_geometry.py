@@ -21,7 +21,7 @@ collect_param_stats.py) into --outdir (plots/<pair>/weight_geometry/):
   rel_norm_<name>.png        ‖ΔW‖_F/‖W_a‖_F per layer and component, from per_component.csv
                              (drawn when --param-stats-dir holds it)
 
-Lines are drawn in model B's colour (model_style's colour for --model-index, the colour the model
+Lines are drawn in model B's colour (model_style's colour for --model-b-index, the colour the model
 has in every figure of the study); layers and components are told apart by shade, marker and dash.
 
 Usage:
@@ -397,14 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="comparison name: file suffix and title")
     p.add_argument("--model-a-label", default="model A", help="name of model A in the titles")
     p.add_argument("--model-b-label", default="model B", help="name of model B in the titles")
-    p.add_argument("--model-index", type=int, default=1,
+    p.add_argument("--model-b-index", type=int, default=1,
                    help="position of model B in the study (0 = reference): its colour in every figure")
     return p
 
 
 def run(args) -> int:
-    if args.model_index < 0:
-        raise UsageError("--model-index must be at least 0")
+    if args.model_b_index < 0:
+        raise UsageError("--model-b-index must be at least 0")
     gdir, outdir = Path(args.geometry_dir), Path(args.outdir)
     table = read_table(gdir / "weight_geometry.csv", GEOMETRY_REQUIRED, "collect_weight_geometry.py")
     spectra = read_spectra(gdir / "dW_spectra.safetensors")
@@ -415,7 +415,7 @@ def run(args) -> int:
     names = {key: outdir / f"{key}_{args.name}.png" for key in
              ("dW_spectra", "eff_rank", "intruders", "colspace", "rel_norm")}
     check_outdir(outdir, "eff_rank_*.png", owned=tuple(p.name for p in names.values()))
-    colour = model_style(args.model_b_label, args.model_index)["color"]
+    colour = model_style(args.model_b_label, args.model_b_index)["color"]
     pair = f"{args.model_a_label} → {args.model_b_label}"
     fig, drawn = figure_spectra(table, spectra, colour, f"ΔW singular values, normalised\n{pair}")
     save_png(fig, names["dW_spectra"])

@@ -16,5 +16,5 @@ for MODEL_B in $COMPARE_WITH; do
   echo "== weight geometry plots: $cmp -> $PLOTS_DIR/$cmp/weight_geometry"
   $UV_RUN plot_weight_geometry.py --geometry-dir "$OUTPUTS_DIR/$cmp/weight_geometry" \
     --param-stats-dir "$OUTPUTS_DIR/$cmp/param_stats" --outdir "$PLOTS_DIR/$cmp/weight_geometry" \
-    --name "$cmp" --model-a-label "${MODEL_A%/}" --model-b-label "${MODEL_B%/}" --model-index "$index"
+    --name "$cmp" --model-a-label "${MODEL_A%/}" --model-b-label "${MODEL_B%/}" --model-b-index "$index"
 done

@@ -413,7 +413,7 @@ def test_plots_are_written(tool_runs, tmp_path, capsys):
                                              "0,mlp_in,0,0,,1,0\n1,mlp_in,0.01,0.02,30,1,1\n")
     out = tmp_path / "plots"
     assert pwg.main(["--geometry-dir", str(tool_runs["llama"]), "--param-stats-dir", str(stats),
-                     "--outdir", str(out), "--name", "pair", "--model-index", "2"]) == 0
+                     "--outdir", str(out), "--name", "pair", "--model-b-index", "2"]) == 0
     pngs = sorted(p.name for p in out.iterdir())
     assert pngs == sorted(f"{k}_pair.png" for k in ("dW_spectra", "eff_rank", "intruders", "colspace", "rel_norm"))
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
