@@ -845,7 +845,9 @@ def probe_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[floa
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
     aucs = []
-    with threadpool_limits(1):  # tiny BLAS calls: extra threads only contend (8 ms -> 0.3 ms per L-BFGS step)
+    # tiny BLAS calls: extra threads only contend (8 ms -> 0.3 ms per L-BFGS step); BLAS only: the probes may
+    # run beside a forward pass, whose torch threads are not theirs to change
+    with threadpool_limits(1, user_api="blas"):
         for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
             mu, sd = x[train].mean(0), x[train].std(0)
             sd[sd < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0)] = 1.0  # as StandardScaler
@@ -967,6 +969,9 @@ def dw_directions(dir_a: Path, dir_b: Path, decoder_layers: set, top_k: int, dev
                 raise UsageError(f"weight {name} is not finite (NaN or inf) in model A or B")
             parts.append(dw.T if transposed else dw)
         dw = torch.cat(parts, 0)  # [sum of outs, in]: matrices that read the same input, stacked
+        if not bool(dw.any()):  # unchanged (most layers of a LoRA or layer-targeted unlearning): no eigh
+            out[key] = None
+            continue
         with one_thread_if_small(device, dw.shape[1]):
             sub = top_right_subspace(dw, top_k)
         out[key] = None if sub is None else (sub[0].float(), sub[1], sub[2], dw.shape[1])
@@ -1082,20 +1087,126 @@ def forward_pass(model, plan: GeometryPlan, device: str, hidden: int, which: str
 # The table
 
 
+def text_mask(plan: GeometryPlan) -> dict:
+    """{split: bool per text}: the texts with at least one counted token (the others have no feature)."""
+    return {s: np.array([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]])
+            for s in GEOMETRY_SPLITS}
+
+
+def text_features(plan: GeometryPlan, res: PassResult, li: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forget, retain) per-text features of reported state ``li``, the texts without counted tokens left out."""
+    valid = text_mask(plan)
+    return (res.features["forget"][:, li].numpy()[valid["forget"]],
+            res.features["retain"][:, li].numpy()[valid["retain"]])
+
+
+def probe_inputs(plan: GeometryPlan, res: PassResult) -> tuple[np.ndarray, np.ndarray]:
+    """(x [texts, states, hidden] float32, y [texts]): the per-text features of the texts with counted tokens,
+    forget (y = 1) then retain (y = 0)."""
+    valid = text_mask(plan)
+    x = np.concatenate([res.features[s].numpy()[valid[s]] for s in GEOMETRY_SPLITS])
+    return x, np.r_[np.ones(valid["forget"].sum(), dtype=int), np.zeros(valid["retain"].sum(), dtype=int)]
+
+
+def probes_of(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> list[tuple[float, float]]:
+    """probe_auc at every reported state of probe_inputs' x."""
+    return [probe_auc(x[:, li], y, folds, seed) for li in range(x.shape[1])]
+
+
+# The probe process: runs this file's probes_of on the features the tool hands it (a .npz path per line,
+# one JSON line back per request), so that importing scikit-learn and the layers x folds L-BFGS fits
+# (Python-bound) run on another core, beside the tool's next forward pass and its per-token statistics.
+PROBE_PROCESS = r"""
+import importlib.util, json, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the tool's to handle: it ends this process
+import numpy as np
+spec = importlib.util.spec_from_file_location("_activation_geometry", sys.argv[1])
+tool = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # registered: its dataclasses look it up
+spec.loader.exec_module(tool)
+folds, seed = int(sys.argv[2]), int(sys.argv[3])
+import sklearn.linear_model, sklearn.model_selection  # imported while the tool's forward pass runs
+for line in sys.stdin:
+    with np.load(line.rstrip("\n"), allow_pickle=False) as data:
+        out = tool.probes_of(data["x"], data["y"], folds, seed)
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+"""
+
+
+class ProbeProcess:
+    """The probes in a second process (PROBE_PROCESS), started with the tool: ``submit`` hands it one model's
+    features (through a temporary .npz) and returns at once; ``result`` waits for that model's
+    {state index: (mean AUC, std)}. Its numbers are probes_of's, computed the same way in another
+    interpreter. One BLAS thread, as probe_auc asks; SIGINT ignored (the tool stops it)."""
+
+    def __init__(self, folds: int, seed: int):
+        import subprocess
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="probes_")
+        self.err = open(Path(self.tmp.name) / "stderr.txt", "w+b")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE_PROCESS, str(Path(__file__).resolve()), str(folds),
+                                      str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     env=env, text=True)
+        self.sent = 0
+
+    def submit(self, x: np.ndarray, y: np.ndarray) -> None:
+        path = Path(self.tmp.name) / f"features_{self.sent}.npz"
+        np.savez(path, x=x, y=y)
+        self.sent += 1
+        try:
+            self.proc.stdin.write(f"{path}\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it has stopped: result() says why
+
+    def result(self) -> dict:
+        import json
+
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.err.seek(0)
+            lines = self.err.read().decode(errors="replace").strip().splitlines()
+            raise UsageError(f"the probe process stopped (exit {self.proc.returncode}): "
+                             f"{lines[-1] if lines else 'no message'}")
+        return {li: tuple(v) for li, v in enumerate(json.loads(line))}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        self.tmp.cleanup()
+
+
+def start_probes(plan: GeometryPlan, res: PassResult, folds: int, seed: int, worker: ProbeProcess | None):
+    """The forget-vs-retain probes of one model at every reported state: a function that returns
+    {state index: (mean AUC, std)}. With a ``worker`` (ProbeProcess) they are handed to it now and run
+    beside what the tool does next (model B's forward pass, the per-token statistics); without, here."""
+    x, y = probe_inputs(plan, res)
+    if worker is not None:
+        worker.submit(x, y)
+        return worker.result
+    done = dict(enumerate(probes_of(x, y, folds, seed)))
+    return lambda: done
+
+
 def geometry_rows(plan: GeometryPlan, res_a: PassResult, res_b: PassResult, reads: dict, directions: dict,
-                  folds: int, seed: int, device: str) -> list[dict]:
-    """One dict per reported hidden state: every column of activation_geometry.csv (None = empty)."""
+                  device: str, probes: dict) -> list[dict]:
+    """One dict per reported hidden state: every column of activation_geometry.csv (None = empty).
+    ``probes``: {"a": ..., "b": ...}, the functions start_probes returned."""
     import torch
 
-    valid = {s: np.array([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]]) for s in GEOMETRY_SPLITS}
-    y = np.r_[np.ones(valid["forget"].sum(), dtype=int), np.zeros(valid["retain"].sum(), dtype=int)]
     rows = []
     for li, layer in enumerate(plan.layers):
         row: dict = {"layer": layer}
         for tag, res in (("a", res_a), ("b", res_b)):
-            f = res.features["forget"][:, li].numpy()[valid["forget"]]
-            r = res.features["retain"][:, li].numpy()[valid["retain"]]
-            row[f"probe_auc_{tag}"], row[f"probe_auc_{tag}_std"] = probe_auc(np.vstack([f, r]), y, folds, seed)
+            f, r = text_features(plan, res, li)
             row[f"centroid_cos_{tag}"] = cosine(f.astype(np.float64).mean(0), r.astype(np.float64).mean(0))
         for split in GEOMETRY_SPLITS:
             xa = res_a.sample[split][li].to(device)
@@ -1130,6 +1241,10 @@ def geometry_rows(plan: GeometryPlan, res_a: PassResult, res_b: PassResult, read
         rows.append(row)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    for tag in ("a", "b"):
+        aucs = probes[tag]()
+        for li, row in enumerate(rows):
+            row[f"probe_auc_{tag}"], row[f"probe_auc_{tag}_std"] = aucs[li]
     return rows
 
 
@@ -1291,29 +1406,39 @@ def run(args) -> Path:
         print("note: no mlp_in / qkv matrices of a known naming scheme (GPT-NeoX, Llama, GPT-2) were found; "
               "the dW_read_* columns stay empty", file=sys.stderr)
     timings = {}
-    t0 = time.perf_counter()
-    gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
+    # the probes run in a second process, beside the passes and statistics, unless those use every CPU
+    # thread (large hidden size on the CPU: it would take cores from them for nothing)
+    concurrent = stats_device != "cpu" or one_thread_if_small(stats_device, models.hidden).active
+    worker = ProbeProcess(args.probe_folds, args.seed) if concurrent else None
     try:
-        model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code,
-                                    big=args)
-        res_a = forward_pass(model, plan, models.device, models.hidden, "A", directions)
-        del model  # one model in memory at a time
-        release_memory()
-        timings["pass_a_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code,
-                                    big=args)
-        res_b = forward_pass(model, plan, models.device, models.hidden, "B")
-        del model
-        release_memory()
-        timings["pass_b_s"] = time.perf_counter() - t0
+        gc.freeze()  # the imports' objects are never garbage: release_memory's collection then scans the models only
+        try:
+            model = load_geometry_model(models.dir_a, args.model_a, models.dtype, models.device, args.trust_remote_code,
+                                        big=args)
+            res_a = forward_pass(model, plan, models.device, models.hidden, "A", directions)
+            del model  # one model in memory at a time
+            release_memory()
+            probes = {"a": start_probes(plan, res_a, args.probe_folds, args.seed, worker)}
+            timings["pass_a_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model = load_geometry_model(models.dir_b, args.model_b, models.dtype, models.device, args.trust_remote_code,
+                                        big=args)
+            res_b = forward_pass(model, plan, models.device, models.hidden, "B")
+            del model
+            release_memory()
+            probes["b"] = start_probes(plan, res_b, args.probe_folds, args.seed, worker)
+            timings["pass_b_s"] = time.perf_counter() - t0
+        finally:
+            gc.unfreeze()
+        reads = res_a.reads
+        t0 = time.perf_counter()
+        print("statistics: probes, CKA, effective ranks", file=sys.stderr, flush=True)
+        with one_thread_if_small(stats_device, models.hidden):
+            rows = geometry_rows(plan, res_a, res_b, reads, directions, stats_device, probes)
     finally:
-        gc.unfreeze()
-    reads = res_a.reads
-    t0 = time.perf_counter()
-    print("statistics: probes, CKA, effective ranks", file=sys.stderr, flush=True)
-    with one_thread_if_small(stats_device, models.hidden):
-        rows = geometry_rows(plan, res_a, res_b, reads, directions, args.probe_folds, args.seed, stats_device)
+        if worker is not None:
+            worker.close()
     timings["statistics_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 

@@ -236,6 +236,38 @@ def test_sample_is_deterministic_and_uniform_over_counted_tokens():
     assert list(zip(t1, p1)) == sorted(zip(t1, p1))
 
 
+def test_probe_process_equals_probes_in_turn_and_reports_its_failure():
+    """start_probes through the probe process (beside the next forward pass or the statistics) gives exactly
+    what it gives in this process, which is probe_auc on each state's features; a failed probe process is
+    one UsageError naming its last message."""
+    rng = np.random.default_rng(1)
+    ids = {"forget": [[1, 2, 3]] * 12 + [[4]], "retain": [[5, 6]] * 10}  # one text with no counted token
+    plan = g.GeometryPlan(ids=ids, lines={}, pad_id=0, batches=[], layers=[0, 1, 2], skip_first=1, sample={}, slot={})
+    res = g.PassResult()
+    res.features = {s: torch.tensor(rng.standard_normal((len(plan.ids[s]), 3, 6)), dtype=torch.float32)
+                    for s in ("forget", "retain")}
+    res.features["forget"][:, 2] += 0.8  # state 2 separates the splits
+    in_turn = g.start_probes(plan, res, 5, 0, None)()
+    worker = g.ProbeProcess(5, 0)
+    try:
+        first, second = g.start_probes(plan, res, 5, 0, worker), g.start_probes(plan, res, 5, 1, worker)
+        assert first() == in_turn and second() == in_turn  # the process's seed is its own (5, 0)
+    finally:
+        worker.close()
+    assert set(in_turn) == {0, 1, 2} and in_turn[2][0] > 0.9
+    f, r = g.text_features(plan, res, 2)
+    assert in_turn[2] == g.probe_auc(np.vstack([f, r]), np.r_[np.ones(12, int), np.zeros(10, int)], 5, 0)
+
+    worker = g.ProbeProcess(5, 0)
+    try:
+        worker.proc.stdin.write("/nonexistent/features.npz\n")
+        worker.proc.stdin.flush()
+        with pytest.raises(g.UsageError, match=r"probe process stopped \(exit 1\): FileNotFoundError"):
+            worker.result()
+    finally:
+        worker.close()
+
+
 def test_math_helpers_against_numpy():
     rng = np.random.default_rng(0)
     for n, d in ((7, 12), (40, 6)):  # both Gram branches

@@ -227,6 +227,28 @@ def test_elbow_definition(sigma, elbow):
     assert cwg.elbow_index(np.array(sigma, dtype=float)) == elbow == ref_elbow(sigma)
 
 
+def test_blas_products_in_either_memory_order():
+    """_gemm and gram_add hand C-ordered operands to BLAS as their Fortran-ordered transposes (no copies):
+    every combination equals numpy's float64 product; f64 copies a transposed view in Fortran order."""
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((7, 5)), rng.standard_normal((5, 3)), rng.standard_normal((7, 2))
+    for x in (a, np.asfortranarray(a)):
+        for y in (b, np.asfortranarray(b)):
+            np.testing.assert_allclose(cwg._gemm(x, y), a @ b, rtol=1e-13)
+        for z in (c, np.asfortranarray(c)):
+            np.testing.assert_allclose(cwg._gemm(x, z, trans_a=True), a.T @ c, rtol=1e-13)
+    ops = cwg.Ops("cpu")
+    w = rng.standard_normal((6, 9)).astype(np.float32)
+    for block in (w.T[2:6], w[1:4]):  # a row slice of a transposed view (Fortran) and of a stored matrix (C)
+        x = ops.f64(block)
+        assert x.dtype == np.float64 and (x == block).all()
+        g = ops.zeros(block.shape[1], block.shape[1])
+        ops.gram_add(g, x)
+        ref = block.astype(np.float64).T @ block.astype(np.float64)
+        np.testing.assert_allclose(np.triu(g), np.triu(ref), rtol=1e-13)
+    assert ops.f64(w.T[2:6]).flags.f_contiguous and ops.f64(w[1:4]).flags.c_contiguous
+
+
 def test_parse_layers_and_components():
     assert cwg.parse_layer_spec("0-2,5") == {0, 1, 2, 5} and cwg.parse_layer_spec(None) is None
     assert cwg.parse_components("qkv") == {"qkv", "q", "k", "v"}
