@@ -379,7 +379,7 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
-                   offload_folder: str | None = None, trust_remote_code: bool = False):
+                        offload_folder: str | None = None, trust_remote_code: bool = False):
     """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
 
     ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
@@ -408,7 +408,7 @@ def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = No
 
 
 def big_model_kwargs(args) -> dict:
-    """load_causal_lm's keywords from the parsed --device-map, --max-memory and --offload-folder."""
+    """from_pretrained_big's keywords from the parsed --device-map, --max-memory and --offload-folder."""
     if args is None or getattr(args, "device_map", None) is None:
         return {}
     return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),

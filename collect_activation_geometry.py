@@ -323,7 +323,7 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
-                   offload_folder: str | None = None, trust_remote_code: bool = False):
+                        offload_folder: str | None = None, trust_remote_code: bool = False):
     """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
 
     ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).
@@ -352,7 +352,7 @@ def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = No
 
 
 def big_model_kwargs(args) -> dict:
-    """load_causal_lm's keywords from the parsed --device-map, --max-memory and --offload-folder."""
+    """from_pretrained_big's keywords from the parsed --device-map, --max-memory and --offload-folder."""
     if args is None or getattr(args, "device_map", None) is None:
         return {}
     return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
@@ -1093,9 +1093,9 @@ def text_mask(plan: GeometryPlan) -> dict:
             for s in GEOMETRY_SPLITS}
 
 
-def text_features(plan: GeometryPlan, res: PassResult, li: int) -> tuple[np.ndarray, np.ndarray]:
-    """(forget, retain) per-text features of reported state ``li``, the texts without counted tokens left out."""
-    valid = text_mask(plan)
+def text_features(res: PassResult, valid: dict, li: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forget, retain) per-text features of reported state ``li``, the texts without counted tokens
+    (``valid``: text_mask) left out."""
     return (res.features["forget"][:, li].numpy()[valid["forget"]],
             res.features["retain"][:, li].numpy()[valid["retain"]])
 
@@ -1202,11 +1202,12 @@ def geometry_rows(plan: GeometryPlan, res_a: PassResult, res_b: PassResult, read
     ``probes``: {"a": ..., "b": ...}, the functions start_probes returned."""
     import torch
 
+    valid = text_mask(plan)
     rows = []
     for li, layer in enumerate(plan.layers):
         row: dict = {"layer": layer}
         for tag, res in (("a", res_a), ("b", res_b)):
-            f, r = text_features(plan, res, li)
+            f, r = text_features(res, valid, li)
             row[f"centroid_cos_{tag}"] = cosine(f.astype(np.float64).mean(0), r.astype(np.float64).mean(0))
         for split in GEOMETRY_SPLITS:
             xa = res_a.sample[split][li].to(device)
@@ -1459,8 +1460,9 @@ def features_bytes(plan: GeometryPlan, res_a: PassResult, res_b: PassResult) -> 
     from safetensors.torch import save
 
     tensors = {"layers": torch.tensor(plan.layers, dtype=torch.long)}
+    valid = text_mask(plan)
     for s in GEOMETRY_SPLITS:
-        keep = torch.tensor([len(counted_positions(len(x), plan.skip_first)) > 0 for x in plan.ids[s]])
+        keep = torch.from_numpy(valid[s])
         tensors[f"{s}_line"] = torch.tensor(plan.lines[s], dtype=torch.long)[keep]
         tensors[f"a.{s}"] = res_a.features[s][keep].contiguous()
         tensors[f"b.{s}"] = res_b.features[s][keep].contiguous()

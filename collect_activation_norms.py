@@ -288,7 +288,7 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def from_pretrained_big(path, *, dtype, device: str, device_map: str | None = None, max_memory: dict | None = None,
-                   offload_folder: str | None = None, trust_remote_code: bool = False):
+                        offload_folder: str | None = None, trust_remote_code: bool = False):
     """A causal LM for reading only (eval mode), its weights loaded once, straight to where they live.
 
     ``device_map`` None: the whole model on ``device`` (loaded directly there, no CPU detour).

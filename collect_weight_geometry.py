@@ -805,8 +805,7 @@ class Ops:
         asks for the largest `top` only."""
         n = G.shape[0]
         if self.cpu:
-            # G is not needed afterwards: LAPACK may overwrite it (no copy); dsyevr's workspace is
-            # O(n), where dsyevd's is 2n² doubles
+            # G is not needed afterwards: LAPACK may overwrite it (no copy); dsyevr's workspace is O(n)
             if not vectors:
                 w = scipy.linalg.eigh(G, lower=False, eigvals_only=True, driver="evr", overwrite_a=True,
                                       check_finite=False)
@@ -827,18 +826,6 @@ class Ops:
         if top is not None:
             w, V = w[:top], V[:, :top]
         return w.cpu().numpy(), V.contiguous()
-
-    def eigh_three(self, Gd, Ga, Gb, top_b: int):
-        """The three eigenproblems of one matrix: the eigenvalues of ΔW's Gram matrix Gd, every
-        eigenpair of W_a's Ga and the top `top_b` of W_b's Gb (Ga or Gb None: that matrix is zero,
-        zeros and no vectors). Returns lam_d, (lam_a, S_a), (lam_b, S_b). (Running Gd's in a second
-        thread through NumPy's LAPACK, which releases the GIL, was tried: 30% slower on two cores,
-        the tridiagonal reductions contend for memory bandwidth.)"""
-        s = Gd.shape[0]
-        lam_d = self.eigh(Gd, vectors=False)[0]
-        ea = self.eigh(Ga) if Ga is not None else (np.zeros(s), None)
-        eb = self.eigh(Gb, top=top_b) if Gb is not None else (np.zeros(top_b), None)
-        return lam_d, ea, eb
 
     def to_numpy(self, x) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else x.cpu().numpy()
@@ -871,8 +858,8 @@ def matrix_geometry(raw_a: np.ndarray, raw_b: np.ndarray, conv1d: bool = False, 
     float dtype) and the singular values of ΔW (descending, float64).
 
     Two passes over row slices of the tall matrix T (tall_view), each slice cast to float64:
-      1. the Gram matrices TᵀT of W_a, W_b and ΔW (float64 dsyrk), then their eigenproblems
-         (Ops.eigh_three): all eigenpairs of W_a's, the top K = max(k, intruder_k) of W_b's, the
+      1. the Gram matrices TᵀT of W_a, W_b and ΔW (float64 dsyrk), then their eigenproblems:
+         all eigenpairs of W_a's, the top K = max(k, intruder_k) of W_b's, the
          eigenvalues of ΔW's;
       2. the long-side top vectors L = T·v/σ of W_a and W_b, slice by slice, with every product
          the columns need: L_aᵀL_b (long-side overlap), L_aᵀ·ΔT (ΔW's energy in W_a's long-side
@@ -924,8 +911,11 @@ def _matrix_geometry(raw_a, raw_b, conv1d, top_k, intruder_k, intruder_eps, chun
         raise non_finite("model B")
     k = min(top_k, s)
     ki = min(intruder_k, s)
-    lam_d, (lam_a, Sa), (lam_b, Sb) = ops.eigh_three(Gd, Ga if fro_a > 0 else None, Gb if fro_b > 0 else None,
-                                                     top_b=max(k, ki))
+    # one after the other: the three tridiagonal reductions are memory-bound (ΔW's in a second thread through
+    # NumPy's LAPACK, which releases the GIL, was 30% slower on two cores)
+    lam_d, _ = ops.eigh(Gd, vectors=False)
+    lam_a, Sa = ops.eigh(Ga) if fro_a > 0 else (np.zeros(s), None)
+    lam_b, Sb = ops.eigh(Gb, top=max(k, ki)) if fro_b > 0 else (np.zeros(max(k, ki)), None)
     del Ga, Gd, Gb
     sig_d = np.sqrt(np.clip(lam_d, 0.0, None))
     if fro_d > 0:

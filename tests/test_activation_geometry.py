@@ -255,7 +255,7 @@ def test_probe_process_equals_probes_in_turn_and_reports_its_failure():
     finally:
         worker.close()
     assert set(in_turn) == {0, 1, 2} and in_turn[2][0] > 0.9
-    f, r = g.text_features(plan, res, 2)
+    f, r = g.text_features(res, g.text_mask(plan), 2)
     assert in_turn[2] == g.probe_auc(np.vstack([f, r]), np.r_[np.ones(12, int), np.zeros(10, int)], 5, 0)
 
     worker = g.ProbeProcess(5, 0)
